@@ -1,0 +1,193 @@
+"""Agentic GRPO configs: `python -m oresearcher.train --config=configs/rl.py[:preset] [--config.key=value ...]`.
+
+Presets (each says how to run it and what it should reach):
+
+  smollm2 (default)   python -m oresearcher.train --config=configs/rl.py
+      Embedded SmolLM2-135M-Instruct on a fresh CPU machine, no network, no keys. With no init_checkpoint it
+      first synthesizes trajectories with the embedded synthesizer (extractive teacher, local Wikipedia corpus),
+      runs a short SFT on them (abridged: bodies cut to a few sentences so sequences stay short on CPU), then
+      runs GRPO against the synth service started as a subprocess on a free loopback port (or `synth_url`),
+      and stops it at the end: 12 SFT steps, then 4 GRPO steps of 2 questions x group 4. Every step prints the
+      reward parts (base / tool / format), tool calls, response lengths and the time split (generate / tools /
+      judge / train). Budget: <= 30 min on 2 idle CPU cores; sized from per-step measurements, not yet timed end
+      to end. With so little training the rewards are a smoke signal, not a learning curve.
+  tiny                python -m oresearcher.train --config=configs/rl.py:tiny
+      Tests: a 2-layer, 64-wide decoder with SmolLM2's tokenizer, SFT'd for 80 steps on abridged embedded
+      trajectories, then 20 GRPO steps (2 questions x group 8) with a high learning rate. Target: the mean format
+      reward of the last 5 steps above that of the first 5 (tests/test_rl_train_tiny.py). The SFT part alone
+      takes ~5-10 min on 2 shared cores (the 49k-vocabulary projection dominates a 64-wide model).
+  qwen2.5-7b-gpu8     one 8xH100 host: FSDP over 8 GPUs, the paper's RL settings (group 8, lr 1e-6, no KL,
+      clip 0.2/0.28, temperature 1.0, <= 25 turns, 0.6/0.2/0.2), 32k-token episodes. Set init_checkpoint to the
+      SFT export and synth_url to a synth service with real tools and an LLM judge.
+  qwen2.5-72b-v5p-256 a TPU v5p-256 slice (configs/common.py MESHES["v5p-256"]: data 2 x fsdp 64), bf16, full
+      remat, 64k-token episodes, 64 questions x group 8 per step: the paper's 72B RL run.
+"""
+from ml_collections import ConfigDict
+
+from configs import common
+
+
+def _base() -> ConfigDict:
+    c = common.base_config()
+    c.stage = "rl"
+    c.workdir = "/tmp/oresearcher/rl"
+    c.eval_every = 0                    # RL logs rewards every step; there is no separate eval loss
+    c.total_steps = 20
+    c.log_every = 1
+    c.checkpoint_every = 10
+    c.keep_checkpoints = 2
+    c.model = "gguf:embedded"           # preset name, HF directory, or gguf:embedded
+    c.tokenizer = ""                    # for a preset model: "gguf:embedded" or an HF directory
+    c.model_overrides = ConfigDict()    # ModelConfig fields replaced on a preset model (e.g. vocab_size)
+    c.init_checkpoint = ""              # an SFT result: HF directory (save_hf export) or SFT workdir
+    c.export_dir = ""                   # write the final policy here in HF layout (save_hf), if set
+
+    c.synth_url = ""                    # empty: start `python -m synth serve` on loopback for the run
+    c.synth_config = "configs/synth.py"
+    c.synth_start_timeout_s = 600
+    c.questions = "configs/rl_questions.jsonl"   # JSONL {"question": ...} or one question per line
+    c.questions_per_step = 2
+
+    c.warm_start = ConfigDict()         # short SFT when no init_checkpoint is given
+    c.warm_start.enabled = True
+    c.warm_start.num_questions = 8      # seed questions synthesized by the embedded synthesizer
+    c.warm_start.steps = 40
+    c.warm_start.batch_size = 4
+    c.warm_start.lr = 1e-4
+    c.warm_start.max_len = 1024
+    c.warm_start.abridge_sentences = 2  # keep this many sentences of every span body (0 = keep whole text)
+    c.warm_start.max_subtasks = 1       # keep this many subtasks of each trajectory (0 = all)
+    c.warm_start.max_tool_calls = 2     # keep this many tool calls (with observations) per subtask (0 = all)
+
+    c.rollout = ConfigDict()
+    c.rollout.group_size = 8
+    c.rollout.max_turns = 25
+    c.rollout.max_tokens = 8192
+    c.rollout.max_turn_tokens = 2048
+    c.rollout.max_observation_tokens = 1024
+    c.rollout.temperature = 1.0
+    c.rollout.top_p = 1.0
+    c.rollout.top_k = 0
+    c.rollout.tool_timeout_s = 60.0
+    c.rollout.prefill_chunk = 512
+
+    c.reward = ConfigDict()
+    c.reward.w_base = 0.6
+    c.reward.w_tool = 0.2
+    c.reward.w_format = 0.2
+    c.reward.tool_low = 2
+    c.reward.tool_high = 8
+    c.reward.tool_over_penalty = -1.0
+    c.reward.normalize = "unit"
+    c.reward.judge_timeout_s = 120.0
+
+    c.grpo = ConfigDict()
+    c.grpo.advantage = "grpo"           # grpo | dr_grpo | rloo
+    c.grpo.policy_loss = "grpo"
+    c.grpo.aggregation = "token-mean"   # token-mean | sequence-mean-token-mean | sequence-mean-token-sum
+    c.grpo.clip_low = 0.2
+    c.grpo.clip_high = 0.28
+    c.grpo.kl_beta = 0.0                # > 0 adds beta * k3 KL to the initial policy
+    c.grpo.epochs = 1
+    c.grpo.minibatches = 2              # optimizer steps per epoch over one rollout batch
+    c.grpo.length_multiple = 128
+    c.grpo.logprob_chunk = 512
+
+    c.optim = ConfigDict()              # oresearcher.optim (the SFT trainer's AdamW); constant lr after warmup
+    c.optim.lr = 1e-6
+    c.optim.warmup_fraction = 0.0
+    c.optim.warmup_steps = 0
+    c.optim.final_lr_fraction = 1.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.0
+    c.optim.grad_clip = 1.0
+    return c
+
+
+def smollm2() -> ConfigDict:
+    c = _base()
+    c.total_steps = 4
+    c.checkpoint_every = 2
+    c.questions_per_step = 2
+    c.warm_start.num_questions = 8
+    c.warm_start.steps = 12
+    c.warm_start.batch_size = 1
+    c.warm_start.lr = 5e-5
+    c.warm_start.max_len = 1280
+    c.warm_start.abridge_sentences = 1
+    c.warm_start.max_tool_calls = 1
+    c.rollout.group_size = 4
+    c.rollout.max_turns = 3
+    c.rollout.max_tokens = 1024
+    c.rollout.max_turn_tokens = 192
+    c.rollout.max_observation_tokens = 160
+    c.rollout.prefill_chunk = 256
+    c.grpo.minibatches = 2
+    c.optim.lr = 2e-6
+    return c
+
+
+def tiny() -> ConfigDict:
+    c = _base()
+    c.workdir = "/tmp/oresearcher/rl-tiny"
+    c.model = "tiny"
+    c.model_overrides.vocab_size = 49152          # SmolLM2's tokenizer
+    c.tokenizer = "gguf:embedded"
+    c.total_steps = 20
+    c.checkpoint_every = 20
+    c.questions_per_step = 2
+    c.warm_start.num_questions = 4
+    c.warm_start.steps = 80
+    c.warm_start.batch_size = 4
+    c.warm_start.lr = 3e-3
+    c.warm_start.max_len = 1024
+    c.warm_start.abridge_sentences = 1
+    c.warm_start.max_tool_calls = 1
+    c.rollout.group_size = 8
+    c.rollout.max_turns = 3
+    c.rollout.max_tokens = 1024
+    c.rollout.max_turn_tokens = 160
+    c.rollout.max_observation_tokens = 96
+    c.rollout.prefill_chunk = 512
+    c.grpo.minibatches = 2
+    c.optim.lr = 1e-3
+    return c
+
+
+def qwen_gpu8() -> ConfigDict:
+    c = _base()
+    c.model = "/ckpt/qwen2.5-7b-sft"                      # the SFT export (HF layout)
+    c.init_checkpoint = ""
+    c.warm_start.enabled = False
+    c.mesh = dict(common.MESHES["gpu-8"])
+    c.compute_dtype = "bfloat16"
+    c.remat = "full"
+    c.total_steps = 500
+    c.questions_per_step = 16
+    c.rollout.max_tokens = 32768
+    c.rollout.max_turn_tokens = 4096
+    c.rollout.max_observation_tokens = 4096
+    c.grpo.minibatches = 4
+    c.optim.lr = 1e-6
+    return c
+
+
+def qwen72b_v5p() -> ConfigDict:
+    c = qwen_gpu8()
+    c.model = "gs://your-bucket/qwen2.5-72b-sft"
+    c.mesh = dict(common.MESHES["v5p-256"])
+    c.questions_per_step = 64
+    c.rollout.max_tokens = 65536
+    return c
+
+
+PRESETS = {"smollm2": smollm2, "tiny": tiny, "qwen2.5-7b-gpu8": qwen_gpu8, "qwen2.5-72b-v5p-256": qwen72b_v5p}
+
+
+def get_config(preset: str | None = None) -> ConfigDict:
+    name = preset or "smollm2"
+    if name not in PRESETS:
+        raise ValueError(f"configs/rl.py: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()

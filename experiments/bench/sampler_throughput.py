@@ -1,0 +1,86 @@
+"""Sampler decode throughput for the embedded SmolLM2-135M on CPU, side by side with transformers' `generate`
+in the same process (same weights: transformers dequantises the same GGUF).
+
+    python -m experiments.bench.sampler_throughput [--batches 1,8,32] [--new 128] [--repeats 2]
+
+Both sides generate exactly `--new` tokens greedily per row (EOS disabled) from the same chat prompt; tokens/s =
+batch x new / wall seconds of the whole call (prefill included, compile excluded: each shape is run once first).
+Targets: >= 2x transformers at batch 1, >= 3x at batch 8. Writes experiments/bench/results/sampler_throughput.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--new", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+
+    import jax
+    import torch
+    import transformers
+
+    from oresearcher.model import load_gguf
+    from oresearcher.model.gguf_io import embedded_gguf_path
+    from oresearcher.sampler import Sampler, SamplingParams
+
+    model, tokenizer = load_gguf()
+    path = embedded_gguf_path()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                           dtype=torch.float32).eval()
+    prompt = tokenizer.encode(tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Explain in detail how a steam engine works and why it mattered."}],
+        add_generation_prompt=True))
+    sampler = Sampler(model, tokenizer, eos_ids=())
+    params = SamplingParams(temperature=0.0, max_new_tokens=args.new, stop=())
+
+    rows = []
+    for b in batches:
+        prompts = [prompt] * b
+        sampler.generate(prompts, params)                       # compile this shape
+        ours = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            outs = sampler.generate(prompts, params)
+            ours.append(time.perf_counter() - t)
+        assert all(len(o.tokens) == args.new for o in outs)
+        ids = torch.tensor(prompts)
+        kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=args.new, min_new_tokens=args.new,
+                  do_sample=False, eos_token_id=None, pad_token_id=tokenizer.pad_id)
+        with torch.no_grad():
+            hf.generate(ids[:, :], **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})   # warm up
+            theirs = []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                hf.generate(ids, **kw)
+                theirs.append(time.perf_counter() - t)
+        row = {"batch": b, "new_tokens": args.new, "prompt_tokens": len(prompt),
+               "ours_tok_s": b * args.new / min(ours), "transformers_tok_s": b * args.new / min(theirs),
+               "ours_s": min(ours), "transformers_s": min(theirs)}
+        row["speedup"] = row["ours_tok_s"] / row["transformers_tok_s"]
+        rows.append(row)
+        print(f"batch {b:>3}: ours {row['ours_tok_s']:8.1f} tok/s | transformers {row['transformers_tok_s']:8.1f} "
+              f"tok/s | {row['speedup']:.2f}x", flush=True)
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"benchmark": "sampler_throughput", "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised, fp32)",
+           "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+           "torch_threads": torch.get_num_threads(), "jax": jax.__version__, "torch": torch.__version__,
+           "transformers": transformers.__version__, "targets": {"1": 2.0, "8": 3.0}, "rows": rows}
+    (RESULTS / "sampler_throughput.json").write_text(json.dumps(out, indent=2))
+    print(f"wrote {RESULTS / 'sampler_throughput.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Synthesizer throughput with a slow teacher: `python experiments/bench/synth_throughput.py [--latency 0.2]`.
+
+A scripted OpenAI-compatible server (tests/scripted_openai.py, in its own process so its CPU is not ours) plays
+planner (4 sub-questions), researchers (search, read, search, read, answer) and summarizer, adding `latency`
+seconds to every call. The openai teacher runs against it with the embedded local tools and heuristic judge.
+
+Measured (written to experiments/bench/results/synth_throughput.json):
+  throughput_x     questions/s with 64 questions in flight vs 1 at a time          (target >= 55x)
+  parallel_vs_sequential   wall time of one 4-subtask question, parallel / sequential mode  (target <= 0.35x)
+  cpu_ms_per_trajectory    CPU seconds of this process (our code + httpx + local tools; the LLM server
+                           and every wait excluded) per accepted trajectory, in the 64-question run
+  own_code_cpu_ms_per_trajectory   of that, the time spent in our own code (synth/, oresearcher/: cProfile
+                           self time of their functions) during a second, profiled 64-question run; the
+                           profile's top consumers by package are listed under cpu_by_package_ms_per_trajectory
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import pathlib
+import re
+import sys
+import time
+
+sys.modules.setdefault("jax", None)   # bm25s would import JAX for top-k; the synthesizer never needs it
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+_URL = re.compile(r"\((https?://[^)\s]+)\)")
+
+
+def teacher(request: dict) -> str:
+    """Planner: 4 sub-questions; researcher: search, read, search, read, cited answer; summarizer: cites all."""
+    messages = request["messages"]
+    system = messages[0]["content"]
+    if system.startswith("You are the planner"):
+        q = messages[1]["content"].rstrip("?")
+        return "\n".join(f"- {facet} of: {q}?" for facet in ("Background", "Mechanisms", "Evidence", "Impact"))
+    if system.startswith("You are the summarizer"):
+        numbers = re.findall(r"^\[(\d+)\]\.", messages[1]["content"], re.MULTILINE)
+        cites = " ".join(f"Finding {n} is documented [{n}]." for n in numbers)
+        return f"# Report\nThis report sums up the findings.\n\n## Findings\n{cites}\n\n## Conclusion\nDone [1]."
+    observations = [m["content"] for m in messages if m["role"] == "user" and m["content"].startswith("<observation>")]
+    sub = messages[1]["content"].split("Sub-question: ", 1)[1].split("\n", 1)[0].replace("?", "")
+    n = len(observations)
+    if n in (0, 2):
+        return f"<think>\nStep {n}: sources for {sub}\n</think>\n<plan>\nSearch.\n</plan>\n<web_search>query={sub}&num=3"
+    urls = [u for o in observations for u in _URL.findall(o)]
+    if n in (1, 3) and urls:
+        return f"<think>\nRead {urls[-1]}.\n</think>\n<crawl_page>url={urls[-1]}&goal={sub}"
+    if not urls:   # nothing found yet: search with the first words only
+        return f"<think>\nNo results.\n</think>\n<web_search>query={' '.join(sub.split()[-3:])}&num=3"
+    return (f"<think>\nAnswered.\n</think>\n<subtask_answer>\nThe page covers {sub} [1].\n\n[1]. {urls[-1]} - "
+            f"Source\n</subtask_answer>")
+
+
+def serve(latency: float, queue) -> None:
+    from scripted_openai import ScriptedOpenAI
+    with ScriptedOpenAI(teacher, latency=latency) as server:
+        queue.put(server.base_url)
+        while True:
+            time.sleep(3600)
+
+
+def synth_config(base_url: str, cache_dir: str, **overrides):
+    from synth.config import load_config
+    return load_config("configs/synth.py", {
+        "teacher.kind": "openai", "tools.cache_dir": cache_dir, "workflow.candidates": 1,
+        "teacher.endpoints": [{"base_url": base_url, "model": "scripted", "max_concurrency": 1024}],
+        **overrides})
+
+
+async def run_questions(cfg, questions: list[str], concurrency: int) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of this process, accepted) for `questions` with `concurrency` in flight."""
+    from synth.funnel import Synthesizer
+    synth = Synthesizer.from_config(cfg)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i, q):
+        async with gate:
+            return await synth.synthesize(q, f"b{i}")
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    outcomes = await asyncio.gather(*(one(i, q) for i, q in enumerate(questions)))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    await synth.aclose()
+    bad = [o.rejections for o in outcomes if o.record is None]
+    if bad:
+        raise RuntimeError(f"{len(bad)} questions rejected, e.g. {bad[0][:3]}")
+    return wall, cpu, len(outcomes)
+
+
+def profile_by_package(cfg, questions: list[str]) -> tuple[float, dict[str, float]]:
+    """(own-code CPU ms per trajectory, {package: ms per trajectory}) from cProfile self times."""
+    import cProfile
+    import pstats
+    profiler = cProfile.Profile()
+    profiler.enable()
+    asyncio.run(run_questions(cfg, questions, len(questions)))
+    profiler.disable()
+    by_package: dict[str, float] = {}
+    for (filename, _, _), (_, _, self_time, _, _) in pstats.Stats(profiler).stats.items():
+        path = pathlib.Path(filename)
+        if str(path).startswith(str(REPO)) and path.parts[len(REPO.parts)] in ("synth", "oresearcher"):
+            key = "own:" + path.parts[len(REPO.parts)]
+        elif "site-packages" in path.parts:
+            key = path.parts[path.parts.index("site-packages") + 1]
+        else:
+            key = "stdlib/builtin"
+        by_package[key] = by_package.get(key, 0.0) + self_time
+    n = len(questions)
+    ranked = {k: round(1000 * v / n, 1) for k, v in sorted(by_package.items(), key=lambda kv: -kv[1])[:12]}
+    own = 1000 * sum(v for k, v in by_package.items() if k.startswith("own:")) / n
+    return own, ranked
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--questions", type=int, default=64)
+    ap.add_argument("--cache-dir", default="/tmp/oresearcher-bench-cache")
+    ap.add_argument("--out", default=str(REPO / "experiments/bench/results/synth_throughput.json"))
+    args = ap.parse_args()
+
+    queue = multiprocessing.get_context("fork").Queue()
+    server = multiprocessing.get_context("fork").Process(target=serve, args=(args.latency, queue), daemon=True)
+    server.start()
+    base_url = queue.get(timeout=60)
+    topics = ["volcanoes", "photosynthesis", "the Roman Empire", "jazz", "the printing press", "the Black Death",
+              "the Inca Empire", "plate tectonics", "honey bees", "the steam engine", "coral reefs", "black holes"]
+    questions = [f"How did {topics[i % len(topics)]} shape history (case {i})?" for i in range(args.questions)]
+    try:
+        cfg = synth_config(base_url, args.cache_dir)
+        asyncio.run(run_questions(cfg, questions[:8], 8))                     # warm-up: index, caches
+        one_wall, one_cpu, _ = asyncio.run(run_questions(cfg, questions[:1], 1))
+        many_wall, many_cpu, n = asyncio.run(run_questions(cfg, questions, args.questions))
+        seq_cfg = synth_config(base_url, args.cache_dir, **{"workflow.mode": "sequential"})
+        par_wall, _, _ = asyncio.run(run_questions(cfg, questions[1:2], 1))
+        seq_wall, _, _ = asyncio.run(run_questions(seq_cfg, questions[1:2], 1))
+        own_ms, by_package = profile_by_package(cfg, questions)
+    finally:
+        server.terminate()
+    result = {
+        "latency_s_per_llm_call": args.latency,
+        "one_question_wall_s": round(one_wall, 3),
+        f"{args.questions}_questions_wall_s": round(many_wall, 3),
+        "throughput_x": round((n / many_wall) / (1 / one_wall), 2), "throughput_target_x": 55,
+        "parallel_wall_s": round(par_wall, 3), "sequential_wall_s": round(seq_wall, 3),
+        "parallel_vs_sequential": round(par_wall / seq_wall, 3), "parallel_vs_sequential_target": 0.35,
+        "cpu_ms_per_trajectory": round(1000 * many_cpu / n, 1),
+        "cpu_ms_one_question": round(1000 * one_cpu, 1),
+        "own_code_cpu_ms_per_trajectory": round(own_ms, 1),
+        "cpu_by_package_ms_per_trajectory (profiled, inflated by cProfile)": by_package,
+        "notes": "openai teacher vs a scripted server in a separate process; local tools (cached) and heuristic "
+                 "judge; 1 candidate per question, 4 sub-questions, 5 LLM calls per researcher",
+    }
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

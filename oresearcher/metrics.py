@@ -1,0 +1,128 @@
+"""Training metrics: metrics.jsonl (flushed at every logged step), optional TensorBoard events, a progress bar, MFU.
+
+    writer = MetricsWriter(workdir, total_steps, start_step=step)
+    writer.write(step, {"loss": 1.2, "tokens_per_sec": 900.0, ...})   # one JSON line, flushed
+    writer.advance(step)                                              # the progress bar
+    writer.close()
+
+    flops = train_flops_per_token(model_cfg, seq_len)   # 6 N + attention, per trained token
+    mfu = tokens_per_sec * flops / (num_devices * peak_flops_per_device(config_value))
+
+TensorBoard events are written only when the `tensorboard` package is importable (tensorboardX or torch's
+writer then do the writing); TensorFlow is never required. A resumed run appends to the same metrics.jsonl
+after dropping lines beyond the restored step, so the file reads as one uninterrupted run.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity).
+PEAK_FLOPS = {
+    "H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L4": 121e12, "B200": 2250e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+}
+
+
+def train_flops_per_token(cfg, seq_len: int) -> float:
+    """Forward + backward FLOPs per trained token: 6 N for the matmul parameters (embedding lookups are not
+    matmuls; the unembedding is) plus causal attention, 6 L H hd T (scores and values, fwd + bwd, half the
+    T x T square)."""
+    matmul_params = cfg.num_params - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size)
+    attention = 6 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
+    return 6.0 * matmul_params + attention
+
+
+def measure_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of one device on a float32 n x n matmul: the practical peak of a CPU (no data-sheet number)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best
+
+
+def peak_flops_per_device(configured: float = 0.0) -> float:
+    """`configured` if > 0; else the data-sheet peak of the device kind; else (CPU) a measured matmul peak."""
+    if configured and configured > 0:
+        return float(configured)
+    import jax
+
+    kind = jax.devices()[0].device_kind
+    for name, flops in PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return flops
+    return measure_matmul_peak()
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str | Path, total_steps: int, start_step: int = 0, progress: bool = True):
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._truncate_after(start_step)
+        self._file = open(self.path, "a")
+        self._tb = _tensorboard_writer(Path(workdir) / "tensorboard")
+        self._bar = None
+        if progress:
+            from tqdm import tqdm
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                             file=sys.stderr, mininterval=1.0)
+
+    def _truncate_after(self, step: int) -> None:
+        """Keep only lines with step <= `step` (a resumed run rewrites what came after its checkpoint)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, step: int, metrics: dict) -> None:
+        row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self._bar is not None and "loss" in row:
+            self._bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+
+    def advance(self, step: int) -> None:
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    return float(v) if isinstance(v, float) else v
+
+
+def _tensorboard_writer(logdir: Path):
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    if importlib.util.find_spec("tensorboardX") is not None:
+        from tensorboardX import SummaryWriter
+    else:
+        from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(logdir))

@@ -1,0 +1,353 @@
+"""The tokenizer: a `tokenizers.Tokenizer` (or a sentencepiece model) plus the chat template, as HF renders it.
+
+    tok = Tokenizer.from_dir("hf_dir")                  # tokenizer.json + tokenizer_config.json (or tokenizer.model)
+    ids = tok.encode(text)                              # no BOS added: chat templates write it themselves
+    ids, offsets = tok.encode_with_offsets(text)        # offsets[i] = (start, end) character span of token i
+    text = tok.apply_chat_template(messages, add_generation_prompt=True)
+
+Character offsets drive the loss masks (DESIGN contract 3), so they must be exact. For byte-level BPE they are
+recomputed from the token bytes: token i covers the characters its bytes belong to, so two tokens holding the
+halves of one emoji both cover that emoji, and no character is left uncovered (a backend's `trim_offsets`
+would drop the leading space of " word" from its token). Other models use the backend's offsets with gaps
+closed towards the following token (its leading "▁" owns the space).
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from tokenizers import Tokenizer as Backend
+
+# Tokens that end an assistant turn in the common chat templates (ChatML, Llama 3, Gemma, Phi); the ones a
+# vocabulary has are added to `stop_ids` beside EOS.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", "<end_of_turn>",
+               "<|end|>", "</s>")
+
+
+def _byte_decoder() -> dict[str, int]:
+    """The inverse of GPT-2's byte-to-unicode table: printable stand-in character -> byte value."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    chars, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + n)] = b
+            n += 1
+    return chars
+
+
+_BYTE_DECODER = _byte_decoder()
+
+
+class Tokenizer:
+    """backend: a `tokenizers.Tokenizer` (or `SentencePieceBackend`); chat_template: jinja source or None;
+    bos/eos/pad_token: token strings (pad falls back to EOS)."""
+
+    def __init__(self, backend, chat_template: str | None = None, bos_token: str | None = None,
+                 eos_token: str | None = None, pad_token: str | None = None, extra_stop_tokens=()):
+        self.backend = backend
+        self.chat_template = chat_template
+        self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
+        self.bos_id = self._id(bos_token)
+        self.eos_id = self._id(eos_token)
+        pad_id = self._id(pad_token)
+        self.pad_id = pad_id if pad_id is not None else (self.eos_id if self.eos_id is not None else 0)
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        stops = [self.eos_id] + [self._id(t) for t in tuple(extra_stop_tokens) + END_OF_TURN]
+        self.stop_ids = list(dict.fromkeys(i for i in stops if i is not None))
+        added = backend.get_added_tokens_decoder() if hasattr(backend, "get_added_tokens_decoder") else {}
+        self.added_tokens = {i: t.content for i, t in added.items()}
+        self.special_tokens = [t.content for t in added.values() if t.special]
+        self._byte_level = _is_byte_level(backend)
+        self._template = None
+        self._bytes = None                      # token id -> bytes, built on first use
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self.backend.token_to_id(token)
+
+    # ------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike) -> "Tokenizer":
+        """From an HF model directory: tokenizer.json (or a sentencepiece tokenizer.model), tokenizer_config.json
+        for the special tokens and the chat template (or chat_template.jinja / chat_template.json)."""
+        path = Path(path)
+        config = _read_json(path / "tokenizer_config.json")
+        if (path / "tokenizer.json").exists():
+            backend = Backend.from_file(str(path / "tokenizer.json"))
+        elif (path / "tokenizer.model").exists():
+            backend = SentencePieceBackend(path / "tokenizer.model", config)
+        else:
+            raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer.model; pass an HF model directory")
+        template = config.get("chat_template")
+        if (path / "chat_template.jinja").exists():
+            template = (path / "chat_template.jinja").read_text()
+        elif (path / "chat_template.json").exists():
+            template = _read_json(path / "chat_template.json").get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+            named = {t["name"]: t["template"] for t in template}
+            template = named.get("default", next(iter(named.values()), None))
+        generation = _read_json(path / "generation_config.json").get("eos_token_id")
+        extra = []
+        if generation is not None:
+            for i in generation if isinstance(generation, list) else [generation]:
+                token = backend.id_to_token(int(i))
+                if token is not None:
+                    extra.append(token)
+        return cls(backend, template, _token(config.get("bos_token")), _token(config.get("eos_token")),
+                   _token(config.get("pad_token")), extra_stop_tokens=extra)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write tokenizer.json (or tokenizer.model) and tokenizer_config.json that `from_dir` and HF read."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(path / ("tokenizer.model" if isinstance(self.backend, SentencePieceBackend)
+                                      else "tokenizer.json")))
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": self.bos_token,
+                  "eos_token": self.eos_token, "pad_token": self.pad_token, "chat_template": self.chat_template,
+                  "clean_up_tokenization_spaces": False, "model_max_length": 1 << 20}
+        (path / "tokenizer_config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False))
+
+    # ------------------------------------------------------------------------------------------ text <-> ids
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`. Special-token strings in the text become their ids, as in HF."""
+        return list(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """(ids, offsets): offsets[i] = (start, end) characters of `text` token i stands for. Consecutive
+        tokens cover the text without gaps; tokens sharing one multi-byte character share its span."""
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        ids = list(encoding.ids)
+        if self._byte_level:
+            offsets = self._byte_offsets(text, ids)
+            if offsets is not None:
+                return ids, offsets
+        return ids, _close_gaps(list(encoding.offsets), len(text))
+
+    def _byte_offsets(self, text: str, ids: list[int]) -> list[tuple[int, int]] | None:
+        """Offsets from the bytes of each token; None when the tokens do not spell the text byte for byte (a
+        normalizer changed it, or an added token strips spaces). Vectorised: 64k-token trajectories are common."""
+        table = self._byte_table()
+        pieces = [table[i] if i < len(table) else None for i in ids]
+        if any(p is None for p in pieces) or b"".join(pieces) != text.encode("utf-8"):
+            return None
+        codepoints = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+        char_bytes = 1 + (codepoints >= 0x80) + (codepoints >= 0x800) + (codepoints >= 0x10000)
+        char_at = np.append(np.repeat(np.arange(len(text)), char_bytes), len(text))  # byte -> its character
+        ends = np.cumsum([len(p) for p in pieces], dtype=np.int64)
+        starts = ends - np.array([len(p) for p in pieces], dtype=np.int64)
+        start_chars = char_at[starts]
+        end_chars = np.where(ends > starts, char_at[np.maximum(ends - 1, 0)] + 1, start_chars)
+        return list(zip(start_chars.tolist(), end_chars.tolist()))
+
+    def _byte_table(self) -> list[bytes | None]:
+        if self._bytes is None:
+            self._bytes = [self._token_bytes(i) for i in range(self.vocab_size)]
+        return self._bytes
+
+    def _token_bytes(self, i: int) -> bytes | None:
+        if i in self.added_tokens:
+            return self.added_tokens[i].encode("utf-8")
+        token = self.backend.id_to_token(i)
+        if token is None or any(c not in _BYTE_DECODER for c in token):
+            return None
+        return bytes(_BYTE_DECODER[c] for c in token)
+
+    def token_bytes(self) -> list[bytes]:
+        """The bytes each id stands for (stop-string matching in the sampler). Partial UTF-8 stays partial."""
+        out = []
+        table = self._byte_table() if self._byte_level else [None] * self.vocab_size
+        for i in range(self.vocab_size):
+            piece = table[i]
+            if piece is None and isinstance(self.backend, SentencePieceBackend):
+                piece = self.backend.piece_bytes(i)
+            out.append(piece if piece is not None else self.decode([i]).encode("utf-8"))
+        return out
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    # ------------------------------------------------------------------------------------------ chat
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False, **kwargs) -> str:
+        """The chat rendered by the tokenizer's jinja template in a sandbox, with what HF passes to it
+        (messages, add_generation_prompt, the special tokens, tools/documents and any keyword arguments)."""
+        if self.chat_template is None:
+            raise ValueError("this tokenizer has no chat template: set chat_template in tokenizer_config.json "
+                             "(or pass chat_template= to Tokenizer)")
+        if self._template is None:
+            self._template = _compile(self.chat_template)
+        context = {"bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
+                   "pad_token": self.pad_token or "", "unk_token": "", "tools": None, "documents": None}
+        context.update(kwargs)
+        plain = json.loads(json.dumps([dict(m) for m in messages]))   # templates see plain JSON data only
+        return self._template.render(messages=plain, add_generation_prompt=add_generation_prompt, **context)
+
+
+def _compile(source: str):
+    """A sandboxed jinja2 template with HF's environment: trim_blocks, lstrip_blocks, loop controls, a tojson
+    that keeps non-ASCII text, raise_exception, strftime_now; `{% generation %}` blocks render their body."""
+    import jinja2
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(source)
+
+
+def _is_byte_level(backend) -> bool:
+    if not isinstance(backend, Backend):
+        return False
+    decoder = json.loads(backend.to_str()).get("decoder") or {}
+    kinds = [d.get("type") for d in decoder.get("decoders", [decoder])]
+    return "ByteLevel" in kinds
+
+
+def _close_gaps(offsets: list[tuple[int, int]], n_chars: int) -> list[tuple[int, int]]:
+    """Extend each token's start back to the previous token's end, so no character is uncovered."""
+    out, prev_end = [], 0
+    for start, end in offsets:
+        start = min(start, prev_end) if start > prev_end else start
+        out.append((start, max(end, start)))
+        prev_end = max(prev_end, end)
+    return out
+
+
+def _token(value) -> str | None:
+    """A special token from tokenizer_config.json: a string or an AddedToken dict {"content": ...}."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); fix or remove the file") from None
+
+
+# ------------------------------------------------------------------------------------------ sentencepiece
+class _Encoding:
+    def __init__(self, ids, offsets):
+        self.ids, self.offsets = ids, offsets
+
+
+class _Added:
+    def __init__(self, content):
+        self.content, self.special = content, True
+
+
+class SentencePieceBackend:
+    """A sentencepiece model behind the subset of the `tokenizers.Tokenizer` API used here. Special-token
+    strings in the text (BOS/EOS/pad, control and user-defined pieces) are split off first, as HF does."""
+
+    def __init__(self, model_file: Path, config: dict):
+        import sentencepiece as spm
+
+        self.model_file = Path(model_file)
+        self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+        specials = {_token(config.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+        specials |= {self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())
+                     if self.sp.is_control(i) or self.sp.is_unknown(i)}
+        for entry in (config.get("added_tokens_decoder") or {}).values():
+            specials.add(_token(entry))
+        self.specials = {}                               # piece -> id, for the pieces the model really has
+        for token in filter(None, specials):
+            i = self.sp.piece_to_id(token)
+            if self.sp.id_to_piece(i) == token:
+                self.specials[token] = i
+
+    def get_vocab_size(self, with_added_tokens=True):
+        return self.sp.get_piece_size()
+
+    def get_added_tokens_decoder(self):
+        return {i: _Added(t) for t, i in self.specials.items()}
+
+    def token_to_id(self, token):
+        i = self.sp.piece_to_id(token)
+        return i if self.sp.id_to_piece(i) == token else None
+
+    def id_to_token(self, i):
+        return self.sp.id_to_piece(i) if 0 <= i < self.sp.get_piece_size() else None
+
+    def piece_bytes(self, i) -> bytes | None:
+        piece = self.sp.id_to_piece(i)
+        if self.sp.is_byte(i):
+            return bytes([int(piece[1:-1], 16)])
+        if self.sp.is_control(i) or self.sp.is_unknown(i):
+            return piece.encode("utf-8") if piece in self.specials else b""
+        return piece.replace("▁", " ").encode("utf-8")
+
+    def encode(self, text, add_special_tokens=False):
+        import re
+        ids, offsets, pos = [], [], 0
+        pattern = "|".join(re.escape(t) for t in sorted(self.specials, key=len, reverse=True))
+        pieces = re.split(f"({pattern})", text) if pattern else [text]
+        for piece in pieces:
+            if piece in self.specials:
+                ids.append(self.specials[piece])
+                offsets.append((pos, pos + len(piece)))
+            elif piece:
+                char_at = []
+                for k, ch in enumerate(piece):
+                    char_at.extend([k] * len(ch.encode("utf-8")))
+                char_at.append(len(piece))
+                spans = []
+                for p in self.sp.encode_as_proto(piece).pieces:
+                    ids.append(p.id)
+                    spans.append((pos + char_at[p.begin], pos + (char_at[p.end - 1] + 1 if p.end > p.begin
+                                                                else char_at[p.begin])))
+                # Byte-fallback pieces of one character: sentencepiece gives the character to the last one
+                # only; every piece of the character gets its span.
+                for k in range(len(spans) - 2, -1, -1):
+                    if spans[k][0] == spans[k][1] == spans[k + 1][0]:
+                        spans[k] = spans[k + 1]
+                offsets += spans
+            pos += len(piece)
+        if add_special_tokens and self.sp.bos_id() >= 0:
+            ids, offsets = [self.sp.bos_id()] + ids, [(0, 0)] + offsets
+        return _Encoding(ids, offsets)
+
+    def decode(self, ids, skip_special_tokens=False):
+        out, run = [], []
+        for i in ids:
+            piece = self.sp.id_to_piece(i)
+            if piece in self.specials:
+                out.append(self.sp.decode(run))
+                run = []
+                if not skip_special_tokens:
+                    out.append(piece)
+            else:
+                run.append(i)
+        out.append(self.sp.decode(run))
+        return "".join(out)
+
+    def save(self, path):
+        Path(path).write_bytes(self.model_file.read_bytes())

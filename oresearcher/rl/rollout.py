@@ -1,0 +1,226 @@
+"""Multi-turn tool-use rollouts: groups of G episodes per question, generated together on one sampler session.
+
+One episode, token-in/token-out:
+    prompt = chat template(system: protocol.system_prompt(), user: question) + assistant header
+    repeat:  generate until </web_search>, </crawl_page>, </suggested_answer>, EOS or a token budget
+             at a tool stop: parse the call (protocol.pending_tool_call), POST it to the synth tool endpoint,
+             append the tokens of protocol.observation(result)  (loss-masked: written by the environment)
+    until:   </suggested_answer> ("answer"), EOS ("eos"), more than `max_turns` tool calls ("turn_limit"),
+             or the episode's token limit ("token_limit").
+
+Every row of the batch is one episode; rows waiting for tools are continued together in the next sampler step,
+and the tool calls of one turn go out concurrently (asyncio + httpx). Sampled ids are kept as ids; only the
+observation text is tokenised. The per-token record (tokens, loss mask, sampler logprobs) is what GRPO trains on.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import httpx
+import numpy as np
+
+from oresearcher import protocol
+from oresearcher.sampler import Sampler, SamplingParams
+
+
+@dataclasses.dataclass
+class RolloutConfig:
+    group_size: int = 8
+    max_turns: int = 25                 # tool calls per episode
+    max_tokens: int = 8192              # prompt + response (observations included) per episode
+    max_turn_tokens: int = 2048         # tokens generated between two tool calls
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    tool_timeout_s: float = 60.0
+    max_observation_tokens: int = 1024  # longer observations are cut (an error-free, readable truncation)
+
+    @classmethod
+    def from_config(cls, cfg) -> "RolloutConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in dict(cfg).items() if k in names})
+
+
+@dataclasses.dataclass
+class ToolCall:
+    tool: str                           # "web_search" | "crawl_page"
+    request: dict                       # the JSON sent ({} for a malformed call: nothing is sent)
+    ok: bool
+    error: str
+    seconds: float
+    observation_tokens: int = 0
+
+
+@dataclasses.dataclass
+class Episode:
+    question: str
+    group: int                          # index of the question in the batch
+    prompt_len: int
+    tokens: list[int]                   # prompt + response, observations inside
+    policy_mask: list[bool]             # per token: True = sampled by the policy (trained on)
+    logprobs: list[float]               # per token: the sampler's logprob (0.0 where not sampled)
+    tool_calls: list[ToolCall] = dataclasses.field(default_factory=list)
+    finish: str = ""
+    response: str = ""                  # decoded response (what rewards read)
+
+    @property
+    def response_tokens(self) -> int:
+        return len(self.tokens) - self.prompt_len
+
+    @property
+    def policy_tokens(self) -> int:
+        return int(sum(self.policy_mask))
+
+
+def build_prompt(tokenizer, question: str) -> list[int]:
+    messages = [{"role": "system", "content": protocol.system_prompt()}, {"role": "user", "content": question}]
+    return tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+
+# -------------------------------------------------------------------------------------------------- tools
+async def call_tool(client: httpx.AsyncClient, url: str, call, timeout_s: float) -> tuple[str, ToolCall]:
+    """(observation body, record) for one parsed call; failures become error observations, never exceptions."""
+    start = time.perf_counter()
+    if isinstance(call, protocol.ToolCallError):
+        body = protocol.render_error(call.tag, f"malformed <{call.tag}> call: {call.reason}")
+        return body, ToolCall(call.tag, {}, False, call.reason, 0.0)
+    if isinstance(call, protocol.WebSearch):
+        tool, request = "web_search", {"queries": list(call.queries), "num": call.num}
+    else:
+        tool, request = "crawl_page", {"urls": list(call.urls), "goal": call.goal}
+    try:
+        resp = await client.post(f"{url}/v1/tools/{tool}", json=request, timeout=timeout_s)
+        resp.raise_for_status()
+        out = resp.json()
+        body, ok, error = str(out.get("observation", "")), bool(out.get("ok", True)), out.get("error") or ""
+    except (httpx.HTTPError, ValueError) as e:
+        body = protocol.render_error(tool, f"the tool service failed: {type(e).__name__}")
+        ok, error = False, f"{type(e).__name__}: {e}"
+    return body, ToolCall(tool, request, ok, error, time.perf_counter() - start)
+
+
+async def _call_all(url: str, calls: list, timeout_s: float):
+    async with httpx.AsyncClient() as client:
+        return await asyncio.gather(*(call_tool(client, url, c, timeout_s) for c in calls))
+
+
+def _ends_with_tool_call(text: str) -> str | None:
+    """The text up to the end of the last tool-call closer in `text` (a token may run past the stop string)."""
+    ends = [text.rfind(s) + len(s) for s in ("</web_search>", "</crawl_page>") if s in text]
+    return text[:max(ends)] if ends else None
+
+
+# ------------------------------------------------------------------------------------------------ rollout
+def rollout(sampler: Sampler, tokenizer, questions: list[str], synth_url: str, cfg: RolloutConfig,
+            seed: int = 0) -> tuple[list[Episode], dict[str, float]]:
+    """G = cfg.group_size episodes per question, all rows in one session. Returns the episodes (grouped:
+    episode k belongs to question k // G) and timings {"time/generate", "time/tools"} in seconds."""
+    prompts = [build_prompt(tokenizer, q) for q in questions]
+    too_long = [i for i, p in enumerate(prompts) if len(p) >= cfg.max_tokens - 16]
+    if too_long:
+        raise ValueError(f"questions {too_long}: prompt of {len(prompts[too_long[0]])} tokens leaves no room under "
+                         f"rollout.max_tokens={cfg.max_tokens}; raise rollout.max_tokens")
+    g = cfg.group_size
+    episodes = [Episode(q, i, len(p), list(p), [False] * len(p), [0.0] * len(p))
+                for i, (q, p) in enumerate(zip(questions, prompts)) for _ in range(g)]
+    session = sampler.start([e.tokens for e in episodes], max_len=cfg.max_tokens)
+    live = list(range(len(episodes)))
+    timings = {"time/generate": 0.0, "time/tools": 0.0}
+    turn = 0
+    while live:
+        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                max_new_tokens=cfg.max_turn_tokens, stop=protocol.STOP_STRINGS,
+                                seed=seed * 1000 + turn)
+        start = time.perf_counter()
+        outs = sampler.step(session, live, params)
+        timings["time/generate"] += time.perf_counter() - start
+
+        calls, waiting = [], []
+        for row, out in zip(live, outs):
+            ep = episodes[row]
+            ep.tokens.extend(out.tokens)
+            ep.policy_mask.extend([True] * len(out.tokens))
+            ep.logprobs.extend(out.logprobs)
+            if out.finish_reason == "eos":
+                ep.finish = "eos"
+                continue
+            if out.finish_reason == "length":
+                ep.finish = "token_limit" if len(ep.tokens) >= cfg.max_tokens else "turn_tokens"
+                continue
+            turn_text = tokenizer.decode(out.tokens)
+            if "</suggested_answer>" in turn_text:
+                ep.finish = "answer"
+                continue
+            if len(ep.tool_calls) >= cfg.max_turns:
+                ep.finish = "turn_limit"
+                continue
+            text = _ends_with_tool_call(tokenizer.decode(ep.tokens[ep.prompt_len:]))
+            call = protocol.pending_tool_call(text) if text is not None else None
+            if call is None:
+                ep.finish = "no_call"
+                continue
+            calls.append(call)
+            waiting.append(row)
+
+        start = time.perf_counter()
+        results = asyncio.run(_call_all(synth_url, calls, cfg.tool_timeout_s)) if calls else []
+        timings["time/tools"] += time.perf_counter() - start
+
+        live = []
+        for row, (body, record) in zip(waiting, results):
+            ep = episodes[row]
+            obs = tokenizer.encode(protocol.observation(body))
+            if len(obs) > cfg.max_observation_tokens:
+                keep = cfg.max_observation_tokens // 2
+                cut = tokenizer.decode(tokenizer.encode(body)[:keep]) + "\n[... observation truncated ...]"
+                obs = tokenizer.encode(protocol.observation(cut))
+            record.observation_tokens = len(obs)
+            ep.tool_calls.append(record)
+            if len(ep.tokens) + len(obs) >= cfg.max_tokens - 1:
+                ep.finish = "token_limit"
+                continue
+            ep.tokens.extend(obs)
+            ep.policy_mask.extend([False] * len(obs))
+            ep.logprobs.extend([0.0] * len(obs))
+            session.tokens[row].extend(obs)
+            live.append(row)
+        turn += 1
+
+    for ep in episodes:
+        ep.response = tokenizer.decode(ep.tokens[ep.prompt_len:])
+    return episodes, timings
+
+
+# ------------------------------------------------------------------------------------------- to a batch
+def to_batch(episodes: list[Episode], advantages: np.ndarray, length_multiple: int = 128,
+             rows: int | None = None) -> dict[str, np.ndarray]:
+    """The GRPO training batch [N, T]: input_ids / targets (next token), loss_mask (policy-sampled targets),
+    old_logp (sampler logprob of each target), positions, segment_ids, advantages [N]; and the policy positions
+    policy_index [N, P] (the t with loss_mask, left-aligned, 0-padded) with policy_mask [N, P], so the loss
+    projects onto the vocabulary only there.
+
+    T is the longest episode rounded up to a power of two times `length_multiple`, P likewise for the most
+    policy tokens in a row, and N is padded to `rows` with empty rows (loss_mask 0): few shapes ever compile."""
+    n = rows or len(episodes)
+    bucket = lambda k: length_multiple * (1 << max(0, -(-k // length_multiple) - 1).bit_length())
+    t = bucket(max(len(e.tokens) for e in episodes) - 1)
+    p = min(t, bucket(max(1, max(sum(e.policy_mask[1:]) for e in episodes))))
+    adv = np.zeros((n,), np.float32)
+    adv[:len(episodes)] = advantages
+    batch = {"input_ids": np.zeros((n, t), np.int32), "targets": np.zeros((n, t), np.int32),
+             "loss_mask": np.zeros((n, t), bool), "old_logp": np.zeros((n, t), np.float32),
+             "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (n, t)).copy(),
+             "segment_ids": np.ones((n, t), np.int32), "advantages": adv,
+             "policy_index": np.zeros((n, p), np.int32), "policy_mask": np.zeros((n, p), bool)}
+    for i, e in enumerate(episodes):
+        k = len(e.tokens) - 1
+        batch["input_ids"][i, :k] = e.tokens[:-1]
+        batch["targets"][i, :k] = e.tokens[1:]
+        batch["loss_mask"][i, :k] = e.policy_mask[1:]
+        batch["old_logp"][i, :k] = e.logprobs[1:]
+        where = np.nonzero(batch["loss_mask"][i])[0]
+        batch["policy_index"][i, :len(where)] = where
+        batch["policy_mask"][i, :len(where)] = True
+    return batch

@@ -1,0 +1,76 @@
+"""The synth service for RL: the configured `synth_url`, or a `python -m synth serve` subprocess on loopback.
+
+    with synth_service(config) as url:       # "http://127.0.0.1:PORT"; the subprocess is stopped on exit
+        ...
+
+The subprocess gets a free port, its output goes to workdir/synth.log, and it is waited for on GET /healthz
+(building the embedded search index takes a little while on first start).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"synth service exited with code {proc.returncode} before it was healthy; "
+                               f"its log ({log}) ends with:\n{tail}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"synth service at {url} not healthy after {timeout_s:.0f}s; check it is running "
+                       f"(or raise synth_start_timeout_s)")
+
+
+@contextlib.contextmanager
+def synth_service(config):
+    """Yield the base URL of a healthy synth service (config.synth_url, or a subprocess started here)."""
+    url = str(config.get("synth_url", "") or "").rstrip("/")
+    timeout = float(config.get("synth_start_timeout_s", 600))
+    if url:
+        wait_healthy(url, timeout)
+        yield url
+        return
+    port = free_port()
+    log = Path(config.workdir) / "synth.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    synth_config = str(config.synth_config)
+    path, _, preset = synth_config.partition(":")
+    if Path(path).exists():      # resolve against the caller's directory: the subprocess runs from the repo root
+        synth_config = str(Path(path).absolute()) + (f":{preset}" if preset else "")
+    cmd = [sys.executable, "-m", "synth", "serve", f"--config={synth_config}", "--host", "127.0.0.1",
+           "--port", str(port)]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ),
+                                cwd=str(Path(__file__).resolve().parents[2]))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, timeout, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

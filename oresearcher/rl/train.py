@@ -1,0 +1,236 @@
+"""Agentic GRPO: `python -m oresearcher.train --config=configs/rl.py[:preset]` (dispatched here by config.stage).
+
+One step, read top to bottom in `run`:
+    questions (Q per step, cycled)  ->  rollout: G episodes each, tools over HTTP       (time/generate, time/tools)
+    ->  rewards: R_format, R_tool locally, R_base from the synth judge                     (time/judge)
+    ->  group-normalised advantages; abstained episodes and zero-variance groups dropped
+    ->  `grpo.epochs` x `grpo.minibatches` optimizer steps against the rollout logprobs   (time/train)
+    ->  metrics.jsonl + console line; checkpoint every `checkpoint_every` steps and on SIGTERM.
+
+The synth service (tools + judge) is `config.synth_url`, or a `python -m synth serve` subprocess started on a
+free loopback port and stopped at the end. The policy starts from `config.init_checkpoint` (an SFT result), or,
+when `warm_start.enabled` and none is given, from a short SFT on trajectories of the embedded synthesizer
+(rl/warm_start.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from oresearcher import checkpoint as checkpoint_lib, metrics as metrics_lib, optim, sharding
+from oresearcher.preemption import PreemptionGuard, check_finite
+from oresearcher.rl import grpo, rewards as rewards_lib
+from oresearcher.rl.rollout import RolloutConfig, rollout, to_batch
+from oresearcher.rl.synth_service import synth_service
+from oresearcher.sampler import Sampler
+
+
+def make_optimizer(model, config):
+    """The SFT trainer's AdamW (oresearcher.optim) over the policy's parameters; its schedule counts optimizer
+    steps: total_steps x grpo.epochs x grpo.minibatches."""
+    updates = int(config.total_steps) * int(config.grpo.epochs) * int(config.grpo.minibatches)
+    tx, _ = optim.make_optimizer(config.optim, updates)
+    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def _train_state(model, optimizer) -> dict:
+    """What a checkpoint holds: the policy's parameters and the optimizer state, as plain nested dicts."""
+    return {"params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+            "optimizer": nnx.to_pure_dict(nnx.state(optimizer))}
+
+
+def _restore(ckpt, model, optimizer) -> tuple[int, dict]:
+    step = ckpt.latest_step()
+    if step is None:
+        return 0, {}
+    state, data_state = ckpt.restore(step, checkpoint_lib.abstract_like(_train_state(model, optimizer)))
+    for obj, key in ((model, "params"), (optimizer, "optimizer")):
+        target = nnx.state(obj, nnx.Param) if key == "params" else nnx.state(obj)
+        nnx.replace_by_pure_dict(target, state[key])
+        nnx.update(obj, target)
+    print(f"rl: resumed from {ckpt.directory}/{step}", flush=True)
+    return step, data_state
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def load_questions(path: str) -> list[str]:
+    """Questions from JSONL ({"question": ...} per line) or plain text (one per line)."""
+    p = Path(path)
+    if not p.exists() and not p.is_absolute():
+        p = Path(__file__).resolve().parents[2] / path      # configs/... relative to the repository
+    if not p.exists():
+        raise FileNotFoundError(f"rl questions file {path} does not exist; set --config.questions=FILE "
+                                f"(JSONL with a 'question' field, or one question per line)")
+    out = []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            rec = json.loads(line)
+            if "question" not in rec:
+                raise ValueError(f"{path} line {i}: missing 'question'")
+            out.append(str(rec["question"]))
+        else:
+            out.append(line)
+    if not out:
+        raise ValueError(f"{path}: no questions")
+    return out
+
+
+def load_policy(config, mesh, workdir: Path):
+    """(model, tokenizer) for config.model / config.init_checkpoint, sharded on `mesh`."""
+    from oresearcher.rl.warm_start import policy_from_config
+    return policy_from_config(config, mesh, workdir)
+
+
+# -------------------------------------------------------------------------------------------------- run
+def run(config) -> dict:
+    """GRPO per `config` (configs/rl.py); returns the last step's metrics. On SIGTERM: checkpoint, return."""
+    workdir = Path(config.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    guard = PreemptionGuard()
+
+    # ---------------------------------------------------------------- Set up mesh and the pieces
+    mesh = sharding.make_mesh(dict(config.mesh))
+    rcfg = RolloutConfig.from_config(config.rollout)
+    wcfg = rewards_lib.RewardConfig.from_config(config.reward)
+    gcfg = grpo.GRPOConfig.from_config(config)
+    advantage = grpo.get_advantage_estimator(config.grpo.advantage)
+    questions = load_questions(config.questions)
+    total_steps = int(config.total_steps)
+    print(f"rl: mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s); "
+          f"{len(questions)} questions, {config.questions_per_step} per step x group {rcfg.group_size}", flush=True)
+
+    last = {}
+    # The synth service (tools + judge) lives for the whole run; a subprocess is stopped on the way out.
+    with synth_service(config) as synth_url, jax.set_mesh(mesh):
+        model, tokenizer = load_policy(config, mesh, workdir)
+        ref_model = load_policy(config, mesh, workdir)[0] if gcfg.kl_beta else None   # the frozen start
+        optimizer = make_optimizer(model, config)
+        sampler = Sampler(model, tokenizer, prefill_chunk=int(config.rollout.prefill_chunk))
+
+        # ---------------------------------------------------------------- Checkpointing
+        ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=int(config.keep_checkpoints))
+        start, _ = _restore(ckpt, model, optimizer)
+        writer = metrics_lib.MetricsWriter(workdir, total_steps, start_step=start, progress=False)
+        print(f"rl: synth service at {synth_url}; workdir {workdir}", flush=True)
+
+        # ---------------------------------------------------------------- RL loop
+        order = np.random.default_rng(int(config.seed)).permutation(len(questions))
+        q = int(config.questions_per_step)
+        try:
+            for step in range(start + 1, total_steps + 1):
+                if guard.stop_requested:
+                    ckpt.save(step - 1, _train_state(model, optimizer), {"step": step - 1}, wait=True)
+                    print(f"rl: {guard.signal_name} at step {step - 1}: checkpoint saved, exiting", flush=True)
+                    return last
+                t_step = time.perf_counter()
+                picks = [questions[order[(step * q + i) % len(order)]] for i in range(q)]
+                # rollout: G episodes per question, tools over HTTP
+                episodes, timings = rollout(sampler, tokenizer, picks, synth_url, rcfg,
+                                            seed=int(config.seed) * 100003 + step)
+                # rewards: R_format, R_tool here; R_base from the judge
+                t0 = time.perf_counter()
+                scored = asyncio.run(rewards_lib.score_all(synth_url, [e.question for e in episodes],
+                                                           [e.response for e in episodes], wcfg))
+                timings["time/judge"] = time.perf_counter() - t0
+                totals = np.array([r.total if r.total is not None else 0.0 for r in scored]).reshape(q, -1)
+                valid = np.array([not r.abstained for r in scored]).reshape(q, -1)
+                adv, keep = advantage(totals, valid)
+                # update: several optimizer steps against the rollout logprobs
+                t0 = time.perf_counter()
+                train_metrics = _update(model, optimizer, ref_model, episodes, adv.reshape(-1), keep.reshape(-1),
+                                        gcfg, config, mesh, np.random.default_rng(int(config.seed) + step))
+                timings["time/train"] = time.perf_counter() - t0
+                check_finite(step, {k.removeprefix("train/"): v for k, v in train_metrics.items()})
+                last = _step_metrics(step, episodes, scored, keep, timings, train_metrics)
+                last["time/step"] = time.perf_counter() - t_step
+                if step % int(config.log_every) == 0 or step == total_steps:
+                    writer.write(step, last)
+                    print(_console(last), flush=True)
+                if step % int(config.checkpoint_every) == 0 or step == total_steps:
+                    ckpt.save(step, _train_state(model, optimizer), {"step": step})
+        finally:
+            writer.close()
+            ckpt.close()
+            guard.restore_handlers()
+        if config.get("export_dir"):
+            from oresearcher.model import save_hf
+            save_hf(model, str(config.export_dir))
+            if hasattr(tokenizer, "save"):
+                tokenizer.save(str(config.export_dir))
+            print(f"rl: exported the policy to {config.export_dir}", flush=True)
+    return last
+
+
+def _update(model, optimizer, ref_model, episodes, adv, keep, gcfg, config, mesh, rng) -> dict:
+    """`grpo.epochs` passes over the kept episodes in `grpo.minibatches` optimizer steps each, every step against
+    the rollout's logprobs. Minibatches have a fixed row count (len(episodes) / minibatches, padded with empty
+    rows) so the update compiles once per length bucket. {} when every group was dropped."""
+    kept = [i for i in range(len(episodes)) if keep[i]]
+    if not kept:
+        return {}
+    minibatches = max(1, int(config.grpo.minibatches))
+    rows = -(-len(episodes) // minibatches)
+    out: dict[str, list] = {}
+    for _ in range(int(config.grpo.epochs)):
+        order = rng.permutation(kept)
+        for start in range(0, len(order), rows):
+            part = sorted(order[start:start + rows])
+            batch = to_batch([episodes[i] for i in part], adv[part], int(config.grpo.length_multiple), rows)
+            batch = grpo.place_batch(batch, mesh)
+            if ref_model is not None:
+                batch["ref_logp"] = grpo.reference_logprobs(ref_model, batch, gcfg.temperature, gcfg.logprob_chunk)
+            metrics = grpo.train_step(model, optimizer, batch, gcfg)
+            for k, v in jax.device_get(metrics).items():
+                out.setdefault(k, []).append(float(v))
+    result = {f"train/{k}": float(np.mean(v)) for k, v in out.items() if k != "policy_tokens"}
+    result["train/optimizer_steps"] = len(out.get("loss", []))
+    return result
+
+
+def _step_metrics(step, episodes, scored, keep, timings, train_metrics) -> dict:
+    judged = [r for r in scored if not r.abstained]
+
+    def mean(xs):
+        return float(np.mean(xs)) if len(xs) else float("nan")
+
+    calls = [len(e.tool_calls) for e in episodes]
+    record = {
+        "step": step,
+        "reward": mean([r.total for r in judged]),
+        "reward/base": mean([r.base for r in judged]),
+        "reward/tool": mean([r.tool for r in scored]),
+        "reward/format": mean([r.format for r in scored]),
+        "judge/abstained": int(sum(r.abstained for r in scored)),
+        "tool_calls": mean(calls),
+        "tool_calls/web_search": mean([sum(c.tool == "web_search" for c in e.tool_calls) for e in episodes]),
+        "tool_calls/crawl_page": mean([sum(c.tool == "crawl_page" for c in e.tool_calls) for e in episodes]),
+        "tool_calls/failed": int(sum(not c.ok for e in episodes for c in e.tool_calls)),
+        "response_tokens": mean([e.response_tokens for e in episodes]),
+        "policy_tokens": mean([e.policy_tokens for e in episodes]),
+        "episodes": len(episodes),
+        "episodes/kept": int(np.sum(keep)),
+        "groups/dropped_zero_variance": int(np.sum(~keep.any(axis=1))),
+        **{f"finish/{k}": sum(e.finish == k for e in episodes) for k in sorted({e.finish for e in episodes})},
+        **timings,
+        **train_metrics,
+    }
+    record["tokens_per_sec"] = sum(e.policy_tokens for e in episodes) / max(timings["time/generate"], 1e-9)
+    return record
+
+
+def _console(r: dict) -> str:
+    return (f"step {r['step']:>4} | reward {r['reward']:.3f} (base {r['reward/base']:.3f} tool {r['reward/tool']:+.3f} "
+            f"format {r['reward/format']:.2f}) abstained {r['judge/abstained']} | tool calls {r['tool_calls']:.1f} | "
+            f"response tokens {r['response_tokens']:.0f} | kept {r['episodes/kept']}/{r['episodes']} | "
+            f"generate {r['time/generate']:.1f}s tools {r['time/tools']:.1f}s judge {r['time/judge']:.1f}s "
+            f"train {r['time/train']:.1f}s")

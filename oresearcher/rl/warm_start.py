@@ -1,0 +1,182 @@
+"""The RL starting policy: a given SFT result, or a short SFT warm start on embedded-synthesizer trajectories.
+
+    model, tokenizer = policy_from_config(config, mesh, workdir)
+
+config.model: "gguf:embedded" (SmolLM2-135M-Instruct), a preset name of oresearcher.model.PRESETS (random init,
+with `model_overrides`, tokenizer from config.tokenizer), or an HF-layout directory. config.init_checkpoint: an
+HF-layout directory whose weights replace the initial ones (the SFT export).
+
+Warm start (when there is no init_checkpoint and warm_start.enabled): the RL questions' first
+`warm_start.num_questions` go through `python -m synth run` (the embedded synthesizer: extractive teacher, local
+corpus, heuristic judge); the accepted trajectories are *abridged* (every span body cut to its first
+`abridge_sentences` sentences, only the first `max_subtasks` subtasks kept, the protocol structure intact) so
+that sequences stay short enough for a CPU budget; then `warm_start.steps` steps of the SFT trainer itself
+(`oresearcher.sft.run`, configs/sft.py's smollm2 preset re-pointed at these records and this run's model and mesh;
+its loss mask trains only assistant-authored tokens, observations masked). The SFT result is exported to
+workdir/warm_start/policy (HF layout) and reused when the run resumes.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from flax import nnx
+
+from oresearcher import protocol
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------------------------------------ policy
+def _load_weights(model, directory: str, mesh, rules):
+    from oresearcher.model import load_hf
+    loaded = load_hf(directory, mesh=mesh, rules=rules)
+    nnx.update(model, nnx.state(loaded, nnx.Param))
+    return model
+
+
+def policy_from_config(config, mesh, workdir: Path):
+    """(model, tokenizer), sharded on `mesh`: config.model (built as the SFT trainer builds it), then the weights
+    of config.init_checkpoint, or of the warm start (run here once, reused on resume)."""
+    from oresearcher import sft as sft_lib
+
+    rules = None if config.rules is None else tuple(tuple(r) for r in config.rules)
+    model, tokenizer = sft_lib.build_model(config, mesh, rules)
+    if config.init_checkpoint:
+        return _load_weights(model, str(config.init_checkpoint), mesh, rules), tokenizer
+    if not config.warm_start.enabled:
+        return model, tokenizer
+    out = workdir / "warm_start" / "policy"
+    if not (out / "config.json").exists():
+        records = synthesize(config, workdir / "warm_start")
+        data = workdir / "warm_start" / "abridged.jsonl"
+        with open(data, "w") as f:
+            for rec in records:
+                f.write(json.dumps(abridge_record(rec, config.warm_start)) + "\n")
+        sft_lib.run(_sft_config(config, data, workdir / "warm_start", out))
+    else:
+        print(f"warm start: reusing {out}", flush=True)
+    return _load_weights(model, str(out), mesh, rules), tokenizer
+
+
+def _sft_config(config, data: Path, directory: Path, export: Path):
+    """configs/sft.py's smollm2 preset, pointed at the abridged trajectories and the RL run's model and mesh."""
+    import importlib.util
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))      # configs/sft.py imports `configs.common`
+    spec = importlib.util.spec_from_file_location("rl_warm_start_sft_config", REPO / "configs" / "sft.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    w = config.warm_start
+    c = module.get_config("smollm2")
+    c.workdir = str(directory / "sft")
+    c.seed = int(config.seed)
+    c.model, c.tokenizer = config.model, config.get("tokenizer", "") or c.tokenizer
+    c.model_overrides = config.get("model_overrides") or c.model_overrides
+    c.mesh, c.rules = dict(config.mesh), config.rules
+    c.data.train, c.data.eval, c.data.eval_fraction = str(data), "", 0.0
+    c.data.seq_len, c.data.batch_size = int(w.max_len), int(w.batch_size)
+    c.total_steps, c.log_every = int(w.steps), max(1, int(w.steps) // 10)
+    c.checkpoint_every, c.eval_every, c.progress = int(w.steps), 0, False
+    c.optim.lr, c.optim.weight_decay, c.optim.warmup_fraction = float(w.lr), 0.0, 0.1
+    c.export_dir = str(export)
+    return c
+
+
+# ------------------------------------------------------------------------------------------ trajectories
+def synthesize(config, directory: Path) -> list[dict]:
+    """Accepted trajectory records for the first warm_start.num_questions RL questions (synth run, resumable)."""
+    from oresearcher.rl.train import load_questions
+
+    directory.mkdir(parents=True, exist_ok=True)
+    questions = load_questions(config.questions)[: int(config.warm_start.num_questions)]
+    seeds = directory / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"id": f"warm-{i}", "question": q}) + "\n" for i, q in enumerate(questions)))
+    synth_config = str(config.synth_config)
+    path, _, preset = synth_config.partition(":")
+    if Path(path).exists():
+        synth_config = str(Path(path).absolute()) + (f":{preset}" if preset else "")
+    cmd = [sys.executable, "-m", "synth", "run", f"--config={synth_config}", f"--seeds={seeds}",
+           f"--out={directory / 'synth'}"]
+    start = time.perf_counter()
+    print(f"warm start: synthesizing {len(questions)} trajectories: {' '.join(cmd)}", flush=True)
+    done = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"warm start: `{' '.join(cmd)}` failed with code {done.returncode}:\n{done.stderr[-3000:]}")
+    path = directory / "synth" / "trajectories.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not records:
+        raise RuntimeError(f"warm start: the synthesizer accepted no trajectory ({directory / 'synth'}); see its "
+                           f"rejected.jsonl")
+    print(f"warm start: {len(records)} trajectories in {time.perf_counter() - start:.0f}s", flush=True)
+    return records
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def _first_sentences(text: str, n: int) -> str:
+    if n <= 0:
+        return text.strip()
+    parts = _SENTENCE.split(text.strip())
+    return " ".join(parts[:n]).strip()
+
+
+def abridge(text: str, sentences: int = 2, max_subtasks: int = 1, max_tool_calls: int = 2,
+            max_references: int = 3) -> str:
+    """A shorter trajectory with the same protocol structure: the first `max_subtasks` subtasks (the subtask list
+    cut to match), in each the steps up to its first `max_tool_calls` tool calls and their observations, every
+    prose body cut to `sentences` sentences, observations to their first lines (each at most 160 characters),
+    tool calls kept as written, the report's reference list cut to `max_references` entries."""
+    out, subtasks, calls, skipping = [], 0, 0, False
+    for span in protocol.parse(text):
+        tag = span.tag
+        if tag is None:
+            continue
+        if tag == "subtask":
+            subtasks, calls, skipping = subtasks + 1, 0, False
+        if max_subtasks and subtasks > max_subtasks and tag != "suggested_answer":
+            continue
+        if tag in protocol.TOOL_TAGS:
+            calls += 1
+            skipping = bool(max_tool_calls) and calls > max_tool_calls
+        if tag == "subtask_answer":
+            skipping = False
+        if skipping and tag in ("think", "plan", "observation", *protocol.TOOL_TAGS):
+            continue
+        body = span.body.strip()
+        if tag == "subtask_list":
+            items = [ln for ln in body.splitlines() if ln.strip()]
+            body = "\n".join(items[:max_subtasks] if max_subtasks else items)
+        elif tag == "observation":
+            lines = [ln[:160] for ln in body.splitlines() if ln.strip()]
+            body = "\n".join(lines[: 2 + 2 * max(sentences, 1)])
+        elif tag in ("suggested_answer", "subtask_answer"):
+            head, sep, refs = body.partition("References")
+            refs = "\n".join([ln for ln in refs.splitlines() if ln.strip()][:max_references])
+            body = _first_sentences(head, sentences) + (f"\n\n{sep}\n{refs}" if sep else "")
+        elif tag not in protocol.TOOL_TAGS and tag != "subtask":
+            body = _first_sentences(body, sentences)
+        if tag == "observation":
+            out.append(f"<observation>\n{body}\n</observation>")
+        elif "\n" in body or tag == "subtask_list":
+            out.append(f"<{tag}>\n{body}\n</{tag}>")
+        else:
+            out.append(f"<{tag}>{body}</{tag}>")
+    return "\n".join(out) + "\n"
+
+
+def abridge_record(record: dict, cfg) -> dict:
+    """The record with its assistant turn abridged (see `abridge`); the rest unchanged."""
+    record = json.loads(json.dumps(record))
+    for m in record["messages"]:
+        if m["role"] == "assistant":
+            m["content"] = abridge(m["content"], int(cfg.abridge_sentences), int(cfg.max_subtasks),
+                                   int(cfg.max_tool_calls))
+    record["report"] = protocol.extract_report(record["messages"][-1]["content"]) or record.get("report", "")
+    return record

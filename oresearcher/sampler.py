@@ -1,0 +1,412 @@
+"""Batched generation on the (sharded) decoder with a KV cache: prefill, then a jitted decode loop.
+
+    sampler = Sampler(model, tokenizer)
+    outs = sampler.generate([ids_a, ids_b], SamplingParams(temperature=0.0, max_new_tokens=64))
+    outs[0].tokens, outs[0].logprobs, outs[0].finish_reason            # "stop" | "eos" | "length"
+
+Multi-turn, token-in/token-out (what rollouts use): a Session keeps every row's token ids and its KV cache. A
+`step` prefills whatever each row has that the cache has not seen yet (the prompt; later the last sampled token
+plus the observation tokens appended by the caller) and decodes until a stop. Sampled ids are kept as ids and
+never re-tokenised from text.
+
+    session = sampler.start(prompts, max_len=4096)
+    outs = sampler.step(session, rows=[0, 1], params=...)        # stops at </web_search> ...
+    session.tokens[0].extend(observation_ids)                      # the caller's (masked) observation
+    outs = sampler.step(session, rows=[0], params=...)            # continues row 0 where it stopped
+
+Shapes are bucketed so one compiled program serves many requests: the batch to a power of two, each prefill chunk
+to a power of two (at least 16, at most `prefill_chunk`; longer inputs are prefilled chunk by chunk), the decode
+buffer to a power of two, the cache to a multiple of 128. The decode loop is a `lax.while_loop` that exits as soon
+as every row has stopped; temperature, top-p, top-k and the step budget are runtime values, not compile keys.
+
+Stop strings are matched on the generated *bytes*, also when a stop string spans several tokens or ends inside
+one: an Aho-Corasick automaton over the stop strings' bytes is folded into a table
+    next_state[state, token] (= MATCH when the token's bytes complete a stop string from `state`)
+so the loop checks stops with one gather per step. A row stops after the token that completes a stop string
+(the token is kept whole, so the text may run a few characters past the stop string), or after an EOS id.
+
+Logprobs are log softmax(logits / temperature) of the sampled token (log softmax(logits) when greedy), over the
+full vocabulary: the same quantity the GRPO trainer computes, so the first update's ratio is 1 up to numerics.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+STOP_STRINGS = ("</web_search>", "</crawl_page>", "</suggested_answer>")
+FINISH_REASONS = ("length", "stop", "eos")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0           # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0                     # 0 = off
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = STOP_STRINGS
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class Completion:
+    tokens: list[int]                  # generated ids (the stop-completing token included)
+    logprobs: list[float]              # one per generated token
+    finish_reason: str                 # "stop" | "eos" | "length"
+
+
+@dataclasses.dataclass
+class Session:
+    """Per-row token ids (prompt, generations, appended observations) and the KV cache holding a prefix of them."""
+    tokens: list[list[int]]
+    cache: dict
+    written: np.ndarray                # [B_bucket] int: tokens of each row already in the cache
+    max_len: int                       # cache slots per row
+
+
+# ------------------------------------------------------------------------------------------ stop automaton
+def token_bytes(tokenizer) -> list[bytes]:
+    """The bytes each token id stands for. Byte-level BPE tokenizers (SmolLM2, Qwen, Llama 3) decode single ids
+    exactly; partial UTF-8 sequences come back as U+FFFD, which never matches an ASCII stop string."""
+    if hasattr(tokenizer, "token_bytes"):
+        return list(tokenizer.token_bytes())
+    return [tokenizer.decode([i]).encode("utf-8") for i in range(tokenizer.vocab_size)]
+
+
+def stop_table(stop: Sequence[str], vocab: list[bytes]) -> np.ndarray:
+    """int32 [n_states + 1, V]: the automaton state after reading token v's bytes from `state`; n_states (MATCH)
+    when a stop string is completed anywhere inside the token. State 0 is "nothing matched yet"."""
+    patterns = [s.encode("utf-8") for s in stop if s]
+    # trie
+    goto: list[dict[int, int]] = [{}]
+    accept = [False]
+    for p in patterns:
+        s = 0
+        for byte in p:
+            if byte not in goto[s]:
+                goto.append({})
+                accept.append(False)
+                goto[s][byte] = len(goto) - 1
+            s = goto[s][byte]
+        accept[s] = True
+    n = len(goto)
+    # breadth-first failure links -> full DFA delta [n, 256]
+    delta = np.zeros((n, 256), np.int32)
+    fail = [0] * n
+    order, queue = [], [0]
+    while queue:
+        s = queue.pop(0)
+        order.append(s)
+        for byte in range(256):
+            if byte in goto[s]:
+                t = goto[s][byte]
+                delta[s, byte] = t
+                if s != 0:
+                    fail[t] = delta[fail[s], byte]
+                    accept[t] = accept[t] or accept[fail[t]]
+                queue.append(t)
+            elif s != 0:
+                delta[s, byte] = delta[fail[s], byte]
+    accept_arr = np.array(accept)
+    # run every token from every state at once, byte position by byte position
+    v = len(vocab)
+    lengths = np.array([len(b) for b in vocab])
+    width = int(lengths.max()) if v else 0
+    buf = np.full((v, max(width, 1)), -1, np.int32)
+    for i, b in enumerate(vocab):
+        buf[i, :len(b)] = np.frombuffer(b, np.uint8)
+    states = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None], (n, v)).copy()
+    matched = np.zeros((n, v), bool)
+    for pos in range(width):
+        live = np.nonzero(lengths > pos)[0]
+        byte = buf[live, pos]
+        new = delta[states[:, live], byte[None, :]]
+        matched[:, live] |= accept_arr[new]
+        states[:, live] = new
+    table = np.where(matched, n, states).astype(np.int32)
+    return np.concatenate([table, np.full((1, v), n, np.int32)], axis=0)   # MATCH is absorbing
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+def _filter_logits(logits, top_p, top_k):
+    """Mask (to -inf) tokens outside the top-k, then outside the smallest set with probability mass >= top_p."""
+    v = logits.shape[-1]
+    desc = -jnp.sort(-logits, axis=-1)
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
+    kth = desc[:, k - 1][:, None]
+    desc = jnp.where(jnp.arange(v)[None] < k, desc, -jnp.inf)
+    probs = jax.nn.softmax(desc, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs          # mass strictly above each sorted token
+    kept = jnp.maximum(jnp.sum(before < top_p, axis=-1), 1)
+    pth = jnp.take_along_axis(desc, (kept - 1)[:, None], -1)
+    return jnp.where(logits >= jnp.maximum(kth, pth), logits, -jnp.inf)
+
+
+def _sample(logits, key, temperature, top_p, top_k, use_filter: bool):
+    """logits [B, V] float32 -> (token [B] int32, logprob [B] float32)."""
+    greedy = temperature <= 0.0
+    scaled = logits / jnp.where(greedy, 1.0, temperature)
+    logp_all = jax.nn.log_softmax(scaled, axis=-1)
+
+    def sample(_):
+        # Inverse-CDF sampling: one uniform per row instead of B x V Gumbel draws (which cost more than a small
+        # model's whole forward on CPU). Exact up to float rounding of the cumulative sum.
+        filtered = _filter_logits(scaled, top_p, top_k) if use_filter else scaled
+        cdf = jnp.cumsum(jax.nn.softmax(filtered, axis=-1), axis=-1)
+        u = jax.random.uniform(key, (logits.shape[0], 1)) * cdf[:, -1:]
+        return jnp.minimum(jnp.sum(cdf <= u, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
+
+    token = jax.lax.cond(greedy, lambda _: jnp.argmax(logits, axis=-1).astype(jnp.int32), sample, None)
+    return token, jnp.take_along_axis(logp_all, token[:, None], -1)[:, 0]
+
+
+# --------------------------------------------------------------------------------------- cached forward
+# The decoder stores its layers stacked on a leading axis and runs them with lax.scan, which is what training
+# wants. For decoding on CPU that costs a copy of every layer's weights per token (a dynamic slice cannot feed a
+# matmul in place), about half the time of a step. The sampler therefore slices the stack into per-layer arrays
+# once per call (outside the decode loop) and keeps one K/V buffer per layer, then runs the decoder's own layer
+# function (`Decoder._layer_fn`) layer by layer: the same maths as `model(ids, positions=, cache=)`, whose
+# outputs the parity tests compare against transformers.
+
+def init_cache(model, batch: int, slots: int) -> dict:
+    """{"k", "v": tuple of L arrays [B, S, K, hd], "segment_ids": [B, S] (0 = slot never written)}, placed per
+    the model's mesh and rules (cache_batch, cache_length, cache_kv_heads, head_dim) when it has a mesh."""
+    cfg = model.cfg
+    dtype = jnp.dtype(cfg.compute_dtype)
+    shape = (batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    kv = lambda: jnp.zeros(shape, dtype)
+    seg = jnp.zeros((batch, slots), jnp.int32)
+    if model.mesh is not None:
+        from oresearcher import sharding
+        kv_sharding = sharding.logical_sharding(("cache_batch", "cache_length", "cache_kv_heads", "head_dim"),
+                                                model.mesh, model.rules, shape)
+        kv = lambda: jax.device_put(jnp.zeros(shape, dtype), kv_sharding)
+        seg = jax.device_put(seg, sharding.logical_sharding(("cache_batch", "cache_length"), model.mesh,
+                                                            model.rules, seg.shape))
+    return {"k": tuple(kv() for _ in range(cfg.num_layers)), "v": tuple(kv() for _ in range(cfg.num_layers)),
+            "segment_ids": seg}
+
+
+def _unstack_layers(model) -> list[dict]:
+    stacked = model.layers.arrays()
+    return [{name: w[i] for name, w in stacked.items()} for i in range(model.cfg.num_layers)]
+
+
+def _cached_forward(model, layers: list[dict], cache: dict, tokens, positions):
+    """Hidden states [B, T, D] for tokens [B, T] written at slots positions [B, T] (slot == S: dropped), and the
+    updated cache. Token (b, t) attends to the written slots s <= positions[b, t] of its row."""
+    from oresearcher.model.decoder import rms_norm, rope_frequencies
+
+    cfg = model.cfg
+    b = tokens.shape[0]
+    x = jnp.take(model.embed[...], tokens, axis=0).astype(jnp.dtype(cfg.compute_dtype))
+    x = model._constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+    rows = jnp.arange(b)[:, None]
+    segments = cache["segment_ids"].at[rows, positions].set(1, mode="drop")
+    slots = jnp.arange(segments.shape[1])
+    mask = (slots[None, None, :] <= positions[:, :, None]) & (segments[:, None, :] == 1)
+    layer = model._layer_fn(positions, mask, rope_frequencies(cfg))
+    ks, vs = [], []
+    for p, k, v in zip(layers, cache["k"], cache["v"]):
+        x, (k, v) = layer(x, p, (k, v))
+        ks.append(k)
+        vs.append(v)
+    x = rms_norm(x, model.final_norm[...], cfg.rms_norm_eps)
+    return x, {"k": tuple(ks), "v": tuple(vs), "segment_ids": segments}
+
+
+def _prefill(graphdef, state, cache, tokens, positions, last_col):
+    """Write tokens [B, C] at positions [B, C] (a position == cache length is a padding slot: dropped) and return
+    the logits [B, V] at column last_col[b] (the row's last real token of this chunk)."""
+    model = nnx.merge(graphdef, state)
+    hidden, cache = _cached_forward(model, _unstack_layers(model), cache, tokens, positions)
+    last = jnp.take_along_axis(hidden, last_col[:, None, None], axis=1)
+    return model.unembed(last)[:, 0], cache
+
+
+def _decode(graphdef, state, cache, logits, pos, active, budget, key, temperature, top_p, top_k, table, eos,
+            *, out_len: int, use_filter: bool):
+    """Sample from `logits` [B, V], then feed each sampled token back until every row has stopped.
+
+    pos [B]: the slot of the first sampled token; active [B] bool; budget [B]: max new tokens per row (<= out_len).
+    Returns tokens [B, out_len], logprobs [B, out_len], count [B], finish [B] (index into FINISH_REASONS), cache.
+    """
+    model = nnx.merge(graphdef, state)
+    layers = _unstack_layers(model)            # once, outside the loop
+    b = logits.shape[0]
+    slots = cache["segment_ids"].shape[1]
+    n_match = table.shape[0] - 1
+
+    def emit(carry, logits):
+        step, cache, _, pos, done, stop_state, out_t, out_lp, count, finish = carry
+        tok, lp = _sample(logits, jax.random.fold_in(key, step), temperature, top_p, top_k, use_filter)
+        live = ~done
+        out_t = jax.lax.dynamic_update_slice(out_t, jnp.where(live, tok, 0)[:, None], (0, step))
+        out_lp = jax.lax.dynamic_update_slice(out_lp, jnp.where(live, lp, 0.0)[:, None], (0, step))
+        count = count + live
+        stop_state = table[stop_state, tok]
+        hit_stop = live & (stop_state == n_match)
+        hit_eos = live & eos[tok]
+        hit_len = live & ~hit_stop & ~hit_eos & (count >= budget)
+        finish = jnp.where(hit_stop, 1, jnp.where(hit_eos, 2, jnp.where(hit_len, 0, finish)))
+        done = done | hit_stop | hit_eos | hit_len
+        return (step + 1, cache, tok, pos, done, stop_state, out_t, out_lp, count, finish)
+
+    def cond(carry):
+        step, done = carry[0], carry[4]
+        return (step < out_len) & ~jnp.all(done)
+
+    def body(carry):
+        step, cache, tok, pos, done = carry[:5]
+        feed_pos = jnp.where(done, slots, pos)          # finished rows write nothing
+        hidden, cache = _cached_forward(model, layers, cache, tok[:, None], feed_pos[:, None])
+        carry = (step, cache, tok, pos + 1, done) + carry[5:]
+        return emit(carry, model.unembed(hidden)[:, 0])
+
+    done0 = ~active | (budget <= 0)
+    init = (jnp.int32(0), cache, jnp.zeros((b,), jnp.int32), pos, done0, jnp.zeros((b,), jnp.int32),
+            jnp.zeros((b, out_len), jnp.int32), jnp.zeros((b, out_len), jnp.float32), jnp.zeros((b,), jnp.int32),
+            jnp.zeros((b,), jnp.int32))
+    carry = jax.lax.while_loop(cond, body, emit(init, logits))
+    _, cache, _, _, _, _, out_t, out_lp, count, finish = carry
+    return out_t, out_lp, count, finish, cache
+
+
+def _bucket(n: int, lo: int) -> int:
+    return max(lo, 1 << max(0, (n - 1)).bit_length())
+
+
+class Sampler:
+    """Generation for one model and tokenizer. `model` may be sharded (sharding.shard_model); the cache then
+    follows the model's mesh and rules. Parameters are read from the model at every call, so a model being
+    trained in place is always sampled at its current weights."""
+
+    def __init__(self, model, tokenizer=None, *, eos_ids: Sequence[int] | None = None, prefill_chunk: int = 512,
+                 min_bucket: int = 16):
+        """`tokenizer` supplies the token bytes for stop strings and the EOS ids (tokenizer.stop_ids); without
+        one, only `eos_ids` (default: the model config's eos_token_id) stop a row. Pass eos_ids=() to never stop
+        on EOS."""
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prefill_chunk = prefill_chunk
+        self.min_bucket = min_bucket
+        self._vocab_bytes = None
+        self._tables: dict[tuple[str, ...], jax.Array] = {}
+        if eos_ids is None:
+            eos_ids = (getattr(tokenizer, "stop_ids", None) or [tokenizer.eos_id]) if tokenizer is not None \
+                else [getattr(model.cfg, "eos_token_id", None)]
+        eos = np.zeros((model.cfg.vocab_size,), bool)
+        for i in eos_ids:
+            if i is not None and 0 <= i < eos.size:
+                eos[i] = True
+        self._eos = jnp.asarray(eos)
+        self._prefill = jax.jit(_prefill, static_argnums=0, donate_argnums=2)
+        self._decode = jax.jit(_decode, static_argnums=0, donate_argnums=2, static_argnames=("out_len", "use_filter"))
+
+    # ------------------------------------------------------------------------------------------ public API
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams(),
+                 max_len: int | None = None) -> list[Completion]:
+        """One-shot generation for a batch of token-id prompts."""
+        longest = max(len(p) for p in prompts)
+        session = self.start(prompts, max_len or longest + params.max_new_tokens)
+        return self.step(session, range(len(prompts)), params)
+
+    def start(self, prompts: Sequence[Sequence[int]], max_len: int) -> Session:
+        """A session of len(prompts) rows, each holding at most `max_len` tokens (prompt + everything after)."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("Sampler.start: every prompt needs at least one token (got an empty prompt or batch)")
+        longest = max(len(p) for p in prompts)
+        if longest >= max_len:
+            raise ValueError(f"Sampler.start: a prompt of {longest} tokens leaves no room under max_len={max_len}; "
+                             f"raise max_len or shorten the prompt")
+        b = _bucket(len(prompts), 1)
+        slots = -(-max_len // 128) * 128
+        cache = init_cache(self.model, b, slots)
+        return Session([list(p) for p in prompts], cache, np.zeros((b,), np.int64), max_len)
+
+    def step(self, session: Session, rows: Sequence[int], params: SamplingParams,
+             max_new_tokens: Sequence[int] | None = None) -> list[Completion]:
+        """Prefill each listed row's unseen tokens and decode until it stops; appends the generated ids to
+        session.tokens[row] and returns one Completion per listed row (in order). Every row stops by
+        session.max_len tokens in total, and by `max_new_tokens[i]` for rows[i] if given (else
+        params.max_new_tokens)."""
+        rows = list(rows)
+        if not rows:
+            return []
+        b = session.written.shape[0]
+        active = np.zeros((b,), bool)
+        active[rows] = True
+        for r in rows:
+            if len(session.tokens[r]) >= session.max_len:
+                raise ValueError(f"Sampler.step: row {r} already holds {len(session.tokens[r])} tokens, the "
+                                 f"session's max_len={session.max_len}; stop this row instead of continuing it")
+        graphdef, state = nnx.split(self.model)
+        slots = session.cache["segment_ids"].shape[1]
+
+        # prefill, chunk by chunk, each row from its first unseen token
+        pending = [session.tokens[r][session.written[r]:] if active[r] else [] for r in range(b)]
+        longest = max(len(p) for p in pending)
+        if longest == 0:
+            raise ValueError(f"Sampler.step: rows {rows} have no tokens to continue from")
+        chunk = min(self.prefill_chunk, _bucket(longest, self.min_bucket))
+        logits = None
+        for start in range(0, longest, chunk):
+            tok = np.zeros((b, chunk), np.int32)
+            pos = np.full((b, chunk), slots, np.int32)
+            last = np.zeros((b,), np.int32)
+            has = np.zeros((b,), bool)
+            for r, p in enumerate(pending):
+                piece = p[start:start + chunk]
+                if piece:
+                    tok[r, :len(piece)] = piece
+                    pos[r, :len(piece)] = session.written[r] + start + np.arange(len(piece))
+                    last[r] = len(piece) - 1
+                    has[r] = start + len(piece) == len(p)     # this chunk holds the row's last pending token
+            chunk_logits, session.cache = self._prefill(graphdef, state, session.cache, jnp.asarray(tok),
+                                                        jnp.asarray(pos), jnp.asarray(last))
+            logits = chunk_logits if logits is None else jnp.where(jnp.asarray(has)[:, None], chunk_logits, logits)
+        for r in rows:
+            session.written[r] = len(session.tokens[r])
+
+        # decode
+        room = np.array([session.max_len - len(session.tokens[r]) if active[r] else 0 for r in range(b)])
+        limit = np.zeros((b,), np.int64)
+        limit[rows] = params.max_new_tokens if max_new_tokens is None else np.asarray(max_new_tokens)
+        budget = np.minimum(room, limit)
+        out_len = _bucket(int(budget.max()), self.min_bucket)
+        use_filter = params.temperature > 0 and (params.top_p < 1.0 or params.top_k > 0)
+        key = jax.random.key(params.seed)
+        out_t, out_lp, count, finish, session.cache = self._decode(
+            graphdef, state, session.cache, logits, jnp.asarray(session.written, jnp.int32), jnp.asarray(active),
+            jnp.asarray(budget, jnp.int32), key, jnp.float32(params.temperature), jnp.float32(params.top_p),
+            jnp.int32(params.top_k), self.stop_table(params.stop), self._eos, out_len=out_len,
+            use_filter=use_filter)
+        out_t, out_lp, count, finish = map(np.asarray, jax.device_get((out_t, out_lp, count, finish)))
+
+        completions = []
+        for r in rows:
+            n = int(count[r])
+            ids = out_t[r, :n].tolist()
+            session.tokens[r].extend(ids)
+            # every generated token but the last has been fed back, so is in the cache
+            session.written[r] += max(n - 1, 0)
+            completions.append(Completion(ids, out_lp[r, :n].tolist(), FINISH_REASONS[int(finish[r])]))
+        return completions
+
+    def stop_table(self, stop: Sequence[str]) -> jax.Array:
+        key = tuple(stop)
+        if key and self.tokenizer is None:
+            raise ValueError(f"stop strings {key} need a tokenizer: build Sampler(model, tokenizer)")
+        if key not in self._tables:
+            if not key:
+                self._tables[key] = jnp.zeros((2, self.model.cfg.vocab_size), jnp.int32)
+                return self._tables[key]
+            if self._vocab_bytes is None:
+                self._vocab_bytes = token_bytes(self.tokenizer)
+                self._vocab_bytes += [b""] * (self.model.cfg.vocab_size - len(self._vocab_bytes))
+            self._tables[key] = jnp.asarray(stop_table(key, self._vocab_bytes))
+        return self._tables[key]

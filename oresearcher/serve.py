@@ -1,0 +1,238 @@
+"""OpenAI-compatible serving of the policy: /v1/chat/completions and /v1/completions (FastAPI + uvicorn).
+
+    python -m oresearcher.serve                                  # the embedded SmolLM2-135M-Instruct
+    python -m oresearcher.serve --checkpoint=DIR --port 8000     # an HF-layout checkpoint (save_hf export)
+
+Supported request fields: model, messages / prompt, max_tokens, temperature, top_p, top_k (extension), n, stop
+(a string or a list), seed (extension). Finish reasons follow OpenAI: "stop" for a stop string or EOS (the stop
+string is cut from the returned text), "length" at max_tokens.
+
+The synthesizer uses this as its `local` teacher (its OpenAI client pointed at http://HOST:PORT/v1), and runs many
+researchers at once: concurrent requests are batched. A single worker thread owns the model; it drains the
+queue, groups requests that share temperature / top-p / top-k / stop strings, and runs each group as one batch on
+the sampler (each row with its own max_tokens), so N concurrent researchers cost about one decode loop.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import queue
+import threading
+import time
+import uuid
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel
+
+from oresearcher.sampler import Sampler, SamplingParams
+
+
+class ChatRequest(BaseModel):
+    model: str = ""
+    messages: list[dict]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    n: int = 1
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+class CompletionRequest(BaseModel):
+    model: str = ""
+    prompt: str | list[str]
+    max_tokens: int | None = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    n: int = 1
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+@dataclasses.dataclass
+class _Job:
+    prompt: list[int]
+    max_new: int
+    params: SamplingParams
+    future: concurrent.futures.Future
+
+
+class Engine:
+    """The model, its tokenizer and a batching worker thread. `submit` is thread-safe."""
+
+    def __init__(self, model, tokenizer, *, name: str, max_batch: int = 32, max_context: int | None = None):
+        self.sampler = Sampler(model, tokenizer)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_batch = max_batch
+        self.max_context = max_context or model.cfg.max_position_embeddings
+        self._queue: queue.Queue[_Job] = queue.Queue()
+        self._worker = threading.Thread(target=self._run, daemon=True, name="oresearcher-serve")
+        self._worker.start()
+
+    def submit(self, prompt: list[int], max_new: int, params: SamplingParams) -> concurrent.futures.Future:
+        if len(prompt) + 1 > self.max_context:
+            raise ValueError(f"prompt of {len(prompt)} tokens exceeds the model context of {self.max_context}")
+        max_new = max(1, min(max_new, self.max_context - len(prompt)))
+        job = _Job(prompt, max_new, params, concurrent.futures.Future())
+        self._queue.put(job)
+        return job.future
+
+    def _run(self):
+        while True:
+            jobs = [self._queue.get()]
+            time.sleep(0.005)                      # let concurrent requests arrive and share the batch
+            while len(jobs) < 4 * self.max_batch:
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            groups: dict[tuple, list[_Job]] = {}
+            for job in jobs:
+                p = job.params
+                groups.setdefault((p.temperature, p.top_p, p.top_k, p.stop), []).append(job)
+            for group in groups.values():
+                for start in range(0, len(group), self.max_batch):
+                    self._generate(group[start:start + self.max_batch])
+
+    def _generate(self, jobs: list[_Job]):
+        try:
+            longest = max(len(j.prompt) + j.max_new for j in jobs)
+            max_len = min(self.max_context, max(256, 1 << (longest - 1).bit_length()))
+            session = self.sampler.start([j.prompt for j in jobs], max_len=max_len)
+            outs = self.sampler.step(session, range(len(jobs)), jobs[0].params, [j.max_new for j in jobs])
+        except Exception as e:  # the request fails, the server stays up
+            for j in jobs:
+                j.future.set_exception(e)
+            return
+        for j, out in zip(jobs, outs):
+            j.future.set_result(out)
+
+    def finish(self, completion, stop: tuple[str, ...]) -> tuple[str, str, int]:
+        """(text with any stop string cut, OpenAI finish reason, completion tokens)."""
+        tokens = completion.tokens
+        if completion.finish_reason == "eos":
+            tokens = tokens[:-1]
+        text = self.tokenizer.decode(tokens)
+        if completion.finish_reason == "stop":
+            cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+            if cut >= 0:
+                text = text[:cut]
+        reason = "length" if completion.finish_reason == "length" else "stop"
+        return text, reason, len(completion.tokens)
+
+
+def _stops(stop) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(stop)
+
+
+def _params(req, stop) -> SamplingParams:
+    if req.n < 1 or req.n > 64:
+        raise HTTPException(400, f"n={req.n}: use 1..64")
+    if req.temperature < 0 or not 0 < req.top_p <= 1:
+        raise HTTPException(400, f"temperature={req.temperature}, top_p={req.top_p}: need temperature >= 0 and "
+                                 f"0 < top_p <= 1")
+    seed = req.seed if req.seed is not None else int.from_bytes(uuid.uuid4().bytes[:4], "little")
+    return SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, stop=stop, seed=seed)
+
+
+def build_app(engine: Engine) -> FastAPI:
+    app = FastAPI(title="oresearcher policy server")
+
+    def run(prompts: list[list[int]], max_new: int, params: SamplingParams, n: int):
+        try:
+            futures = [engine.submit(p, max_new, dataclasses.replace(params, seed=params.seed + i))
+                       for p in prompts for i in range(n)]
+        except ValueError as e:
+            raise HTTPException(400, str(e))
+        return [f.result() for f in futures]
+
+    @app.get("/healthz")
+    def healthz():
+        return {"ok": True, "model": engine.name}
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": engine.name, "object": "model", "owned_by": "oresearcher"}]}
+
+    @app.post("/v1/chat/completions")
+    def chat(req: ChatRequest):
+        stop = _stops(req.stop)
+        params = _params(req, stop)
+        text = engine.tokenizer.apply_chat_template(req.messages, add_generation_prompt=True)
+        prompt = engine.tokenizer.encode(text)
+        max_new = req.max_completion_tokens or req.max_tokens or 1024
+        outs = run([prompt], max_new, params, req.n)
+        choices, used = [], 0
+        for i, out in enumerate(outs):
+            content, reason, n_tokens = engine.finish(out, stop)
+            used += n_tokens
+            choices.append({"index": i, "message": {"role": "assistant", "content": content},
+                            "finish_reason": reason, "logprobs": None})
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": engine.name, "choices": choices,
+                "usage": {"prompt_tokens": len(prompt), "completion_tokens": used,
+                          "total_tokens": len(prompt) + used}}
+
+    @app.post("/v1/completions")
+    def complete(req: CompletionRequest):
+        stop = _stops(req.stop)
+        params = _params(req, stop)
+        texts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+        prompts = [engine.tokenizer.encode(t) for t in texts]
+        if any(not p for p in prompts):
+            raise HTTPException(400, "an empty prompt: give at least one token of text")
+        outs = run(prompts, req.max_tokens or 16, params, req.n)
+        choices, used = [], 0
+        for i, out in enumerate(outs):
+            text, reason, n_tokens = engine.finish(out, stop)
+            used += n_tokens
+            choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
+        prompt_tokens = sum(len(p) for p in prompts)
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": engine.name, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": used,
+                          "total_tokens": prompt_tokens + used}}
+
+    return app
+
+
+def load(checkpoint: str | None):
+    """(model, tokenizer, name): the embedded SmolLM2 GGUF, or an HF-layout directory (safetensors + tokenizer)."""
+    from oresearcher.model import Tokenizer, load_gguf, load_hf
+
+    if not checkpoint:
+        model, tokenizer = load_gguf()
+        return model, tokenizer, "smollm2-135m-instruct"
+    try:
+        return load_hf(checkpoint), Tokenizer.from_dir(checkpoint), checkpoint.rstrip("/").split("/")[-1]
+    except FileNotFoundError as e:
+        raise SystemExit(f"--checkpoint={checkpoint}: {e}; point it at an HF-layout directory (config.json, "
+                         f"*.safetensors, tokenizer.json), e.g. one written by save_hf")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", default=None, help="HF-layout directory; default: embedded SmolLM2")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--name", default=None, help="model name reported to clients")
+    args = parser.parse_args(argv)
+
+    import uvicorn
+
+    model, tokenizer, name = load(args.checkpoint)
+    engine = Engine(model, tokenizer, name=args.name or name, max_batch=args.max_batch)
+    print(f"serving {engine.name} on http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(build_app(engine), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

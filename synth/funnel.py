@@ -1,0 +1,189 @@
+"""The quality funnel (PAPER §4): N candidates per question -> hard rules -> the judge picks the best.
+
+    synth = Synthesizer.from_config(cfg)
+    outcome = await synth.synthesize(question, qid)
+    outcome.record      # Interface 2 record of the chosen candidate, or None when every candidate failed
+    outcome.rejections  # one "candidate k: reason: detail" string per rejected candidate (also the unchosen)
+
+Hard rules: protocol.validate (closed tags, order, >= 10 reasoning steps, >= 5 tool calls, <= 64k tokens,
+language match) plus two of our own: `uncited_report` (a report must cite at least one reference) and
+`unobserved_citation` (every URL in the References list appears in an observation of the same trajectory).
+
+`run_job(store, job_id, synth)` drives a stored job: every pending question, `concurrency` at a time; each
+outcome is committed as soon as it is known, so a killed process resumes where it stopped.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import pathlib
+import time
+
+from oresearcher import protocol
+from synth import __version__
+from synth.config import config_hash
+from synth.llm import Accounting, LLMError
+from synth.teachers import ACCOUNTING, TeacherError, make_teacher
+from synth.workflow import Candidate, Workflow
+
+PROMPTS = pathlib.Path(__file__).parent / "prompts"
+log = logging.getLogger(__name__)
+
+
+def prompt_hashes() -> dict[str, str]:
+    """sha256 of every role prompt file (synth/prompts/*.txt), recorded in each record's meta."""
+    return {p.stem: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(PROMPTS.glob("*.txt"))}
+
+
+def make_judge(cfg, tools):
+    from synth.judge import HeuristicJudge, LLMJudge
+    if cfg.judge.kind == "heuristic":
+        return HeuristicJudge(tools)
+    if cfg.judge.kind == "llm":
+        from synth.llm import LLMClient
+        return LLMJudge(LLMClient.from_config(cfg.judge))
+    raise ValueError(f"judge.kind={cfg.judge.kind!r}: choose 'heuristic' or 'llm'")
+
+
+def observed_text(text: str) -> str:
+    return "\n".join(text[s.body_start:s.body_end] for s in protocol.parse(text) if s.tag == "observation")
+
+
+def hard_rules(text: str, report: str, question: str, w) -> list[str]:
+    """All reasons a candidate fails the funnel's hard rules ([] = passes)."""
+    reasons = protocol.validate(text, question, min_reasoning_steps=w.min_reasoning_steps,
+                                min_tool_calls=w.min_tool_calls, max_tokens=w.max_tokens)
+    references = protocol.parse_references(report)
+    cited = set(protocol.cited_numbers(report))
+    if not references or not cited & {n for n, _, _ in references}:
+        reasons.append("uncited_report: the report cites none of its references")
+    evidence = observed_text(text)
+    for n, url, _ in references:
+        if url not in evidence:
+            reasons.append(f"unobserved_citation: [{n}] {url} appears in no observation")
+    return reasons
+
+
+@dataclasses.dataclass
+class Outcome:
+    record: dict | None
+    rejections: list[str]
+
+
+class Synthesizer:
+    """Teacher + tools + judge + funnel settings for one config."""
+
+    def __init__(self, cfg, tools, teacher, judge):
+        self.cfg, self.tools, self.teacher, self.judge = cfg, tools, teacher, judge
+        w = cfg.workflow
+        self.workflow = Workflow(teacher, tools, step_budget=w.step_budget, mode=w.mode,
+                                 min_subtasks=w.min_subtasks, max_subtasks=w.max_subtasks)
+        self.config_hash = config_hash(cfg)
+        self.prompt_hashes = prompt_hashes()
+
+    @classmethod
+    def from_config(cls, cfg, tools=None) -> "Synthesizer":
+        from synth.tools import Tools
+        tools = tools or Tools.from_config(cfg)
+        return cls(cfg, tools, make_teacher(cfg, tools), make_judge(cfg, tools))
+
+    async def aclose(self) -> None:
+        await self.tools.aclose()
+        for client in (getattr(self.teacher, "llm", None), getattr(self.judge, "llm", None)):
+            if client is not None:
+                await client.aclose()
+
+    async def synthesize(self, question: str, qid: str) -> Outcome:
+        t0 = time.perf_counter()
+        accounting = Accounting()
+        n = int(self.cfg.workflow.candidates)
+        runs = await asyncio.gather(*(self._candidate(question, k, accounting) for k in range(n)),
+                                    return_exceptions=True)
+        rejections, valid = [], []
+        for k, run in enumerate(runs):
+            if isinstance(run, BaseException):
+                if not isinstance(run, (TeacherError, LLMError)):
+                    log.error("candidate %d of %s failed unexpectedly", k, qid, exc_info=run)
+                rejections.append(f"candidate {k}: teacher_error: {type(run).__name__}: {str(run)[:300]}")
+                continue
+            reasons = hard_rules(run.text, run.report, question, self.cfg.workflow)
+            if reasons:
+                rejections.extend(f"candidate {k}: {r}" for r in reasons)
+            else:
+                valid.append((k, run))
+        if not valid:
+            return Outcome(None, rejections)
+
+        verdicts = await asyncio.gather(*(self.judge.score(question, c.report, c.text) for _, c in valid))
+        scored = [(v.overall if not v.abstained else -1.0, k, c, v) for (k, c), v in zip(valid, verdicts)]
+        best = max(scored, key=lambda s: (s[0], -s[1]))
+        for score, k, _, v in scored:
+            if k != best[1]:
+                why = f"abstained ({v.reason})" if v.abstained else f"overall {score:.3f}, not above the chosen {best[0]:.3f}"
+                rejections.append(f"candidate {k}: not_selected: judge {why}")
+        _, k, chosen, verdict = best
+        record = self._record(qid, question, chosen, verdict, accounting, rejections, k,
+                              time.perf_counter() - t0)
+        return Outcome(record, rejections)
+
+    async def _candidate(self, question: str, k: int, accounting: Accounting) -> Candidate:
+        ACCOUNTING.set(accounting)   # per task: the LLM calls of this candidate are billed to its question
+        return await self.workflow.run(question, seed=k)
+
+    def _record(self, qid, question, c: Candidate, verdict, accounting, rejections, k, seconds) -> dict:
+        text = c.text
+        judge = verdict.to_json()
+        judge.pop("details", None)
+        errors = [e for r in c.researches for e in r.errors]
+        tokens = {"trajectory_estimate": protocol.estimate_tokens(text),
+                  "prompt": accounting.prompt_tokens, "completion": accounting.completion_tokens}
+        return {
+            "id": qid, "question": question,
+            "messages": [{"role": "system", "content": protocol.system_prompt()},
+                         {"role": "user", "content": question},
+                         {"role": "assistant", "content": text}],
+            "report": c.report,
+            "meta": {
+                "teachers": [getattr(self.teacher, "name", "unknown")],
+                "tool_calls": protocol.count_tool_calls(text),
+                "subtasks": len(c.subtasks),
+                "reasoning_steps": sum(1 for s in protocol.parse(text) if s.tag in ("think", "plan")),
+                "retries": accounting.retries, "llm": accounting.to_dict(),
+                "tool_errors": errors, "tool_error": bool(errors),
+                "wasted_steps": sum(r.wasted for r in c.researches),
+                "tokens": tokens, "judge": judge, "candidate": k,
+                "candidates": int(self.cfg.workflow.candidates), "rejected_candidates": len(rejections),
+                "timings": {**{key: round(v, 4) for key, v in c.timings.items()}, "question_s": round(seconds, 4)},
+                "mode": self.cfg.workflow.mode,
+                "config_hash": self.config_hash, "prompt_hashes": self.prompt_hashes,
+                "synth_version": __version__,
+            },
+        }
+
+
+async def run_job(store, job_id: str, synth: Synthesizer, *, concurrency: int = 16, progress=None) -> None:
+    """Decide every pending question of a stored job; progress(accepted: bool) after each one."""
+    pending = store.pending(job_id)
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(idx: int, qid: str, question: str) -> None:
+        async with gate:
+            if store.job(job_id)["status"] == "cancelled":
+                return
+            try:
+                outcome = await synth.synthesize(question, qid)
+            except Exception as error:   # one broken question must not stop the job
+                log.error("question %s failed", qid, exc_info=error)
+                outcome = Outcome(None, [f"internal_error: {type(error).__name__}: {str(error)[:300]}"])
+            if outcome.record is not None:
+                store.accept(job_id, idx, outcome.record, outcome.rejections)
+            else:
+                store.reject(job_id, idx, outcome.rejections)
+            if progress is not None:
+                progress(outcome.record is not None)
+
+    await asyncio.gather(*(one(*q) for q in pending))
+    if store.job(job_id)["status"] == "running":
+        store.set_status(job_id, "done")

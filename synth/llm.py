@@ -1,0 +1,303 @@
+"""An async client for a list of OpenAI-compatible chat endpoints: concurrency limits, retries, failover, accounting.
+
+    client = LLMClient([Endpoint("https://api.example.com/v1", "model-a", api_key_env="EXAMPLE_API_KEY",
+                                 max_concurrency=16, price_prompt=0.5, price_completion=1.5)],
+                       timeout=120, max_retries=6, backoff=1.0)
+    acct = Accounting()
+    result = await client.chat([{"role": "user", "content": "hi"}], temperature=0.7, max_tokens=512,
+                               accounting=acct)
+    result.text, result.model, result.usage, result.retries; acct.to_dict()
+
+Why each piece exists:
+  * one asyncio semaphore per endpoint: a provider's rate limit is per endpoint, and 64 concurrent questions
+    with 4 researchers each would otherwise open hundreds of requests at once;
+  * retries with jittered exponential backoff on timeouts, connection errors, 5xx, 429 (Retry-After honoured,
+    capped) and unusable answers (invalid JSON, no choices, no message): all are transient for a hosted model;
+  * failover: every retry goes to the next endpoint in the list, so one dead provider costs one attempt, and a
+    request starts on the endpoint with the most free slots; 400/401/403/404 are not retried on the endpoint
+    that gave them (the request or key is wrong there) but the other endpoints are still tried;
+  * accounting per job: calls, retries, failures, tokens and cost, which the workflow copies into `meta`;
+  * API keys are read from environment variables at construction, sent only in the Authorization header, and
+    never appear in reprs, logs or error messages (server error text is redacted before it is quoted).
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email.utils
+import json
+import logging
+import os
+import random
+import time
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+MAX_RETRY_AFTER = 60.0  # seconds: a longer Retry-After is treated as "try another endpoint, then wait this long"
+
+
+class LLMError(Exception):
+    """Every attempt on every endpoint failed. `reason` says what happened on the last attempts."""
+
+    def __init__(self, reason: str, attempts: int = 0):
+        super().__init__(reason)
+        self.reason = reason
+        self.attempts = attempts
+
+
+@dataclasses.dataclass
+class Endpoint:
+    """One OpenAI-compatible server. base_url ends in /v1 (".../v1/chat/completions" is appended).
+
+    api_key_env: NAME of the environment variable holding the key ("" for servers without auth);
+    price_prompt / price_completion: cost in currency units per million tokens (0 when unknown).
+    """
+
+    base_url: str
+    model: str
+    api_key_env: str = ""
+    max_concurrency: int = 8
+    price_prompt: float = 0.0
+    price_completion: float = 0.0
+
+    def __post_init__(self):
+        self.base_url = self.base_url.rstrip("/")
+        if self.max_concurrency < 1:
+            raise ValueError(f"endpoint {self.base_url}: max_concurrency must be >= 1, got {self.max_concurrency}")
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> "Endpoint":
+        """From a config entry {"base_url", "model", "api_key_env"?, "max_concurrency"?, "price_*"?}."""
+        missing = [k for k in ("base_url", "model") if not spec.get(k)]
+        if missing:
+            raise ValueError(f"LLM endpoint with keys {sorted(spec)}: missing {missing}; "
+                             "each endpoint needs base_url and model")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(spec) - fields
+        if unknown:
+            raise ValueError(f"LLM endpoint {spec.get('base_url')}: unknown keys {sorted(unknown)}; "
+                             f"allowed {sorted(fields)}")
+        return cls(**dict(spec))
+
+
+@dataclasses.dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclasses.dataclass
+class ChatResult:
+    text: str
+    model: str
+    usage: Usage
+    retries: int
+
+
+@dataclasses.dataclass
+class Accounting:
+    """Per-job totals. retries counts failed attempts that were retried; failures counts calls that gave up."""
+
+    calls: int = 0
+    retries: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    by_model: dict = dataclasses.field(default_factory=dict)
+
+    def record(self, endpoint: Endpoint, usage: Usage) -> None:
+        self.calls += 1
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.cost += (usage.prompt_tokens * endpoint.price_prompt
+                      + usage.completion_tokens * endpoint.price_completion) / 1e6
+        self.by_model[endpoint.model] = self.by_model.get(endpoint.model, 0) + 1
+
+    def to_dict(self) -> dict:
+        return {"calls": self.calls, "retries": self.retries, "failures": self.failures,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "cost": round(self.cost, 6), "by_model": dict(self.by_model)}
+
+
+class _Attempt(Exception):
+    """One failed attempt. retry_after: the server's requested wait (s); fatal: do not retry this endpoint."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None, fatal: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.fatal = fatal
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _count(value) -> int:
+    """A token count from a usage field; servers that omit or garble it count as 0 rather than failing."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+class LLMClient:
+    """Chat completions over `endpoints` (see the module docstring).
+
+    timeout: seconds per attempt (connect + read); max_retries: attempts after the first, across endpoints;
+    backoff: base delay in seconds, doubled per retry (capped at backoff_max) with full jitter in [0.5, 1.0]×.
+    """
+
+    def __init__(self, endpoints: list[Endpoint | dict], *, timeout: float = 120.0, max_retries: int = 6,
+                 backoff: float = 1.0, backoff_max: float = 30.0, seed: int | None = None):
+        if not endpoints:
+            raise ValueError("LLMClient needs at least one endpoint (base_url + model)")
+        self.endpoints = [e if isinstance(e, Endpoint) else Endpoint.from_dict(e) for e in endpoints]
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self._keys = [os.environ.get(e.api_key_env, "") if e.api_key_env else "" for e in self.endpoints]
+        for endpoint, key in zip(self.endpoints, self._keys):
+            if endpoint.api_key_env and not key:
+                log.warning("LLM endpoint %s: environment variable %s is empty; sending no key",
+                            endpoint.base_url, endpoint.api_key_env)
+        self._semaphores = [asyncio.Semaphore(e.max_concurrency) for e in self.endpoints]
+        self._in_flight = [0] * len(self.endpoints)
+        self._random = random.Random(seed)
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout), trust_env=False,
+                                         limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+
+    @classmethod
+    def from_config(cls, cfg) -> "LLMClient":
+        """From a config section {endpoints: [{base_url, model, api_key_env?, max_concurrency?, price_*?}, ...],
+        timeout?, max_retries?, backoff?, backoff_max?} (dict or ml_collections ConfigDict)."""
+        get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
+        endpoints = [dict(e) for e in (get("endpoints", None) or [])]
+        if not endpoints:
+            raise ValueError("LLM config has no endpoints: set endpoints=[{'base_url': ..., 'model': ...}]")
+        return cls(endpoints, timeout=float(get("timeout", 120.0)), max_retries=int(get("max_retries", 6)),
+                   backoff=float(get("backoff", 1.0)), backoff_max=float(get("backoff_max", 30.0)))
+
+    @property
+    def name(self) -> str:
+        """Model names of the endpoints ("a" or "a,b"): names the summariser in cache keys and judge labels."""
+        return ",".join(dict.fromkeys(e.model for e in self.endpoints))
+
+    def __repr__(self) -> str:
+        return f"LLMClient({[f'{e.base_url} [{e.model}]' for e in self.endpoints]}, keys=<redacted>)"
+
+    def _redact(self, text: str) -> str:
+        for key in self._keys:
+            if key:
+                text = text.replace(key, "<redacted>")
+        return text
+
+    def _first_endpoint(self) -> int:
+        """The endpoint with the most free slots (ties: list order), so load spreads before queues form."""
+        free = [e.max_concurrency - n for e, n in zip(self.endpoints, self._in_flight)]
+        return max(range(len(free)), key=lambda i: (free[i], -i))
+
+    async def chat(self, messages: list[dict], *, temperature: float = 0.7, max_tokens: int = 1024,
+                   stop: list[str] | None = None, accounting: Accounting | None = None) -> ChatResult:
+        """One chat completion. Raises LLMError only when every attempt (1 + max_retries) failed."""
+        index = self._first_endpoint()
+        fatal: set[int] = set()
+        reasons: list[str] = []
+        attempts = 0
+        while attempts <= self.max_retries and len(fatal) < len(self.endpoints):
+            while index in fatal:
+                index = (index + 1) % len(self.endpoints)
+            endpoint = self.endpoints[index]
+            attempts += 1
+            try:
+                text, model, usage = await self._attempt(index, messages, temperature, max_tokens, stop)
+            except _Attempt as failure:
+                reasons.append(f"{endpoint.base_url}: {failure.reason}")
+                log.info("LLM attempt %d failed on %s: %s", attempts, endpoint.base_url, failure.reason)
+                if failure.fatal:
+                    fatal.add(index)
+                index = (index + 1) % len(self.endpoints)
+                if attempts > self.max_retries or len(fatal) == len(self.endpoints):
+                    break
+                if accounting is not None:
+                    accounting.retries += 1
+                if not failure.fatal:
+                    await asyncio.sleep(self._delay(attempts, failure.retry_after))
+                continue
+            if accounting is not None:
+                accounting.record(endpoint, usage)
+            return ChatResult(text=text, model=model, usage=usage, retries=attempts - 1)
+        if accounting is not None:
+            accounting.failures += 1
+        raise LLMError(f"all {attempts} attempts failed; last: " + " | ".join(reasons[-3:]), attempts)
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        delay = min(self.backoff_max, self.backoff * 2 ** (attempt - 1)) * self._random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            # Honour the server's wait, but only up to a cap: failover may already have moved us elsewhere.
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+        return delay
+
+    async def _attempt(self, index: int, messages, temperature, max_tokens, stop) -> tuple[str, str, Usage]:
+        endpoint = self.endpoints[index]
+        payload = {"model": endpoint.model, "messages": messages, "temperature": temperature,
+                   "max_tokens": max_tokens}
+        if stop:
+            payload["stop"] = list(stop)
+        headers = {"Authorization": f"Bearer {self._keys[index]}"} if self._keys[index] else {}
+        async with self._semaphores[index]:
+            self._in_flight[index] += 1
+            try:
+                response = await self._client.post(f"{endpoint.base_url}/chat/completions", json=payload,
+                                                   headers=headers)
+            except httpx.TimeoutException:
+                raise _Attempt(f"timed out after {self.timeout:g} s") from None
+            except httpx.HTTPError as error:
+                raise _Attempt(f"connection error ({type(error).__name__})") from None
+            finally:
+                self._in_flight[index] -= 1
+        return self._parse(response, endpoint)
+
+    def _parse(self, response: httpx.Response, endpoint: Endpoint) -> tuple[str, str, Usage]:
+        status = response.status_code
+        if status != 200:
+            detail = self._redact(response.text[:200].replace("\n", " "))
+            if status in RETRYABLE_STATUS or status >= 500:
+                raise _Attempt(f"HTTP {status} {detail}",
+                               retry_after=_retry_after(response.headers.get("retry-after")))
+            raise _Attempt(f"HTTP {status} {detail}", fatal=True)
+        try:
+            body = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _Attempt("invalid JSON in the response body") from None
+        if not isinstance(body, dict):
+            raise _Attempt("response body is not a JSON object")
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise _Attempt("response has no choices")
+        message = choices[0].get("message")
+        text = message.get("content") if isinstance(message, dict) else choices[0].get("text")
+        if not isinstance(text, str):
+            raise _Attempt("response choice has no text content")
+        raw_usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        usage = Usage(prompt_tokens=_count(raw_usage.get("prompt_tokens")),
+                      completion_tokens=_count(raw_usage.get("completion_tokens")))
+        return text, str(body.get("model") or endpoint.model), usage
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

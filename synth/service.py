@@ -1,0 +1,243 @@
+"""The synth HTTP service (DESIGN contract 7): jobs, the NDJSON trajectory stream, the tools, the judge.
+
+    POST   /v1/jobs                 {"seeds": [{"id"?, "question"}...], "overrides"?: {"workflow.candidates": 1}}
+    GET    /v1/jobs/{id}            status and counts;  DELETE /v1/jobs/{id} cancels
+    GET    /v1/trajectories?job=ID&after=CURSOR   NDJSON, one {"cursor", "record"} per line, resumable by cursor
+    POST   /v1/tools/web_search     {"queries": [...], "num": 10} -> {"observation", "ok", "error", "hits"}
+    POST   /v1/tools/crawl_page     {"urls": [...], "goal": ""}   -> {"observation", "ok", "error", "pages"}
+    POST   /v1/judge                {"question", "report", "trajectory"?, "reference"?}
+    GET    /healthz, GET /metrics (Prometheus text), GET /openapi.json
+
+Jobs live in the SQLite store (synth/store.py): on start-up every job still "running" is resumed. A bearer
+token is required on every /v1 route when the environment variable named by `service.token_env` is set.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import pathlib
+import time
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from synth import __version__
+from synth.config import apply_overrides
+from synth.store import Store
+
+
+class WebSearchBody(BaseModel):
+    queries: list[str] = Field(min_length=1, max_length=32)
+    num: int = Field(10, ge=1, le=20)
+
+
+class CrawlPageBody(BaseModel):
+    urls: list[str] = Field(min_length=1, max_length=16)
+    goal: str = Field("", max_length=4000)
+
+
+class JudgeBody(BaseModel):
+    question: str = Field(min_length=1, max_length=20000)
+    report: str = Field(max_length=400000)
+    trajectory: Any = None
+    reference: str | None = None
+
+
+class Seed(BaseModel):
+    id: str | None = None
+    question: str = Field(min_length=1)
+
+
+class JobBody(BaseModel):
+    seeds: list[Seed] = Field(min_length=1)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+def _store_path(cfg) -> pathlib.Path:
+    if cfg.service.store:
+        return pathlib.Path(cfg.service.store)
+    from synth.tools.cache import cache_dir
+    return cache_dir(cfg.tools.cache_dir or None) / "synth_jobs.sqlite"
+
+
+class Metrics:
+    """Counters and summed latencies, rendered in the Prometheus text format."""
+
+    def __init__(self):
+        self.counts = collections.Counter()
+        self.seconds = collections.Counter()
+
+    def observe(self, name: str, seconds: float, ok: bool = True) -> None:
+        self.counts[(name, "ok" if ok else "error")] += 1
+        self.seconds[name] += seconds
+
+    def render(self, extra: dict[str, float]) -> str:
+        lines = ["# TYPE synth_requests_total counter"]
+        for (name, outcome), n in sorted(self.counts.items()):
+            lines.append(f'synth_requests_total{{endpoint="{name}",outcome="{outcome}"}} {n}')
+        lines.append("# TYPE synth_request_seconds_total counter")
+        for name, s in sorted(self.seconds.items()):
+            lines.append(f'synth_request_seconds_total{{endpoint="{name}"}} {s:.6f}')
+        for key, value in extra.items():
+            lines.append(f"# TYPE {key} gauge")
+            lines.append(f"{key} {value}")
+        return "\n".join(lines) + "\n"
+
+
+def create_app(cfg) -> FastAPI:
+    """The FastAPI app for config `cfg` (ConfigDict from configs/synth.py)."""
+    from synth.funnel import Synthesizer, run_job   # the workflow is only needed once a job runs
+
+    app = FastAPI(title="oresearcher synth", version=__version__,
+                  description="Research trajectory synthesis: jobs, tools and judge (DESIGN contract 7).")
+    state: dict[str, Any] = {"tasks": {}}
+    metrics = Metrics()
+    token = os.environ.get(cfg.service.token_env, "") if cfg.service.token_env else ""
+
+    def synthesizer() -> Synthesizer:
+        if "synth" not in state:
+            state["synth"] = Synthesizer.from_config(cfg)
+        return state["synth"]
+
+    def store() -> Store:
+        if "store" not in state:
+            state["store"] = Store(_store_path(cfg))
+        return state["store"]
+
+    async def authorize(request: Request) -> None:
+        if token and request.headers.get("authorization", "") != f"Bearer {token}":
+            raise HTTPException(401, detail="missing or wrong bearer token: send 'Authorization: Bearer <token>' "
+                                            f"(the value of ${cfg.service.token_env})")
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, error: RequestValidationError):
+        problems = [{"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body", "problem": e["msg"]}
+                    for e in error.errors()]
+        fields = ", ".join(p["field"] for p in problems)
+        return JSONResponse({"error": f"invalid request field(s): {fields}", "detail": problems}, status_code=422)
+
+    def start_job(job_id: str) -> None:
+        job = store().job(job_id)
+        synth = synthesizer()
+        if job["overrides"]:
+            synth = Synthesizer.from_config(apply_overrides(cfg.copy_and_resolve_references(), job["overrides"]),
+                                            tools=synth.tools)
+        task = asyncio.create_task(run_job(store(), job_id, synth, concurrency=cfg.workflow.question_concurrency))
+        state["tasks"][job_id] = task
+        task.add_done_callback(lambda _: state["tasks"].pop(job_id, None))
+
+    @app.on_event("startup")
+    async def resume() -> None:
+        for job_id in store().jobs("running"):
+            start_job(job_id)
+
+    @app.on_event("shutdown")
+    async def close() -> None:
+        for task in list(state["tasks"].values()):
+            task.cancel()
+        if "synth" in state:
+            await state["synth"].aclose()
+
+    # -------------------------------------------------------------------------------------------- tools
+    @app.post("/v1/tools/web_search", dependencies=[Depends(authorize)])
+    async def web_search(body: WebSearchBody):
+        start = time.perf_counter()
+        result = await synthesizer().tools.web_search(body.queries, body.num)
+        metrics.observe("web_search", time.perf_counter() - start, result.ok)
+        out = result.to_json()
+        out.pop("pages", None)
+        return out
+
+    @app.post("/v1/tools/crawl_page", dependencies=[Depends(authorize)])
+    async def crawl_page(body: CrawlPageBody):
+        start = time.perf_counter()
+        result = await synthesizer().tools.crawl_page(body.urls, body.goal)
+        metrics.observe("crawl_page", time.perf_counter() - start, result.ok)
+        out = result.to_json()
+        out.pop("hits", None)
+        return out
+
+    @app.post("/v1/judge", dependencies=[Depends(authorize)])
+    async def judge(body: JudgeBody):
+        start = time.perf_counter()
+        result = await synthesizer().judge.score(body.question, body.report, body.trajectory, body.reference)
+        metrics.observe("judge", time.perf_counter() - start, not result.abstained)
+        return result.to_json()
+
+    # -------------------------------------------------------------------------------------------- jobs
+    @app.post("/v1/jobs", dependencies=[Depends(authorize)], status_code=201)
+    async def create_job(body: JobBody):
+        limit = cfg.service.max_question_chars
+        for i, seed in enumerate(body.seeds):
+            if len(seed.question) > limit:
+                raise HTTPException(422, detail=f"seeds.{i}.question: {len(seed.question)} characters > "
+                                                f"{limit} (service.max_question_chars)")
+        if len(body.seeds) > cfg.service.max_seeds:
+            raise HTTPException(422, detail=f"seeds: {len(body.seeds)} > {cfg.service.max_seeds} "
+                                            "(service.max_seeds); split the job")
+        try:
+            apply_overrides(cfg.copy_and_resolve_references(), body.overrides)
+        except (KeyError, ValueError, TypeError) as error:
+            raise HTTPException(422, detail=f"overrides: {error}")
+        job_id = store().create_job([s.model_dump() for s in body.seeds], body.overrides)
+        start_job(job_id)
+        return store().job(job_id)
+
+    def existing(job_id: str) -> dict:
+        job = store().job(job_id)
+        if job is None:
+            raise HTTPException(404, detail=f"job: no job {job_id!r}")
+        return job
+
+    @app.get("/v1/jobs/{job_id}", dependencies=[Depends(authorize)])
+    async def get_job(job_id: str):
+        return existing(job_id)
+
+    @app.delete("/v1/jobs/{job_id}", dependencies=[Depends(authorize)])
+    async def cancel_job(job_id: str):
+        existing(job_id)
+        store().set_status(job_id, "cancelled")
+        task = state["tasks"].get(job_id)
+        if task is not None:
+            task.cancel()
+        return existing(job_id)
+
+    @app.get("/v1/trajectories", dependencies=[Depends(authorize)])
+    async def trajectories(job: str, after: int = 0, follow: bool = False):
+        """NDJSON of {"cursor": int, "record": {...}}; `after` = the last cursor seen. follow=true keeps the
+        stream open until the job is finished."""
+        existing(job)
+
+        async def lines():
+            cursor = after
+            while True:
+                batch = store().trajectories(job, cursor)
+                for cursor, record in batch:
+                    yield json.dumps({"cursor": cursor, "record": record}, ensure_ascii=False) + "\n"
+                if not follow or (not batch and store().job(job)["status"] != "running"):
+                    return
+                if not batch:
+                    await asyncio.sleep(0.5)
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    # -------------------------------------------------------------------------------------------- ops
+    @app.get("/healthz")
+    async def healthz():
+        return {"ok": True, "version": __version__, "preset": cfg.preset, "jobs_running": len(state["tasks"])}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus():
+        return metrics.render({"synth_jobs_running": len(state["tasks"])})
+
+    return app
+
+
+def serve(cfg, host: str, port: int) -> None:
+    import uvicorn
+    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")

@@ -1,0 +1,48 @@
+"""Teachers: who writes the planner, researcher and summarizer roles of the workflow (PAPER §3).
+
+A teacher answers three questions for synth/workflow.py, which owns the loop, the tools and the merge:
+
+    subtasks = await teacher.plan(question, rng)                       # 3-6 orthogonal sub-queries
+    step = await teacher.step(question, research, rng, final=False)    # the next Plan -> Execute move
+        # Step(thoughts=[("think", ...), ("plan", ...)], call=("web_search", "query=...") | None,
+        #      answer="sub-report with [n] citations and its reference lines" | None)
+    report = await teacher.summarize(question, results, references, rng)   # fused report body (no References)
+
+`research` (workflow.Research) holds the sub-query, the elements written so far and the observations with the
+pages they showed. Teachers:
+  extractive  the embedded default, no LLM (teachers/extractive.py)
+  openai      role prompts (synth/prompts/*.txt) over synth.llm.LLMClient (teachers/openai.py); the `local`
+              preset is this teacher pointed at an oresearcher serving endpoint.
+"""
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+
+# The accounting (synth.llm.Accounting) of the question being synthesized, set per asyncio task by the funnel.
+ACCOUNTING: contextvars.ContextVar = contextvars.ContextVar("synth_accounting", default=None)
+
+
+class TeacherError(Exception):
+    """The teacher could not produce a usable step (an LLM that failed after its retries, unusable output)."""
+
+
+@dataclasses.dataclass
+class Step:
+    thoughts: list[tuple[str, str]]
+    call: tuple[str, str] | None = None
+    answer: str | None = None
+
+
+def make_teacher(cfg, tools):
+    """The teacher named by cfg.teacher.kind."""
+    kind = cfg.teacher.kind
+    if kind == "extractive":
+        from synth.teachers.extractive import ExtractiveTeacher
+        return ExtractiveTeacher(tools)
+    if kind in ("openai", "local"):
+        from synth.llm import LLMClient
+        from synth.teachers.openai import OpenAITeacher
+        return OpenAITeacher(LLMClient.from_config(cfg.teacher), temperature=cfg.teacher.temperature,
+                             max_tokens=cfg.teacher.max_tokens)
+    raise ValueError(f"teacher.kind={kind!r}: choose 'extractive' or 'openai'")

@@ -1,0 +1,101 @@
+"""The `openai` teacher: planner, researcher and summarizer roles played by any OpenAI-compatible endpoint(s).
+
+Role prompts are the files synth/prompts/{planner,researcher,summarizer}.txt (their sha256 goes into every
+record's meta). The researcher is a multi-turn chat: each assistant turn is one step ending in a tool call (the
+request stops at </web_search> / </crawl_page>), each observation comes back as a user turn, so any chat model
+works without continuing a partial assistant message. The `local` preset points this teacher at an
+`oresearcher` serving endpoint.
+
+LLM failures are retried by synth.llm.LLMClient (timeouts, 5xx, 429, unparseable bodies); a call that still
+fails raises, the candidate is rejected with the reason, and no error text ever enters a trajectory.
+"""
+from __future__ import annotations
+
+import pathlib
+import random
+import re
+
+from oresearcher import protocol
+from synth.teachers import ACCOUNTING, Step, TeacherError
+
+PROMPTS = pathlib.Path(__file__).resolve().parents[1] / "prompts"
+_ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+(.+?)\s*$")
+STOP = ["</web_search>", "</crawl_page>", "</subtask_answer>"]
+
+
+def role_prompt(role: str) -> str:
+    return (PROMPTS / f"{role}.txt").read_text(encoding="utf-8").strip()
+
+
+class OpenAITeacher:
+    def __init__(self, llm, *, temperature: float = 0.7, max_tokens: int = 2048):
+        self.llm = llm
+        self.temperature, self.max_tokens = temperature, max_tokens
+        self.prompts = {role: role_prompt(role) for role in ("planner", "researcher", "summarizer")}
+
+    @property
+    def name(self) -> str:
+        return f"openai:{self.llm.name}"
+
+    async def _chat(self, messages: list[dict], stop=None) -> str:
+        result = await self.llm.chat(messages, temperature=self.temperature, max_tokens=self.max_tokens,
+                                     stop=stop, accounting=ACCOUNTING.get())
+        return result.text
+
+    # ------------------------------------------------------------------------------------------ planner
+    async def plan(self, question: str, rng: random.Random) -> list[str]:
+        text = await self._chat([{"role": "system", "content": self.prompts["planner"]},
+                                 {"role": "user", "content": question}])
+        items = [m.group(1) for m in map(_ITEM.match, text.splitlines()) if m]
+        return [protocol.sanitize(i).replace("\n", " ") for i in items]
+
+    # ------------------------------------------------------------------------------------------ researcher
+    def _conversation(self, research, final: bool) -> list[dict]:
+        task = f"Question: {research.question}\nSub-question: {research.subtask}\n"
+        if research.prior:
+            task = f"Research so far on the other sub-questions:\n{research.prior}\n\n" + task
+        task += f"You have {research.budget} tool calls for this sub-question."
+        messages = [{"role": "system", "content": self.prompts["researcher"]}, {"role": "user", "content": task}]
+        turn: list[str] = []
+        for tag, body in research.elements:
+            if tag == "observation":
+                messages.append({"role": "assistant", "content": "".join(turn)})
+                messages.append({"role": "user", "content": protocol.observation(body).strip()})
+                turn = []
+            else:
+                turn.append(f"<{tag}>\n{body}\n</{tag}>\n")
+        if final:
+            messages.append({"role": "user", "content": "Your tool calls are spent. Write <think> and "
+                                                        "<subtask_answer> now."})
+        return messages
+
+    async def step(self, question: str, research, rng: random.Random, final: bool = False) -> Step:
+        text = await self._chat(self._conversation(research, final), stop=STOP)
+        thoughts, call, answer = [], None, None
+        for span in protocol.parse(text):
+            if span.tag in ("think", "plan"):
+                thoughts.append((span.tag, span.body.strip()))
+            elif span.tag in protocol.TOOL_TAGS:
+                call = (span.tag, span.body.strip())
+                break
+            elif span.tag == "subtask_answer":
+                answer = span.body.strip()
+                break
+        if answer is not None and not protocol.parse_references(answer):
+            answer = None   # an uncited sub-report cannot support the final report: ask again
+        if call is None and answer is None:
+            return Step([], None, None)
+        return Step(thoughts, call=call, answer=answer)
+
+    # ------------------------------------------------------------------------------------------ summarizer
+    async def summarize(self, question, subtasks, bodies, references, rng) -> str:
+        if not references:
+            raise TeacherError("no sub-report cited an observed source; nothing to summarize")
+        sources = "\n".join(f"[{n}]. {url} - {title}" for n, url, title in references)
+        reports = "\n\n".join(f"## {s}\n{b}" for s, b in zip(subtasks, bodies))
+        text = await self._chat([{"role": "system", "content": self.prompts["summarizer"]},
+                                 {"role": "user", "content": f"Question: {question}\n\nSources:\n{sources}\n\n"
+                                                             f"Sub-reports:\n{reports}"}])
+        if not protocol.cited_numbers(text):
+            raise TeacherError("the summarizer's report cites no source")
+        return protocol.sanitize(text)

@@ -1,0 +1,211 @@
+"""Real local HTTP servers for tests: a scripted OpenAI-compatible chat server with fault injection, and a
+generic runner for any ASGI app (fake search APIs, redirectors, canaries).
+
+Everything listens on 127.0.0.1 on a free port, in a background thread with its own event loop, so the code
+under test talks real HTTP through its real client.
+
+ScriptedOpenAI
+--------------
+    from scripted_openai import Faults, ScriptedOpenAI   # tests/ is on sys.path under pytest;
+                                                         # elsewhere: from tests.scripted_openai import ...
+
+    def responder(request: dict) -> str:          # the parsed /v1/chat/completions JSON body
+        return "answer to " + request["messages"][-1]["content"]
+
+    faults = Faults(error_500=0.1, error_429=0.1, hang=0.05, garbage=0.05, seed=0)
+    with ScriptedOpenAI(responder, faults=faults, latency=0.0, model="scripted") as server:
+        server.base_url        # "http://127.0.0.1:PORT/v1"  (give this to LLMClient / Endpoint)
+        ...
+        server.stats           # Counter: "ok", "error_500", "error_429", "hang", "garbage", "empty_choices"
+        server.requests        # list of every request body received (dicts), in arrival order
+        server.headers         # list of the Authorization header of each request ("" when absent)
+
+responder(request) may return:
+  * a str: the assistant message content (cut at the first of the request's `stop` strings, as servers do);
+  * a dict: sent verbatim as the JSON response body (to script odd but well-formed answers);
+  * an awaitable of either (async responders);
+  * a list of str instead of a callable: answers given in order, the last one repeated.
+Without a responder the server answers "scripted answer: <last user message, first 80 chars>".
+
+Faults are drawn per request from random.Random(seed) in arrival order, as fractions of all requests:
+  error_500     -> HTTP 500 with an OpenAI-style error body
+  error_429     -> HTTP 429 with header `Retry-After: <retry_after>` (seconds)
+  hang          -> no answer for `hang_seconds` (set the client timeout below it), then a normal answer
+  garbage       -> HTTP 200 whose body is not JSON
+  empty_choices -> HTTP 200 JSON with "choices": []
+`latency` (seconds) is added before every answer, faulty or not. usage counts words (prompt: all message
+contents; completion: the answer). GET /v1/models lists `model`.
+
+LocalServer
+-----------
+    with LocalServer(fastapi_app) as server:
+        server.url   # "http://127.0.0.1:PORT";  server.port
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import inspect
+import random
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+
+class LocalServer:
+    """Serve an ASGI app with uvicorn on 127.0.0.1:<free port> in a daemon thread (context manager)."""
+
+    def __init__(self, app, host: str = "127.0.0.1"):
+        self.app = app
+        self.host = host
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, 0))
+        self.port = self._socket.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1,
+                                timeout_keep_alive=5)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"local-server-{self.port}")
+
+    def _run(self) -> None:
+        asyncio.run(self._server.serve(sockets=[self._socket]))
+
+    def start(self) -> "LocalServer":
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"local test server on port {self.port} did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._socket.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+@dataclasses.dataclass
+class Faults:
+    """Fractions of requests answered with each fault (see the module docstring); they must sum to <= 1."""
+
+    error_500: float = 0.0
+    error_429: float = 0.0
+    hang: float = 0.0
+    garbage: float = 0.0
+    empty_choices: float = 0.0
+    retry_after: float = 0.05
+    hang_seconds: float = 30.0
+    seed: int = 0
+
+    KINDS = ("error_500", "error_429", "hang", "garbage", "empty_choices")
+
+    def __post_init__(self):
+        total = sum(getattr(self, k) for k in self.KINDS)
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"fault fractions sum to {total:.3f} > 1")
+
+    def draw(self, rng: random.Random) -> str:
+        """The outcome of one request: a fault kind or "ok"."""
+        u, cumulative = rng.random(), 0.0
+        for kind in self.KINDS:
+            cumulative += getattr(self, kind)
+            if u < cumulative:
+                return kind
+        return "ok"
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+class ScriptedOpenAI(LocalServer):
+    """An OpenAI-compatible chat server answering from a script, with seeded fault injection."""
+
+    def __init__(self, responder: Callable[[dict], Any] | list[str] | None = None, *,
+                 faults: Faults | None = None, latency: float = 0.0, model: str = "scripted-model"):
+        self.responder = responder
+        self.faults = faults or Faults()
+        self.latency = latency
+        self.model = model
+        self.stats: collections.Counter = collections.Counter()
+        self.requests: list[dict] = []
+        self.headers: list[str] = []
+        self._rng = random.Random(self.faults.seed)
+        self._script_index = 0
+        super().__init__(self._build_app())
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    async def _answer(self, request: dict) -> Any:
+        if self.responder is None:
+            last = next((m.get("content", "") for m in reversed(request.get("messages", []))
+                         if m.get("role") == "user"), "")
+            return f"scripted answer: {str(last)[:80]}"
+        if isinstance(self.responder, list):
+            answer = self.responder[min(self._script_index, len(self.responder) - 1)]
+            self._script_index += 1
+            return answer
+        answer = self.responder(request)
+        return await answer if inspect.isawaitable(answer) else answer
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/v1/models")
+        async def models():
+            return {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "tests"}]}
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request):
+            body = await request.json()
+            self.requests.append(body)
+            self.headers.append(request.headers.get("authorization", ""))
+            outcome = self.faults.draw(self._rng)
+            self.stats[outcome] += 1
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            if outcome == "error_500":
+                return JSONResponse({"error": {"message": "scripted internal error", "type": "server_error"}},
+                                    status_code=500)
+            if outcome == "error_429":
+                return JSONResponse({"error": {"message": "scripted rate limit", "type": "rate_limit"}},
+                                    status_code=429, headers={"Retry-After": f"{self.faults.retry_after:g}"})
+            if outcome == "garbage":
+                return PlainTextResponse('{"choices": [{"message": {"content": "trunc', status_code=200,
+                                         media_type="application/json")
+            if outcome == "empty_choices":
+                return {"id": "scripted", "object": "chat.completion", "model": self.model, "choices": []}
+            if outcome == "hang":
+                await asyncio.sleep(self.faults.hang_seconds)
+            answer = await self._answer(body)
+            if isinstance(answer, dict):
+                return answer
+            text = str(answer)
+            for stop in body.get("stop") or []:
+                if stop and stop in text:
+                    text = text[: text.index(stop)]
+            prompt_words = sum(_words(str(m.get("content", ""))) for m in body.get("messages", []))
+            return {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion",
+                    "created": int(time.time()), "model": body.get("model") or self.model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": prompt_words, "completion_tokens": _words(text),
+                              "total_tokens": prompt_words + _words(text)}}
+
+        return app

@@ -1,0 +1,80 @@
+"""run_agent: a scripted OpenAI-compatible policy over real HTTP, real local tools, the protocol loop."""
+import json
+
+from oresearcher import protocol
+
+REPORT = ("Coral reefs are underwater ecosystems built by reef-building corals [1].\n\n"
+          "References\n[1]. https://en.wikipedia.org/wiki/Coral_reef - Coral reef")
+
+TURNS = [
+    "<subtask_list>\n- what coral reefs are\n</subtask_list>\n<subtask>what coral reefs are</subtask>\n"
+    "<think>I need an encyclopedic source on coral reefs.</think>\n<plan>Search, then read the best page.</plan>\n"
+    "<web_search>query=coral reef polyps calcium carbonate&num=3</web_search>",
+    "<think>The Coral reef article is the one to read.</think>\n"
+    "<crawl_page>url=https://en.wikipedia.org/wiki/Coral_reef</crawl_page>",
+    "<subtask_answer>Coral reefs are built by corals [1].</subtask_answer>\n"
+    "<suggested_answer>" + REPORT + "</suggested_answer>\nthis text is past the stop",
+]
+
+
+def scripted_policy(request):
+    """Answers by turn: the number of assistant messages already in the conversation."""
+    turn = sum(1 for m in request["messages"] if m["role"] == "assistant")
+    return TURNS[min(turn, len(TURNS) - 1)]
+
+
+def test_run_agent_writes_rows_trajectories_and_scores(tmp_path):
+    from scripted_openai import ScriptedOpenAI
+
+    from experiments import run_agent
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"id": 7, "topic": "Geography", "language": "en",
+                                     "prompt": "What are coral reefs made of?",
+                                     "key_points": ["Reefs are formed of colonies of coral polyps."]}) + "\n")
+    out = tmp_path / "run"
+    with ScriptedOpenAI(scripted_policy) as server:
+        rc = run_agent.main(["--endpoint", server.base_url, "--model", "scripted-policy", "--questions",
+                             str(questions), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                             "--judge", "none"])
+        requests = server.requests
+    assert rc == 0
+    # three model turns; the 2nd and 3rd requests carry the real tool observations as user messages
+    assert len(requests) == 3
+    assert requests[0]["stop"] == list(protocol.STOP_STRINGS)
+    assert "# Search Summary" in requests[1]["messages"][-1]["content"]
+    assert "Coral_reef" in requests[1]["messages"][-1]["content"]
+    assert "# Synthesis Report" in requests[2]["messages"][-1]["content"]
+
+    rows = [json.loads(line) for line in (out / "output.jsonl").read_text().splitlines()]
+    assert rows == [{"id": "7", "prompt": "What are coral reefs made of?", "article": REPORT}]
+    traj = json.loads((out / "trajectories.jsonl").read_text())
+    text = traj["messages"][2]["content"]
+    assert traj["report"] == rows[0]["article"]
+    assert text.endswith("</suggested_answer>") and "past the stop" not in text
+    assert text.count("<observation>") == 2 and "</web_search>" in text and "</crawl_page>" in text
+    assert traj["meta"]["tool_calls"] == {"web_search": 1, "crawl_page": 1}
+    assert traj["meta"]["stop_reason"] == "answer"
+    scores = json.loads((out / "scores.json").read_text())
+    q = scores["questions"][0]
+    assert q["r_format"] == protocol.format_reward(text) and q["tool_calls"] == {"web_search": 1, "crawl_page": 1}
+    assert q["has_report"] and q["turns"] == 3
+
+
+def test_policy_that_never_answers_stops_at_the_turn_limit(tmp_path):
+    from scripted_openai import ScriptedOpenAI
+
+    from experiments import run_agent
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"id": "x", "prompt": "Loop forever?"}) + "\n")
+    search = "<think>again</think><web_search>query=coral&num=2</web_search>"
+    with ScriptedOpenAI([search]) as server:
+        rc = run_agent.main(["--endpoint", server.base_url, "--model", "m", "--questions", str(questions),
+                             "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"),
+                             "--judge", "none", "--max-turns", "4"])
+        assert len(server.requests) == 4
+    assert rc == 0
+    traj = json.loads((tmp_path / "run" / "trajectories.jsonl").read_text())
+    assert traj["meta"]["stop_reason"] == "turn limit" and traj["report"] == ""
+    assert json.loads((tmp_path / "run" / "output.jsonl").read_text())["article"] == ""

@@ -1,0 +1,98 @@
+"""Stop strings on generated tokens: the automaton table against brute-force search over random token sequences
+(stop strings spanning tokens and ending inside one), then the jitted loop stopping where the text says."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from oresearcher.sampler import STOP_STRINGS, Sampler, SamplingParams, stop_table
+
+PIECES = [b"<", b"/", b"</", b"web", b"_", b"search", b"_search", b">", b">\n", b"</web_search>", b"crawl",
+          b"page", b"_page>", b"</crawl_page> and more", b"suggested", b"_answer", b"answer>", b"x", b" ", b"\n",
+          b"</sugg", b"ested_answer>", b"\xe4\xbd", b"\xa0", b"web_search>", b"</c", b"rawl_p", b"age>"]
+
+
+def _first_stop_brute(seq, vocab, patterns):
+    text = b""
+    for i, t in enumerate(seq):
+        text += vocab[t]
+        if any(p in text for p in patterns):
+            return i
+    return None
+
+
+def _first_stop_table(seq, table):
+    state, match = 0, table.shape[0] - 1
+    for i, t in enumerate(seq):
+        state = table[state, t]
+        if state == match:
+            return i
+    return None
+
+
+def test_table_agrees_with_brute_force_on_random_sequences():
+    patterns = [s.encode() for s in STOP_STRINGS]
+    table = stop_table(STOP_STRINGS, PIECES)
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(3000):
+        seq = rng.integers(0, len(PIECES), size=rng.integers(1, 14)).tolist()
+        want = _first_stop_brute(seq, PIECES, patterns)
+        assert _first_stop_table(seq, table) == want, [PIECES[t] for t in seq]
+        hits += want is not None
+    assert hits > 200      # the random sequences really contain stops, many spanning tokens
+    # a stop string split over four tokens, and one ending inside a token that carries more text
+    assert _first_stop_table([2, 3, 6, 7], table) == 3
+    assert _first_stop_table([17, 13, 17], table) == 1
+    assert _first_stop_table([20, 21], table) == 1
+    assert _first_stop_table([25, 26, 27], table) == 2
+    assert _first_stop_table([2, 3, 5, 17, 7], table) is None        # "</web_x>" is not a stop
+
+
+@pytest.mark.slow
+def test_loop_stops_at_a_stop_string_spanning_tokens():
+    """A random decoder with SmolLM2's real tokenizer: pick a stop string that starts inside one generated token
+    and ends inside a later one; generation must stop exactly at the token that completes it."""
+    from flax import nnx
+    from oresearcher.model import PRESETS, Decoder, load_gguf
+
+    _, tokenizer = load_gguf()
+    cfg = dataclasses.replace(PRESETS["tiny"], vocab_size=49152)
+    model = Decoder(cfg, rngs=nnx.Rngs(3))
+    sampler = Sampler(model, tokenizer, eos_ids=())
+    prompt = tokenizer.encode("Hello there")
+    free = sampler.generate([prompt], SamplingParams(temperature=1.0, max_new_tokens=40, stop=(), seed=7))[0]
+    pieces = [tokenizer.decode([t]) for t in free.tokens]
+    # find tokens i < j with printable ASCII text so the stop string is well defined
+    ok = [i for i, p in enumerate(pieces) if len(p) >= 2 and p.isascii()]
+    i, j = ok[2], ok[4]
+    stop = pieces[i][1:] + "".join(pieces[i + 1:j]) + pieces[j][:1]
+    text_before = "".join(pieces[:j])
+    assert stop not in text_before          # the first occurrence completes inside token j
+    out = sampler.generate([prompt], SamplingParams(temperature=1.0, max_new_tokens=40, stop=(stop,), seed=7))[0]
+    assert out.finish_reason == "stop" and out.tokens == free.tokens[:j + 1]
+    # EOS stops a row too, and is kept as the last token
+    eos_sampler = Sampler(model, tokenizer, eos_ids=(free.tokens[5],))
+    out = eos_sampler.generate([prompt], SamplingParams(temperature=1.0, max_new_tokens=40, stop=(), seed=7))[0]
+    assert out.finish_reason == "eos" and out.tokens == free.tokens[:free.tokens.index(free.tokens[5]) + 1]
+
+
+def test_sampling_distribution_matches_softmax_and_filters():
+    import jax
+    import jax.numpy as jnp
+    from oresearcher.sampler import _sample
+
+    logits = jnp.log(jnp.array([[0.5, 0.25, 0.15, 0.07, 0.03]] * 20000))
+    tok, lp = _sample(logits, jax.random.key(0), jnp.float32(1.0), jnp.float32(1.0), jnp.int32(0), False)
+    freq = np.bincount(np.asarray(tok), minlength=5) / 20000
+    np.testing.assert_allclose(freq, [0.5, 0.25, 0.15, 0.07, 0.03], atol=0.015)
+    np.testing.assert_allclose(np.asarray(lp), np.log([0.5, 0.25, 0.15, 0.07, 0.03])[np.asarray(tok)], atol=1e-5)
+    # top-p 0.8 keeps {0, 1, 2} (mass before token 2 is 0.75 < 0.8), renormalised
+    tok, _ = _sample(logits, jax.random.key(1), jnp.float32(1.0), jnp.float32(0.8), jnp.int32(0), True)
+    freq = np.bincount(np.asarray(tok), minlength=5) / 20000
+    np.testing.assert_allclose(freq, [0.5 / 0.9, 0.25 / 0.9, 0.15 / 0.9, 0, 0], atol=0.015)
+    # top-k 2, temperature 2: p ~ sqrt(p) over the two largest
+    tok, _ = _sample(logits, jax.random.key(2), jnp.float32(2.0), jnp.float32(1.0), jnp.int32(2), True)
+    freq = np.bincount(np.asarray(tok), minlength=5) / 20000
+    w = np.sqrt([0.5, 0.25])
+    np.testing.assert_allclose(freq, [*(w / w.sum()), 0, 0, 0], atol=0.015)
