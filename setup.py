@@ -4,6 +4,7 @@ Install (CPU):            pip install -e .[dev]      then  python -m oresearcher
 GPU (CUDA 12):            pip install -e .[cuda]
 TPU VM:                   pip install -e .[tpu]
 TensorBoard event files:  pip install -e .[tensorboard]
+AOT memory proofs:        pip install -e .[aot]      (TPU/GPU programs compiled on a CPU host)
 """
 from setuptools import find_packages, setup
 
@@ -40,9 +41,13 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "cuda": ["jax[cuda12]==0.10.2"],
     "tpu": ["jax[tpu]==0.10.2"],
-    "tensorboard": ["tensorboard", "tensorflow-cpu"],
+    # TensorBoard event files through tensorboardX (no TensorFlow needed).
+    "tensorboard": ["tensorboard==2.21.0", "tensorboardX==2.6.5"],
+    # Ahead-of-time compilation for TPU slices and GPU hosts on a CPU machine (python -m oresearcher.aot):
+    # the TPU compiler and the CUDA PJRT plugin, without CUDA libraries (nothing runs on a GPU).
+    "aot": ["libtpu==0.0.42.1", "jax-cuda12-plugin==0.10.2", "jax-cuda12-pjrt==0.10.2"],
     # torch is for parity tests and side-by-side benchmarks only; pinned to the CPU build on disk.
-    "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0", "scipy==1.17.1"],
+    "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0", "scipy==1.17.1", "accelerate==1.15.0"],
 }
 
 setup(

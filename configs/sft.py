@@ -156,7 +156,7 @@ def qwen72b_v5p() -> ConfigDict:
 def qwen_gpu8_64k() -> ConfigDict:
     """One 8xH100 host, 64k-token rows, one row per GPU (FSDP 8), blockwise attention (flash; attention=cudnn is
     faster on the GPU but cannot be compiled ahead of time without one).
-    AOT: --target=gpu:h100x8 -> fits (see BUILD_SCALE.md for the peak)."""
+    AOT: --target=gpu:h100x8 -> fits (see BUILD.md section 5 for the peak)."""
     c = qwen_gpu8()
     c.workdir = "/tmp/oresearcher/sft-qwen2.5-7b-64k"
     c.attention = "flash"

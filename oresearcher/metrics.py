@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import math
 import sys
 import time
@@ -69,7 +70,14 @@ def peak_flops_per_device(configured: float = 0.0) -> float:
 
 class MetricsWriter:
     def __init__(self, workdir: str | Path, total_steps: int, start_step: int = 0, progress: bool = True):
-        self.path = Path(workdir) / "metrics.jsonl"
+        import jax
+
+        # In a multi-host run every process computes the same global metrics; only the first one writes them.
+        self.primary = jax.process_index() == 0
+        self.path = Path(workdir) / "metrics.jsonl" if self.primary else Path(os.devnull)
+        if not self.primary:
+            self._file, self._tb, self._bar = open(os.devnull, "a"), None, None
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._truncate_after(start_step)
         self._file = open(self.path, "a")

@@ -96,6 +96,10 @@ class TrainStep:
 
     def put_batch(self, batch: dict) -> dict:
         """This process's numpy rows [B / process_count, T] -> global [B, T] arrays sharded on the mesh."""
+        if jax.process_count() > 1 and self.batch_sharding.is_fully_replicated:
+            # A replicated batch would make every process's rows "the" global batch: silently inconsistent.
+            raise ValueError(f"data.batch_size cannot be split over the mesh's batch axes ({dict(self.batch_sharding.mesh.shape)}) "
+                             f"across {jax.process_count()} processes: use a multiple of data x fsdp")
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(batch[k]))
                 for k in BATCH_KEYS}
 
@@ -288,6 +292,9 @@ def build_data(config, tokenizer):
     if not train:
         raise ValueError(f"no trainable records in {sources} ({stats.summary()}): check the files or data.seq_len")
     pad_id = int(tokenizer.pad_id or 0)
+    if batch_size % jax.process_count():
+        raise ValueError(f"data.batch_size={batch_size} must be a multiple of the {jax.process_count()} processes: "
+                         f"every process loads an equal share of each batch; set --config.data.batch_size")
     per_process = batch_size // jax.process_count()
     batches = iter(data_lib.train_batches(train, seq_len=seq_len, batch_size=per_process, seed=int(config.seed),
                                           pad_id=pad_id, process_index=jax.process_index(),

@@ -6,9 +6,15 @@
 `config.stage` picks the loop: "sft" -> oresearcher.sft.run, "rl" -> oresearcher.rl.train.run. Any config key can
 be overridden with --config.key=value. Exit status: 0 when the run finished or was stopped by SIGTERM after saving
 a checkpoint (resume by running the same command); 1 with a one-line reason on bad data or a NaN/Inf loss.
+
+Multi-host: when the environment describes more than one process (JAX_COORDINATOR_ADDRESS +
+JAX_NUM_PROCESSES + JAX_PROCESS_ID, a SLURM or Open MPI launch, or a multi-worker Cloud TPU slice), the
+processes join one JAX program through `jax.distributed.initialize()` before anything touches a device.
+ORESEARCHER_DISTRIBUTED=0 turns that off, =1 forces it.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -17,8 +23,30 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<stage>.py[:preset]", lock_config=False)
 
 
+def _multi_process_environment(env=os.environ) -> bool:
+    """True when this process is one of several that must form one JAX program."""
+    forced = env.get("ORESEARCHER_DISTRIBUTED", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    for key in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        if int(env.get(key, "1") or 1) > 1:
+            return True
+    return len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+
+
 def main(argv):
     del argv
+    if _multi_process_environment():
+        import jax
+        # Explicit JAX_* variables win; otherwise JAX reads SLURM, Open MPI or the TPU metadata server.
+        # jax.devices() then spans every host.
+        env = os.environ
+        jax.distributed.initialize(
+            coordinator_address=env.get("JAX_COORDINATOR_ADDRESS") or None,
+            num_processes=int(env["JAX_NUM_PROCESSES"]) if env.get("JAX_NUM_PROCESSES") else None,
+            process_id=int(env["JAX_PROCESS_ID"]) if env.get("JAX_PROCESS_ID") else None)
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint phase at INFO
     config = _CONFIG.value
     if config is None:
