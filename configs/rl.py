@@ -22,9 +22,13 @@ Presets (each says how to run it and what it should reach):
   qwen2.5-72b-v5p-256 a TPU v5p-256 slice (configs/common.py MESHES["v5p-256"]: data 2 x fsdp 64), bf16, full
       remat, 64k-token episodes, 64 questions x group 8 per step: the paper's 72B RL run.
 """
+from pathlib import Path
+
 from ml_collections import ConfigDict
 
 from configs import common
+
+TINY_TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_tokenizer"
 
 
 def _base() -> ConfigDict:
@@ -56,6 +60,8 @@ def _base() -> ConfigDict:
     c.warm_start.lr = 1e-4
     c.warm_start.max_len = 1024
     c.warm_start.abridge_sentences = 2  # keep this many sentences of every span body (0 = keep whole text)
+    c.warm_start.abridge_words = 0      # > 0: cut every span body to this many words instead (tiny models)
+    c.warm_start.max_references = 3     # keep this many reference lines in each answer
     c.warm_start.max_subtasks = 1       # keep this many subtasks of each trajectory (0 = all)
     c.warm_start.max_tool_calls = 2     # keep this many tool calls (with observations) per subtask (0 = all)
 
@@ -108,23 +114,25 @@ def _base() -> ConfigDict:
 
 def smollm2() -> ConfigDict:
     c = _base()
+    c.remat = "full"                    # GRPO's backward over 8 x 1024 tokens: ~15 GB of activations without it
     c.total_steps = 4
     c.checkpoint_every = 2
     c.questions_per_step = 2
     c.warm_start.num_questions = 8
-    c.warm_start.steps = 12
+    c.warm_start.steps = 10
     c.warm_start.batch_size = 1
     c.warm_start.lr = 5e-5
-    c.warm_start.max_len = 1280
-    c.warm_start.abridge_sentences = 1
+    c.warm_start.max_len = 1024
+    c.warm_start.abridge_words = 8      # ~300-token responses: a whole episode fits the turn budget below
     c.warm_start.max_tool_calls = 1
+    c.warm_start.max_references = 1
     c.rollout.group_size = 4
-    c.rollout.max_turns = 3
+    c.rollout.max_turns = 2
     c.rollout.max_tokens = 1024
-    c.rollout.max_turn_tokens = 192
-    c.rollout.max_observation_tokens = 160
+    c.rollout.max_turn_tokens = 160
+    c.rollout.max_observation_tokens = 128
     c.rollout.prefill_chunk = 256
-    c.grpo.minibatches = 2
+    c.grpo.minibatches = 4              # 2 rows per optimizer step
     c.optim.lr = 2e-6
     return c
 
@@ -133,22 +141,23 @@ def tiny() -> ConfigDict:
     c = _base()
     c.workdir = "/tmp/oresearcher/rl-tiny"
     c.model = "tiny"
-    c.model_overrides.vocab_size = 49152          # SmolLM2's tokenizer
-    c.tokenizer = "gguf:embedded"
+    c.tokenizer = str(TINY_TOKENIZER)              # 512-token BPE with a ChatML template
+    c.model_overrides.vocab_size = 512
     c.total_steps = 20
     c.checkpoint_every = 20
     c.questions_per_step = 2
     c.warm_start.num_questions = 4
-    c.warm_start.steps = 80
-    c.warm_start.batch_size = 4
-    c.warm_start.lr = 3e-3
-    c.warm_start.max_len = 1024
-    c.warm_start.abridge_sentences = 1
+    c.warm_start.steps = 240
+    c.warm_start.batch_size = 2
+    c.warm_start.lr = 5e-3
+    c.warm_start.max_len = 1280                   # the system prompt alone is ~770 tokens of this tokenizer
+    c.warm_start.abridge_words = 2
     c.warm_start.max_tool_calls = 1
+    c.warm_start.max_references = 0
     c.rollout.group_size = 8
     c.rollout.max_turns = 3
-    c.rollout.max_tokens = 1024
-    c.rollout.max_turn_tokens = 160
+    c.rollout.max_tokens = 1536
+    c.rollout.max_turn_tokens = 256
     c.rollout.max_observation_tokens = 96
     c.rollout.prefill_chunk = 512
     c.grpo.minibatches = 2

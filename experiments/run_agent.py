@@ -356,20 +356,15 @@ def make_template(spec: str | None):
 
 
 def load_synth_config(spec: str | None, cache_dir: str | None = None):
-    """A synth config: "configs/synth.py[:preset]" (a file with get_config(preset)), or None for the embedded
-    tools (local BM25 search, local corpus pages). `cache_dir` overrides the tools' cache directory."""
+    """A synth config: "configs/synth.py[:preset]" (read by synth's own loader, `synth.config.load_config`), or
+    None for the embedded tools (local BM25 search, local corpus pages). `cache_dir` overrides the tools' cache
+    directory."""
     if spec is None:
         cfg = {"tools": {"search": {"backend": "local"}, "crawl": {"backend": "local"}}}
     else:
-        import importlib.util
+        from synth.config import load_config
 
-        path, _, preset = spec.partition(":")
-        module_spec = importlib.util.spec_from_file_location("synth_config", path)
-        if module_spec is None or not Path(path).is_file():
-            raise ValueError(f"--synth-config {spec!r}: {path} is not a config file (e.g. configs/synth.py:embedded)")
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        cfg = module.get_config(preset) if preset else module.get_config()
+        cfg = load_config(spec)
     if cache_dir:
         tools = cfg["tools"] if "tools" in cfg else cfg
         tools["cache_dir"] = cache_dir

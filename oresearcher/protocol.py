@@ -353,7 +353,7 @@ def count_tool_calls(text: str) -> dict[str, int]:
 
 def estimate_tokens(text: str) -> int:
     """A tokenizer-free token estimate: ~4 ASCII characters per token, one token per other character."""
-    ascii_chars = sum(1 for ch in text if ord(ch) < 128)
+    ascii_chars = len(text.encode("ascii", "ignore"))   # the characters below 128, counted in C
     return math.ceil(ascii_chars / 4) + (len(text) - ascii_chars)
 
 

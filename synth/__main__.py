@@ -16,25 +16,58 @@ sys.modules.setdefault("jax", None)
 from synth.config import DEFAULT, load_config
 
 
+EPILOG = """\
+presets (--config=configs/synth.py:PRESET; see that file):
+  embedded  default; offline, no keys: extractive teacher, local Wikipedia corpus tools, heuristic judge
+  openai    OpenAI-compatible teacher and judge: OPENAI_BASE_URL, OPENAI_API_KEY, TEACHER_MODEL
+            (+ SERPER_API_KEY for real web search and page crawling)
+  local     the openai teacher at an oresearcher serving endpoint (OPENAI_BASE_URL)
+
+any config key can be overridden: --config.workflow.candidates=1 --config.workflow.mode=sequential
+--config.tools.cache_dir=/data/cache ...
+
+examples:
+  python -m synth run --seeds=seeds.jsonl --out=out/          # Ctrl-C, then the same command continues
+  python -m synth serve --config=configs/synth.py:openai --port 8700
+"""
+
+RUN_HELP = """\
+Synthesize one research trajectory per seed question. Writes OUT/trajectories.jsonl (accepted records),
+OUT/rejected.jsonl (every rejection with its reason) and OUT/summary.json (counts, rejections per reason,
+tokens, cost, wall time). One OUT directory is one job: running again continues where it stopped and adds new
+seed lines; nothing is synthesized twice. Exit status: 0 done, 1 no usable seed, 2 bad input, 130 interrupted."""
+
+SERVE_HELP = """\
+Serve the HTTP API (OpenAPI document at /openapi.json): POST /v1/jobs, GET /v1/jobs/{id},
+GET /v1/trajectories?job=ID&after=CURSOR (NDJSON), POST /v1/tools/web_search, POST /v1/tools/crawl_page,
+POST /v1/judge, GET /healthz, GET /metrics. Jobs survive restarts (service.store); a bearer token is required
+when the environment variable named by service.token_env (SYNTH_TOKEN) is set."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m synth", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m synth", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the HTTP service")
-    serve.add_argument("--config", default=DEFAULT)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8700)
-    run = sub.add_parser("run", help="synthesize trajectories for a seeds file (resumable)")
-    run.add_argument("--config", default=DEFAULT)
-    run.add_argument("--seeds", required=True, help="JSONL, one {\"id\"?, \"question\"} per line")
-    run.add_argument("--out", required=True, help="output directory (re-running continues where it stopped)")
-    run.add_argument("--no-progress", action="store_true")
-    run.add_argument("--array-record", action="store_true", help="also write trajectories.array_record")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,serve}")
+    config_help = "config file and preset, file.py[:preset] (default: %(default)s, preset embedded)"
+    run = sub.add_parser("run", help="synthesize trajectories for a seeds file (resumable)", description=RUN_HELP,
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--config", default=DEFAULT, help=config_help)
+    run.add_argument("--seeds", required=True, metavar="FILE",
+                     help='JSONL, one {"id": optional, "question": "..."} object per line')
+    run.add_argument("--out", required=True, metavar="DIR",
+                     help="output directory, created if missing; the same DIR again continues the job")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    run.add_argument("--array-record", action="store_true", help="also write OUT/trajectories.array_record")
+    serve = sub.add_parser("serve", help="run the HTTP service", description=SERVE_HELP, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--config", default=DEFAULT, help=config_help)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8700, help="port to listen on (default: %(default)s)")
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for item in rest:
-        if not item.startswith("--config."):
-            parser.error(f"unknown argument {item!r}; overrides look like --config.workflow.candidates=1")
+        if not item.startswith("--config.") or "=" not in item:
+            parser.error(f"unknown argument {item!r}; config overrides look like --config.workflow.candidates=1")
         overrides.append(item[len("--config."):])
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

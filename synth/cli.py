@@ -1,33 +1,38 @@
 """Synth-only mode: `python -m synth run --config=configs/synth.py --seeds=FILE --out=DIR [--array-record]`.
 
-Reads the seeds (JSONL, one {"id"?, "question"} per line; a bad line is reported by number and skipped), keeps
-its state in DIR/state.sqlite (the same durable store as the service, so re-running continues where it stopped
-and never duplicates a trajectory), and writes
+Reads the seeds (JSONL, one {"id"?, "question"} per line; a bad line is reported by number and skipped, the
+others run) and keeps its state in DIR/state.sqlite, the same durable store as the service. One output
+directory is one job: running again with the same --out continues where the last run stopped (after a crash,
+Ctrl-C or kill), adds the seed lines it has not seen (a seed is its id, or its question when it has none), and
+never synthesizes a seed twice. It writes
   DIR/trajectories.jsonl    accepted records (Interface 2), in acceptance order  (+ trajectories.array_record)
   DIR/rejected.jsonl        {"id", "question", "accepted", "reasons"} for every question with a rejection
   DIR/summary.json          accepted, rejected, rejections per reason, seed errors, tokens, cost, wall time
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import hashlib
 import json
 import os
 import pathlib
 import re
+import sqlite3
 import sys
 import time
 
-from synth.funnel import Synthesizer, run_job
+from synth.funnel import Synthesizer, run_async, run_job
 from synth.store import Store
 
 
 def read_seeds(path: str, max_chars: int) -> tuple[list[dict], list[str]]:
     """(seeds, errors): every line that is not a JSON object with a non-empty string "question" of at most
-    max_chars characters becomes an error naming its line number and the fix."""
+    max_chars characters becomes an error naming its line number and the fix. A seed without an "id" is named
+    by its question ("q" + 12 hex of its sha256), so inserting or reordering lines never renames a seed; a
+    repeated seed is skipped, an id given to two different questions is an error."""
     seeds, errors = [], []
     name = pathlib.Path(path).name
+    first_line: dict[str, tuple[int, str]] = {}
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -47,7 +52,17 @@ def read_seeds(path: str, max_chars: int) -> tuple[list[dict], list[str]]:
                 errors.append(f"{where}: 'question' has {len(item['question'])} characters, more than "
                               f"{max_chars} (service.max_question_chars); shorten it")
                 continue
-            seeds.append({"id": str(item.get("id") or f"line{number}"), "question": item["question"].strip()})
+            question = item["question"].strip()
+            qid = item.get("id")
+            qid = str(qid) if qid not in (None, "") else "q" + hashlib.sha256(question.encode()).hexdigest()[:12]
+            if qid in first_line:
+                seen_at, seen_question = first_line[qid]
+                if seen_question != question:
+                    errors.append(f"{where}: id {qid!r} was already given to another question on line {seen_at}; "
+                                  "give each question its own id")
+                continue   # the same seed twice: synthesized once
+            first_line[qid] = (number, question)
+            seeds.append({"id": qid, "question": question})
     return seeds, errors
 
 
@@ -74,48 +89,97 @@ def export(store: Store, job_id: str, out: pathlib.Path, array_record: bool) -> 
     return records
 
 
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+JOB = "run"   # one job per output directory: re-running adds the new seed lines and continues the unfinished ones
+
+
 def run_seeds(cfg, seeds_path: str, out_dir: str, *, progress: bool = True, array_record: bool = False) -> int:
+    """Synthesize every seed of `seeds_path` into `out_dir` (see the module docstring). Exit status: 0 done,
+    1 nothing to do (no usable seed line), 2 bad input (message names it), 130 interrupted (re-run continues)."""
     start = time.perf_counter()
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        return _fail(f"--out={out_dir} is a file; give a directory (it is created if missing)")
     try:
         seeds, errors = read_seeds(seeds_path, cfg.service.max_question_chars)
+    except IsADirectoryError:
+        return _fail(f"--seeds={seeds_path} is a directory; give a JSONL file with one "
+                     '{"id": ..., "question": ...} object per line')
     except OSError as error:
-        print(f"error: --seeds={seeds_path}: {error.strerror}", file=sys.stderr)
-        return 2
+        return _fail(f"--seeds={seeds_path}: {error.strerror}; give a JSONL file with one "
+                     '{"id": ..., "question": ...} object per line')
     for e in errors:
         print(f"error: {e}", file=sys.stderr)
-    store = Store(out / "state.sqlite")
-    # The job is named by its seeds: the same file continues the same job, another file starts a new one.
-    job_id = "run-" + hashlib.sha256(json.dumps(seeds, sort_keys=True).encode()).hexdigest()[:16]
-    store.create_job(seeds, job_id=job_id)
-    if store.job(job_id)["status"] == "cancelled":
-        store.set_status(job_id, "running")
-    job = store.job(job_id)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        store = Store(out / "state.sqlite")
+    except (OSError, sqlite3.Error) as error:
+        return _fail(f"--out={out_dir}: cannot write there ({error}); choose a writable directory")
+    try:
+        synth = Synthesizer.from_config(cfg)
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        return _fail(f"--config: {error}")
+    if store.job(JOB) is None:
+        store.create_job([], job_id=JOB)
+    added, clashes = store.extend_job(JOB, seeds)
+    for clash in clashes:
+        errors.append(f"{pathlib.Path(seeds_path).name}: {clash} (an earlier run into --out={out_dir} used it)")
+        print(f"error: {errors[-1]}", file=sys.stderr)
+    if store.job(JOB)["status"] == "cancelled":
+        store.set_status(JOB, "running")
+    job = store.job(JOB)
+    done_before = job["total"] - job["pending"]
+    if done_before:
+        print(f"synth: continuing in {out}: {done_before} question(s) already decided, {job['pending']} to go "
+              f"({added} new)", file=sys.stderr)
     bar = None
-    if progress:
+    if progress and job["pending"]:
         from tqdm import tqdm
-        bar = tqdm(total=job["total"], initial=job["total"] - job["pending"], unit="q", desc="synth",
-                   file=sys.stderr)
+        bar = tqdm(total=job["total"], initial=done_before, unit="q", desc="synth", file=sys.stderr,
+                   dynamic_ncols=True)
     counts = collections.Counter()
 
     def tick(accepted: bool) -> None:
         counts["accepted" if accepted else "rejected"] += 1
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(accepted=counts["accepted"], rejected=counts["rejected"])
+            bar.set_postfix(accepted=job["accepted"] + counts["accepted"],
+                            rejected=job["rejected"] + counts["rejected"], refresh=False)
 
     async def main():
-        synth = Synthesizer.from_config(cfg)
         try:
-            await run_job(store, job_id, synth, concurrency=cfg.workflow.question_concurrency, progress=tick)
+            await run_job(store, JOB, synth, concurrency=cfg.workflow.question_concurrency, progress=tick)
         finally:
             await synth.aclose()
 
-    asyncio.run(main())
+    interrupted = False
+    try:
+        run_async(main())
+    except KeyboardInterrupt:
+        interrupted = True
     if bar is not None:
         bar.close()
+    summary = write_outputs(store, JOB, out, array_record, errors, time.perf_counter() - start)
+    store.close()
+    if interrupted:
+        print(f"synth: interrupted after {summary['accepted']} accepted, {summary['pending']} pending; the outputs "
+              f"so far are in {out}; run the same command again to continue", file=sys.stderr)
+        return 130
+    print(f"synth: {summary['accepted']} accepted, {summary['rejected']} rejected, {len(errors)} bad seed "
+          f"line(s), {summary['wall_time_s']:.1f}s -> {out}/trajectories.jsonl, rejected.jsonl, summary.json",
+          file=sys.stderr)
+    if not summary["questions"]:
+        return _fail(f"--seeds={seeds_path}: no usable seed line; fix the lines named above", 1)
+    return 0
 
+
+def write_outputs(store: Store, job_id: str, out: pathlib.Path, array_record: bool, errors: list[str],
+                  seconds: float) -> dict:
+    """trajectories.jsonl (+ .array_record), rejected.jsonl and summary.json from the store; returns the summary."""
     records = export(store, job_id, out, array_record)
     by_question = collections.defaultdict(list)
     for idx, qid, question, state, reason in store.rejection_rows(job_id):
@@ -135,11 +199,8 @@ def run_seeds(cfg, seeds_path: str, out_dir: str, *, progress: bool = True, arra
         "cost": round(sum(r["meta"]["llm"]["cost"] for r in records), 6),
         "llm_retries": sum(r["meta"]["retries"] for r in records),
         "tool_errors": sum(len(r["meta"]["tool_errors"]) for r in records),
-        "wall_time_s": round(time.perf_counter() - start, 3),
-        "config_hash": records[0]["meta"]["config_hash"] if records else None,
+        "wall_time_s": round(seconds, 3),
+        "config_hash": records[-1]["meta"]["config_hash"] if records else None,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    store.close()
-    print(f"synth: {summary['accepted']} accepted, {summary['rejected']} rejected, {len(errors)} bad seed "
-          f"line(s), {summary['wall_time_s']:.1f}s -> {out}", file=sys.stderr)
-    return 0 if seeds else 1
+    _write_atomic(out / "summary.json", [json.dumps(summary, indent=2, ensure_ascii=False) + "\n"])
+    return summary

@@ -58,7 +58,11 @@ def apply_overrides(cfg: ConfigDict, overrides: dict | list) -> ConfigDict:
         if isinstance(old, float) and isinstance(value, int):
             value = float(value)
         with cfg.unlocked() if hasattr(cfg, "unlocked") else _null():
-            node[parts[-1]] = value
+            try:
+                node[parts[-1]] = value
+            except TypeError:
+                raise ValueError(f"config override {key}={value!r}: expected type {type(old).__name__} "
+                                 f"(the default is {old!r})") from None
     return cfg
 
 

@@ -187,3 +187,13 @@ async def run_job(store, job_id: str, synth: Synthesizer, *, concurrency: int = 
     await asyncio.gather(*(one(*q) for q in pending))
     if store.job(job_id)["status"] == "running":
         store.set_status(job_id, "done")
+
+
+def run_async(coroutine):
+    """Run `coroutine` to completion on uvloop when it is installed (uvicorn picks it for the service too; it
+    cuts the event loop's share of the CPU per LLM call), else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)

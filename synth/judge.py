@@ -196,9 +196,12 @@ class HeuristicJudge:
         needed = sorted({url_of[n] for _, n in pairs if n in url_of})
         texts = dict(zip(needed, await asyncio.gather(*(self._page_text(u) for u in needed))))
         supports, supported_sources, unsupported = [], set(), []
+        words_of: dict[str, set[str]] = {}   # one page is cited by many sentences: read its words once
         for sentence, n in pairs:
             url = url_of.get(n)
-            page_words = set(text_lib.content_words(texts.get(url, "") + evidence.get(url, ""))) if url else set()
+            if url and url not in words_of:
+                words_of[url] = set(text_lib.content_words(texts.get(url, "") + evidence.get(url, "")))
+            page_words = words_of[url] if url else set()
             claim = _MARKER.sub(" ", sentence)
             overlap = text_lib.overlap(page_words, claim) if page_words else 0.0
             supports.append(min(1.0, overlap / self.support_threshold))

@@ -29,9 +29,12 @@ import json
 import logging
 import os
 import random
+import ssl
 import time
 
-import httpx
+import certifi
+
+from synth.http1 import ConnectionPool, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +182,10 @@ class LLMClient:
         self._semaphores = [asyncio.Semaphore(e.max_concurrency) for e in self.endpoints]
         self._in_flight = [0] * len(self.endpoints)
         self._random = random.Random(seed)
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout), trust_env=False,
-                                         limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+        # One keep-alive pool per endpoint on synth/http1.py (why not httpx: see there); TLS verified against
+        # certifi's CA bundle, as httpx does.
+        self._tls = ssl.create_default_context(cafile=certifi.where())
+        self._pools = [ConnectionPool(e.base_url, tls=self._tls, max_idle=e.max_concurrency) for e in self.endpoints]
 
     @classmethod
     def from_config(cls, cfg) -> "LLMClient":
@@ -259,30 +264,29 @@ class LLMClient:
                    "max_tokens": max_tokens}
         if stop:
             payload["stop"] = list(stop)
-        headers = {"Authorization": f"Bearer {self._keys[index]}"} if self._keys[index] else {}
+        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        headers = {"authorization": f"Bearer {self._keys[index]}"} if self._keys[index] else {}
         async with self._semaphores[index]:
             self._in_flight[index] += 1
             try:
-                response = await self._client.post(f"{endpoint.base_url}/chat/completions", json=payload,
-                                                   headers=headers)
-            except httpx.TimeoutException:
+                response = await self._pools[index].post("/chat/completions", body, headers, timeout=self.timeout)
+            except TimeoutError:
                 raise _Attempt(f"timed out after {self.timeout:g} s") from None
-            except httpx.HTTPError as error:
-                raise _Attempt(f"connection error ({type(error).__name__})") from None
+            except TransportError as error:
+                raise _Attempt(f"connection error ({error})") from None
             finally:
                 self._in_flight[index] -= 1
-        return self._parse(response, endpoint)
+        return self._parse(*response, endpoint)
 
-    def _parse(self, response: httpx.Response, endpoint: Endpoint) -> tuple[str, str, Usage]:
-        status = response.status_code
+    def _parse(self, status: int, headers: dict[str, str], raw: bytes, endpoint: Endpoint
+               ) -> tuple[str, str, Usage]:
         if status != 200:
-            detail = self._redact(response.text[:200].replace("\n", " "))
+            detail = self._redact(raw[:200].decode("utf-8", "replace").replace("\n", " "))
             if status in RETRYABLE_STATUS or status >= 500:
-                raise _Attempt(f"HTTP {status} {detail}",
-                               retry_after=_retry_after(response.headers.get("retry-after")))
+                raise _Attempt(f"HTTP {status} {detail}", retry_after=_retry_after(headers.get("retry-after")))
             raise _Attempt(f"HTTP {status} {detail}", fatal=True)
         try:
-            body = response.json()
+            body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise _Attempt("invalid JSON in the response body") from None
         if not isinstance(body, dict):
@@ -300,4 +304,5 @@ class LLMClient:
         return text, str(body.get("model") or endpoint.model), usage
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for pool in self._pools:
+            await pool.aclose()

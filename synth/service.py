@@ -209,20 +209,27 @@ def create_app(cfg) -> FastAPI:
 
     @app.get("/v1/trajectories", dependencies=[Depends(authorize)])
     async def trajectories(job: str, after: int = 0, follow: bool = False):
-        """NDJSON of {"cursor": int, "record": {...}}; `after` = the last cursor seen. follow=true keeps the
-        stream open until the job is finished."""
+        """NDJSON, one {"cursor": int, "record": {...}} line per accepted trajectory, in cursor order; `after` =
+        the last cursor seen (0 = from the start). A last line {"cursor": c, "done": true} says the job is
+        finished and nothing follows; without it (a running job, follow=false) ask again later from the last
+        cursor. follow=true keeps the stream open until the job is finished."""
         existing(job)
 
         async def lines():
             cursor = after
             while True:
+                running = store().job(job)["status"] == "running"   # read before the rows: none can be missed
                 batch = store().trajectories(job, cursor)
                 for cursor, record in batch:
                     yield json.dumps({"cursor": cursor, "record": record}, ensure_ascii=False) + "\n"
-                if not follow or (not batch and store().job(job)["status"] != "running"):
+                if batch:
+                    continue
+                if not running:
+                    yield json.dumps({"cursor": cursor, "done": True}) + "\n"
                     return
-                if not batch:
-                    await asyncio.sleep(0.5)
+                if not follow:
+                    return
+                await asyncio.sleep(0.5)
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 

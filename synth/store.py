@@ -76,6 +76,30 @@ class Store:
         self._write(statements)
         return job_id
 
+    def extend_job(self, job_id: str, seeds: list[dict]) -> tuple[int, list[str]]:
+        """Add to an existing job the seeds it does not hold yet (same id and question = the same seed) and mark
+        it running again. Returns (seeds added, errors): a seed whose id the job already holds with another
+        question is refused, naming the id."""
+        known = {qid: question for qid, question in self._read("SELECT qid, question FROM questions WHERE job=?",
+                                                                (job_id,))}
+        start = self._read("SELECT COALESCE(MAX(idx) + 1, 0) FROM questions WHERE job=?", (job_id,))[0][0]
+        statements, errors, added = [], [], 0
+        for seed in seeds:
+            qid = str(seed.get("id") or "")
+            if qid in known:
+                if known[qid] != seed["question"]:
+                    errors.append(f"id {qid!r} is already used in this job for another question; give the new "
+                                  "question its own id")
+                continue
+            known[qid] = seed["question"]
+            statements.append(("INSERT INTO questions VALUES (?,?,?,?,?,?)",
+                               (job_id, start + added, qid, seed["question"], "pending", "[]")))
+            added += 1
+        if added:
+            statements.append(("UPDATE jobs SET total=total+?, status='running' WHERE id=?", (added, job_id)))
+            self._write(statements)
+        return added, errors
+
     def job(self, job_id: str) -> dict | None:
         rows = self._read("SELECT id, created, status, overrides, total FROM jobs WHERE id=?", (job_id,))
         if not rows:

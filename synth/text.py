@@ -59,7 +59,7 @@ def content_words(text: str) -> list[str]:
     """Lower-cased words minus stopwords and one-letter tokens; each CJK character counts as a word."""
     words = []
     for token in _WORD.findall(text.lower()):
-        if _CJK.search(token):
+        if not token.isascii() and _CJK.search(token):
             words.extend(ch for ch in token if _CJK.match(ch))
         elif len(token) > 1 and token not in STOPWORDS:
             words.append(token)

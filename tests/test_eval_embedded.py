@@ -57,3 +57,126 @@ def test_set_shape_and_key_points_come_from_the_pages(built):
             assert me.MIN_CHARS <= len(kp["text"]) <= me.MAX_CHARS
     rows = [json.loads(line) for line in me.DEFAULT_OUT.read_text(encoding="utf-8").splitlines()]
     assert [r["id"] for r in rows] == [f"emb-{n:02d}" for n in range(1, 31)]
+
+
+# ------------------------------------------------------------------------ the table command, 2 questions
+@pytest.fixture(scope="module")
+def tiny_policies(tmp_path_factory):
+    """An SFT-like HF export and an RL-like workdir (config.json + an orbax checkpoint of other weights), both of
+    the tiny preset with SmolLM2's tokenizer: the two layouts `python -m oresearcher.train` leaves behind."""
+    import dataclasses
+
+    import numpy as np
+    from flax import nnx
+
+    from oresearcher.checkpoint import Checkpointer
+    from oresearcher.model import PRESETS, Decoder, load_gguf, save_hf
+
+    root = tmp_path_factory.mktemp("policies")
+    cfg = dataclasses.replace(PRESETS["tiny"], vocab_size=49152)
+    tokenizer = load_gguf()[1]
+    sft = root / "sft-export"
+    save_hf(Decoder(cfg, rngs=nnx.Rngs(0)), str(sft))
+    tokenizer.save(str(sft))
+    rl = root / "rl-workdir"
+    rl.mkdir()
+    (rl / "config.json").write_text(json.dumps({"stage": "rl", "model": "tiny", "seed": 0, "tokenizer": str(sft),
+                                                "model_overrides": {"vocab_size": 49152}, "export_dir": ""}))
+    trained = Decoder(cfg, rngs=nnx.Rngs(7))
+    ckpt = Checkpointer(rl / "checkpoints")
+    ckpt.save(4, {"params": nnx.to_pure_dict(nnx.state(trained, nnx.Param)), "optimizer": {"count": np.zeros(())}},
+              wait=True)
+    ckpt.close()
+    return sft, rl, trained
+
+
+def test_find_policy_reads_the_training_layouts(tiny_policies, tmp_path):
+    from experiments.eval.embedded import PolicyMissing, find_policy
+
+    sft, rl, _ = tiny_policies
+    assert find_policy("sft", str(sft)) == ("hf", sft)
+    assert find_policy("rl", str(rl)) == ("rl_checkpoint", rl)
+    warm = tmp_path / "warm_start" / "policy"        # an RL workdir whose warm start exported the SFT policy
+    warm.mkdir(parents=True)
+    for f in sft.iterdir():
+        (warm / f.name).write_bytes(f.read_bytes())
+    assert find_policy("sft", str(tmp_path)) == ("hf", warm)
+    with pytest.raises(PolicyMissing, match=r"not available: point --rl at .*no RL export and no checkpoint"):
+        find_policy("rl", str(tmp_path))
+
+
+def test_rl_checkpoint_parameters_replace_the_starting_model(tiny_policies):
+    import numpy as np
+    from flax import nnx
+
+    from experiments.eval.embedded import load_policy
+
+    _, rl, trained = tiny_policies
+    model, tokenizer = load_policy("rl_checkpoint", rl)
+    want = nnx.to_pure_dict(nnx.state(trained, nnx.Param))
+    got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    import jax
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert tokenizer.vocab_size == 49152
+
+
+def test_shared_prefix_sampler_generates_what_the_plain_sampler_does(tiny_policies):
+    """Prefix prefilled once and copied vs prefilled per row: same greedy tokens, same cache contents."""
+    import jax
+    import numpy as np
+
+    from experiments.eval.embedded import shared_prefix_sampler
+    from oresearcher import serve
+    from oresearcher.sampler import Sampler, SamplingParams
+
+    model, tokenizer, _ = serve.load(str(tiny_policies[0]))
+    prefix = tokenizer.encode("You are a research assistant. Answer with the protocol tags. " * 3)
+    prompts = [prefix + tokenizer.encode(q) for q in ("What is a coral reef?", "Who built the Parthenon, and when?",
+                                                       "Why?")]
+    params = SamplingParams(temperature=0.0, max_new_tokens=12)
+    plain, shared = Sampler(model, tokenizer), shared_prefix_sampler(model, tokenizer)
+    s_plain, s_shared = plain.start(prompts, 128), shared.start(prompts, 128)
+    assert list(s_shared.written[:3]) == [len(prefix)] * 3 and list(s_plain.written[:3]) == [0] * 3
+    out_plain = plain.step(s_plain, range(3), params)
+    out_shared = shared.step(s_shared, range(3), params)
+    assert [o.tokens for o in out_shared] == [o.tokens for o in out_plain]
+    for a, b in zip(jax.tree.leaves(s_plain.cache), jax.tree.leaves(s_shared.cache)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_command_prints_one_table_with_every_row(tiny_policies, tmp_path, capsys):
+    from experiments.eval import embedded
+
+    sft, rl, _ = tiny_policies
+    out = tmp_path / "embedded.json"
+    rc = embedded.main(["--limit", "2", "--systems", "teacher,sft,rl", "--sft", str(sft), "--rl", str(rl),
+                        "--max-turns", "1", "--turn-tokens", "8", "--max-tokens", "640",
+                        "--observation-tokens", "32", "--workdir", str(tmp_path / "work"), "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("Embedded evaluation: 2 questions")
+    table = printed[1:]
+    assert [line.split()[0] for line in table] == ["system", "teacher", "sft", "rl"]
+    rows = {r["system"]: r for r in json.loads(out.read_text())["rows"]}
+    assert all(rows[s]["status"] == "ok" for s in ("teacher", "sft", "rl")), rows
+    teacher = table[1].split()
+    assert teacher[1] == f"{rows['teacher']['judge']:.1f}" and teacher[6] == f"{rows['teacher']['kpr']:.1f}"
+    assert rows["teacher"]["reports"] == 2 and rows["teacher"]["kpr"] > 0
+    for system in ("sft", "rl"):              # the random tiny policies ran their rollouts and were scored
+        assert (tmp_path / "work" / f"{system}.jsonl").read_text().count("\n") == 2
+        assert rows[system]["judge"] is not None
+
+
+def test_missing_policies_say_how_to_make_them(tmp_path, capsys):
+    from experiments.eval import embedded
+
+    empty = tmp_path / "nothing-here"
+    empty.mkdir()
+    rc = embedded.main(["--limit", "1", "--systems", "sft,rl", "--sft", str(empty), "--rl", str(empty),
+                        "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "e.json")])
+    assert rc == 0
+    table = capsys.readouterr().out.splitlines()[1:]
+    assert table[1].startswith("sft") and "not available: point --sft at an HF export" in table[1]
+    assert table[2].startswith("rl") and "not available: point --rl at an HF export" in table[2]

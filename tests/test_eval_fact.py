@@ -79,8 +79,10 @@ def test_fact_over_http_with_real_pages(tmp_path):
         judge = Judge.from_endpoint(server.base_url, "scripted-judge", max_attempts=2, backoff=0.01)
         result = asyncio.run(fact.run_fact(rows, fact.ToolsPages(tools), judge))
         prompts = [r["messages"][-1]["content"] for r in server.requests]
-    # The judge saw the real corpus page text, fetched through the tools' crawl backend.
+    # The judge saw the real corpus page text, fetched through the tools' crawl backend into synth's page cache.
     assert any("calcium carbonate" in p for p in prompts)
+    cached = tools.cache.get("page", tools.crawl_backend.name, {"url": "https://en.wikipedia.org/wiki/Coral_reef"})
+    assert cached is not None and "calcium carbonate" in cached["text"]
     a, b = result["reports"]
     assert (a["pairs"], a["supported"], a["unsupported"], a["unfetched"], a["dangling"]) == (5, 3, 1, 1, 1)
     assert (b["pairs"], b["supported"], b["judge_failed"]) == (2, 1, 1)

@@ -73,7 +73,8 @@ def test_composite_weights_and_normalisation():
 
 
 class _Judge(BaseHTTPRequestHandler):
-    """A loopback judge: abstains on reports that mention 'ABSTAIN', else scores by report length."""
+    """A loopback judge that decides from the request content only (requests arrive concurrently, in any order):
+    abstains on reports that mention 'ABSTAIN', fails (HTTP 500) on 'BROKEN', else scores by report length."""
 
     def do_POST(self):  # noqa: N802 (http.server API)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -119,8 +120,11 @@ def test_abstaining_judge_masks_the_episode(judge_url):
     assert out[1].total is None and "unreadable" in out[1].reason
     assert out[2].total is None and "failed" in out[2].reason
     assert out[3].base == 0.0 and out[3].judge.startswith("none")      # no report: a real 0, judge not asked
-    assert len(requests) == 3 and requests[0]["question"] == "q" and requests[0]["trajectory"] == good
-    expected_base = min(1.0, len(requests[0]["report"]) / 200)
+    # requests arrive concurrently, in any order: find the good episode's request by its content
+    assert len(requests) == 3 and all(r["question"] == "q" for r in requests)
+    assert sorted(r["trajectory"] for r in requests) == sorted([good, abstain, broken])
+    (good_request,) = [r for r in requests if r["trajectory"] == good]
+    expected_base = min(1.0, len(good_request["report"]) / 200)
     assert out[0].total == pytest.approx(rewards.composite(expected_base, 1 / 6, 1.0, CFG))
     # the abstained episodes are masked out of the loss and the group statistics
     totals = np.array([[r.total if r.total is not None else 0.0 for r in out]])

@@ -92,3 +92,59 @@ def test_unknown_override_and_missing_seeds_file(tmp_path):
     assert bad.returncode == 2 and "workflow.nope" in bad.stderr
     missing = synth_run(tmp_path, tmp_path / "nope.jsonl", tmp_path / "out")
     assert missing.returncode == 2 and "nope.jsonl" in missing.stderr
+
+
+def decided(out: Path) -> int:
+    import sqlite3
+    try:
+        with sqlite3.connect(out / "state.sqlite", timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM questions WHERE state != 'pending'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.slow
+def test_interrupted_run_continues_and_new_seed_lines_are_added(tmp_path):
+    """Ctrl-C mid-job writes the outputs so far and exits 130; the same command finishes the job without redoing
+    or duplicating a question; appended seed lines are added to the same job; a reused id is refused by name."""
+    import signal
+    import time
+    questions = [f"What are the key facts about {t}?" for t in TOPICS[:10]]
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"question": q}) + "\n" for q in questions))   # ids from the questions
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "synth", "run", f"--seeds={seeds}", f"--out={out}", "--no-progress",
+           f"--config.tools.cache_dir={tmp_path / 'cache'}", "--config.workflow.candidates=1",
+           "--config.workflow.question_concurrency=1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while decided(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "run the same command again to continue" in stderr
+    partial = records(out)
+    assert 3 <= len(partial) < 10 and json.loads((out / "summary.json").read_text())["pending"] > 0
+
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already decided" in again.stderr
+    final = records(out)
+    assert [r["id"] for r in final[:len(partial)]] == [r["id"] for r in partial]   # kept, not redone
+    assert len({r["id"] for r in final}) == len(final) and {r["question"] for r in final} <= set(questions)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pending"] == 0 and summary["accepted"] + summary["rejected"] == 10 == summary["questions"]
+
+    # Two new lines appended (one repeats an old question verbatim) and an old id reused for another question.
+    first_id = final[0]["id"]
+    with seeds.open("a") as f:
+        f.write(json.dumps({"question": "How do honey bees make honey?"}) + "\n")
+        f.write(json.dumps({"question": questions[0]}) + "\n")
+        f.write(json.dumps({"id": first_id, "question": "A different question under an old id?"}) + "\n")
+    more = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert f"id '{first_id}' was already given to another question" in more.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["questions"] == 11 and summary["pending"] == 0
+    assert [r["id"] for r in records(out)[:len(final)]] == [r["id"] for r in final]

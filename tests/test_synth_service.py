@@ -85,10 +85,17 @@ def test_bearer_token(tmp_path, monkeypatch):
         assert httpx.get(f"{server.url}/healthz").status_code == 200
 
 
-def stream(url: str, job: str, after: int = 0) -> list[dict]:
+def stream(url: str, job: str, after: int = 0, finished: bool = True) -> list[dict]:
+    """The {"cursor", "record"} lines of the trajectory stream; a finished job's stream ends with a done line."""
     r = httpx.get(f"{url}/v1/trajectories", params={"job": job, "after": after}, timeout=60)
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
-    return [json.loads(line) for line in r.text.splitlines() if line.strip()]
+    lines = [json.loads(line) for line in r.text.splitlines() if line.strip()]
+    if finished:
+        assert lines and lines[-1]["done"] is True and set(lines[-1]) == {"cursor", "done"}, lines[-1:]
+        assert lines[-1]["cursor"] == (lines[-2]["cursor"] if len(lines) > 1 else after)
+        lines = lines[:-1]
+    assert all(set(line) == {"cursor", "record"} for line in lines)
+    return lines
 
 
 def wait_done(url: str, job: str, timeout: float = 300) -> dict:
@@ -117,8 +124,32 @@ def test_job_and_resumable_stream(service):
         assert protocol.validate(line["record"]["messages"][2]["content"]) == []
     rest = stream(service, job, after=lines[0]["cursor"])
     assert [l["record"]["id"] for l in rest] == [l["record"]["id"] for l in lines[1:]]
+    assert stream(service, job, after=lines[-1]["cursor"]) == []
     assert httpx.get(f"{service}/v1/jobs/nope").status_code == 404
     assert httpx.delete(f"{service}/v1/jobs/{job}").json()["status"] == "cancelled"
+
+
+def test_the_data_reader_follows_a_running_job_and_resumes_from_a_cursor(service):
+    """oresearcher.data.read_records reads the live stream (follow=true while the job runs, ending at the done
+    line) and, given after=CURSOR, continues with exactly the records after that cursor."""
+    from oresearcher.data.records import RecordStats, read_records
+    seeds = [{"id": f"d{i}", "question": q} for i, q in enumerate(
+        ["How do glaciers shape valleys?", "What caused the Black Death?", "How does a steam engine work?",
+         "What is plate tectonics?"])]
+    job = httpx.post(f"{service}/v1/jobs", json={"seeds": seeds, "overrides": {"workflow.candidates": 1}}).json()
+    assert job["status"] == "running"
+    stats = RecordStats()
+    live = list(read_records(f"{service}/v1/trajectories?job={job['id']}&follow=true", on_bad_record="stop",
+                             stats=stats))
+    state = httpx.get(f"{service}/v1/jobs/{job['id']}").json()
+    assert state["status"] == "done" and len(live) == state["accepted"] >= 3 and stats.kept == len(live)
+    assert {r["id"] for r in live} <= {s["id"] for s in seeds} and len({r["id"] for r in live}) == len(live)
+    cursors = [int(r["_where"].rsplit(" ", 1)[1]) for r in live]
+    assert cursors == sorted(cursors)
+    resumed = list(read_records(f"{service}/v1/trajectories?job={job['id']}&after={cursors[1]}"))
+    assert [r["id"] for r in resumed] == [r["id"] for r in live[2:]]
+    assert [r["messages"] for r in resumed] == [r["messages"] for r in live[2:]]
+    assert list(read_records(f"{service}/v1/trajectories?job={job['id']}&after={cursors[-1]}")) == []
 
 
 # ------------------------------------------------------------------------------------ kill -9 and resume

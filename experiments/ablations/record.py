@@ -28,7 +28,8 @@ def device() -> str:
 def write_result(name: str, data: dict, plot: Callable[[plt.Axes], None], out_dir: Path = RESULTS) -> tuple[Path, Path]:
     """Write `name`.json and `name`.png under out_dir; `plot` draws on one matplotlib Axes."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = {"device": device(), **data}
+    # wall times are only comparable on an idle machine: the 1/5/15-minute load average says how idle it was
+    data = {"device": device(), **data, "load_average": [round(x, 2) for x in os.getloadavg()]}
     json_path, png_path = out_dir / f"{name}.json", out_dir / f"{name}.png"
     json_path.write_text(json.dumps(data, indent=1, ensure_ascii=False))
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)

@@ -1,17 +1,21 @@
 """Synthesizer throughput with a slow teacher: `python experiments/bench/synth_throughput.py [--latency 0.2]`.
 
-A scripted OpenAI-compatible server (tests/scripted_openai.py, in its own process so its CPU is not ours) plays
-planner (4 sub-questions), researchers (search, read, search, read, answer) and summarizer, adding `latency`
-seconds to every call. The openai teacher runs against it with the embedded local tools and heuristic judge.
+A scripted OpenAI-compatible server (a few lines of asyncio below, in its own process so its CPU is not ours)
+plays planner (4 sub-questions), researchers (search, read, search, read, answer) and summarizer, adding
+`latency` seconds to every call. The openai teacher runs against it with the embedded local tools and the
+heuristic judge, on the event loop the CLI uses. A warm-up pass over every question fills the tool caches;
+then each figure is measured `--repeats` times (interleaved) and the median is written.
 
 Measured (written to experiments/bench/results/synth_throughput.json):
   throughput_x     questions/s with 64 questions in flight vs 1 at a time          (target >= 55x)
   parallel_vs_sequential   wall time of one 4-subtask question, parallel / sequential mode  (target <= 0.35x)
-  cpu_ms_per_trajectory    CPU seconds of this process (our code + httpx + local tools; the LLM server
-                           and every wait excluded) per accepted trajectory, in the 64-question run
-  own_code_cpu_ms_per_trajectory   of that, the time spent in our own code (synth/, oresearcher/: cProfile
-                           self time of their functions) during a second, profiled 64-question run; the
-                           profile's top consumers by package are listed under cpu_by_package_ms_per_trajectory
+  cpu_ms_per_trajectory    CPU seconds of this process (our code + HTTP + local tools; the LLM server and
+                           every wait excluded) per accepted trajectory, in the 64-question run
+  own_code_cpu_ms_per_trajectory   of that, the part spent in our own code (synth/, oresearcher/): the
+                           cpu_ms_per_trajectory times the share of cProfile self time in their functions,
+                           from a separate profiled 64-question run; the profile's consumers by package are
+                           listed under cpu_by_package_ms_per_trajectory
+The machine's CPU count and load average are recorded: on a shared machine the figures are pessimistic.
 """
 from __future__ import annotations
 
@@ -19,8 +23,11 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import pathlib
+import platform
 import re
+import statistics
 import sys
 import time
 
@@ -56,12 +63,67 @@ def teacher(request: dict) -> str:
             f"Source\n</subtask_answer>")
 
 
-def serve(latency: float, queue) -> None:
-    from scripted_openai import ScriptedOpenAI
-    with ScriptedOpenAI(teacher, latency=latency) as server:
-        queue.put(server.base_url)
+def chat_completion(request: dict) -> dict:
+    """The OpenAI-compatible answer to one chat request: `teacher`'s text cut at the request's stop strings."""
+    text = teacher(request)
+    for stop in request.get("stop") or []:
+        if stop in text:
+            text = text[: text.index(stop)]
+    prompt = sum(len(str(m.get("content", "")).split()) for m in request["messages"])
+    return {"id": "chatcmpl-bench", "object": "chat.completion", "created": int(time.time()),
+            "model": request.get("model", "scripted"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": len(text.split()),
+                      "total_tokens": prompt + len(text.split())}}
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, latency: float) -> None:
+    """A keep-alive HTTP/1.1 connection answering POST /v1/chat/completions after `latency` seconds.
+
+    A few lines of asyncio instead of tests/scripted_openai.py's FastAPI app: on a 2-core machine that app's
+    per-request CPU would be a large part of what the benchmark measures, and it is not our code."""
+    try:
         while True:
-            time.sleep(3600)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            request = json.loads(await reader.readexactly(length)) if length else {}
+            await asyncio.sleep(latency)
+            body = json.dumps(chat_completion(request)).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                         % (len(body), body))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+def serve(latency: float, queue) -> None:
+    """The scripted LLM server (run in its own process, on uvloop when installed)."""
+    async def main():
+        server = await asyncio.start_server(lambda r, w: handle(r, w, latency), "127.0.0.1", 0, backlog=1024)
+        queue.put(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1")
+        await server.serve_forever()
+
+    run_loop(main())
+
+
+def run_loop(coroutine):
+    """The event loop the CLI uses (synth.funnel.run_async: uvloop when installed)."""
+    from synth.funnel import run_async
+    return run_async(coroutine)
+
+
+def loop_name() -> str:
+    try:
+        import uvloop
+        return f"uvloop {uvloop.__version__}"
+    except ImportError:
+        return "asyncio"
 
 
 def synth_config(base_url: str, cache_dir: str, **overrides):
@@ -98,7 +160,7 @@ def profile_by_package(cfg, questions: list[str]) -> tuple[float, dict[str, floa
     import pstats
     profiler = cProfile.Profile()
     profiler.enable()
-    asyncio.run(run_questions(cfg, questions, len(questions)))
+    run_loop(run_questions(cfg, questions, len(questions)))
     profiler.disable()
     by_package: dict[str, float] = {}
     for (filename, _, _), (_, _, self_time, _, _) in pstats.Stats(profiler).stats.items():
@@ -120,6 +182,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--questions", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3, help="measurements per figure; the median is reported")
     ap.add_argument("--cache-dir", default="/tmp/oresearcher-bench-cache")
     ap.add_argument("--out", default=str(REPO / "experiments/bench/results/synth_throughput.json"))
     args = ap.parse_args()
@@ -131,30 +194,48 @@ def main() -> None:
     topics = ["volcanoes", "photosynthesis", "the Roman Empire", "jazz", "the printing press", "the Black Death",
               "the Inca Empire", "plate tectonics", "honey bees", "the steam engine", "coral reefs", "black holes"]
     questions = [f"How did {topics[i % len(topics)]} shape history (case {i})?" for i in range(args.questions)]
+    load_before = os.getloadavg()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
         cfg = synth_config(base_url, args.cache_dir)
-        asyncio.run(run_questions(cfg, questions[:8], 8))                     # warm-up: index, caches
-        one_wall, one_cpu, _ = asyncio.run(run_questions(cfg, questions[:1], 1))
-        many_wall, many_cpu, n = asyncio.run(run_questions(cfg, questions, args.questions))
         seq_cfg = synth_config(base_url, args.cache_dir, **{"workflow.mode": "sequential"})
-        par_wall, _, _ = asyncio.run(run_questions(cfg, questions[1:2], 1))
-        seq_wall, _, _ = asyncio.run(run_questions(seq_cfg, questions[1:2], 1))
-        own_ms, by_package = profile_by_package(cfg, questions)
+        run_loop(run_questions(cfg, questions, args.questions))    # warm-up: index and tool caches for every question
+        ones, manys, pars, seqs = [], [], [], []
+        for _ in range(args.repeats):   # interleaved, so a burst of load on the shared machine hits both sides
+            ones.append(run_loop(run_questions(cfg, questions[:1], 1)))
+            manys.append(run_loop(run_questions(cfg, questions, args.questions)))
+            pars.append(run_loop(run_questions(cfg, questions[1:2], 1))[0])
+            seqs.append(run_loop(run_questions(seq_cfg, questions[1:2], 1))[0])
+        own_profiled_ms, by_package = profile_by_package(cfg, questions)
     finally:
         server.terminate()
+    one_wall, one_cpu, _ = sorted(ones)[len(ones) // 2]
+    many_wall, many_cpu, n = sorted(manys)[len(manys) // 2]
+    par_wall, seq_wall = statistics.median(pars), statistics.median(seqs)
+    cpu_ms = 1000 * many_cpu / n
+    profiled_total = sum(by_package.values())
     result = {
         "latency_s_per_llm_call": args.latency,
+        "repeats": args.repeats, "statistic": "median",
         "one_question_wall_s": round(one_wall, 3),
         f"{args.questions}_questions_wall_s": round(many_wall, 3),
         "throughput_x": round((n / many_wall) / (1 / one_wall), 2), "throughput_target_x": 55,
+        "throughput_x_each_repeat": [round(len(questions) * o[0] / m[0], 2) for o, m in zip(ones, manys)],
         "parallel_wall_s": round(par_wall, 3), "sequential_wall_s": round(seq_wall, 3),
         "parallel_vs_sequential": round(par_wall / seq_wall, 3), "parallel_vs_sequential_target": 0.35,
-        "cpu_ms_per_trajectory": round(1000 * many_cpu / n, 1),
+        "cpu_ms_per_trajectory": round(cpu_ms, 1),
         "cpu_ms_one_question": round(1000 * one_cpu, 1),
-        "own_code_cpu_ms_per_trajectory": round(own_ms, 1),
+        "own_code_cpu_ms_per_trajectory": round(cpu_ms * own_profiled_ms / profiled_total, 1),
+        "own_code_cpu_ms_per_trajectory_profiled": round(own_profiled_ms, 1),
         "cpu_by_package_ms_per_trajectory (profiled, inflated by cProfile)": by_package,
+        "machine": {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in os.getloadavg()], "started_utc": started,
+                    "python": platform.python_version(), "event_loop": loop_name(),
+                    "note": "shared machine: other work was running, so wall times and throughput are pessimistic"},
         "notes": "openai teacher vs a scripted server in a separate process; local tools (cached) and heuristic "
-                 "judge; 1 candidate per question, 4 sub-questions, 5 LLM calls per researcher",
+                 "judge; 1 candidate per question, 4 sub-questions, 5 LLM calls per researcher. "
+                 "own_code_cpu_ms_per_trajectory = cpu_ms_per_trajectory x the share of cProfile self time spent "
+                 "in synth/ and oresearcher/ functions (waits excluded: a waiting task uses no CPU)",
     }
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

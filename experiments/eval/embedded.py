@@ -12,7 +12,12 @@ synthesizer (local BM25 search and local Wikipedia pages), and every report is s
 Systems:
   * teacher    synth's workflow with the extractive teacher (no LLM), in process, one candidate per question;
   * base       the embedded SmolLM2-135M-Instruct GGUF;
-  * sft, rl    HF-layout checkpoint directories (`save_hf` exports) given with --sft / --rl.
+  * sft, rl    the policies of `python -m oresearcher.train --config=configs/rl.py` (default for --sft and --rl:
+               that run's workdir, /tmp/oresearcher/rl): SmolLM2 after SFT is the warm start's export
+               (WORKDIR/warm_start/policy); after RL is the run's export (its config's export_dir, when set) or
+               else the parameters of its latest checkpoint (WORKDIR/checkpoints) over its starting model.
+               --sft / --rl may also name an HF-layout directory (a `save_hf` export) or an SFT workdir (its
+               export_dir). A policy that is not there gives the row "not available: run ...".
 The policies run the RL rollout loop itself (`oresearcher.rl.rollout`, greedy, one episode per question, all
 questions in one sampler batch) against the same synth service, with a CPU budget: at most --max-turns tool
 calls, --turn-tokens tokens per turn, --max-tokens tokens per episode. A row that cannot run says why.
@@ -95,7 +100,9 @@ class InProcessTools:
 
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        # log_config=None: a server inside this process must not reconfigure (and close) the process's log handlers
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                                     log_config=None))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 30
@@ -144,17 +151,162 @@ def teacher_texts(questions: list[dict], *, synth_config: str | None, cache_dir:
     return asyncio.run(run_all())
 
 
-def policy_texts(checkpoint: str | None, questions: list[dict], url: str, args) -> dict[str, str]:
-    """id -> response text of one greedy rollout per question (checkpoint None = the embedded GGUF)."""
+# ----------------------------------------------------------------------------------------------- policies
+REPO = HERE.parents[1]
+TRAIN_COMMAND = "python -m oresearcher.train --config=configs/rl.py"
+
+
+class PolicyMissing(Exception):
+    """The policy of a row is not on disk; the message says which command writes it."""
+
+
+def default_rl_workdir() -> Path:
+    """The workdir of `python -m oresearcher.train --config=configs/rl.py` (configs/rl.py's default preset)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))      # configs/rl.py imports `configs.common`
+    from synth.config import load_config
+    return Path(load_config(str(REPO / "configs" / "rl.py")).workdir)
+
+
+def is_hf_export(path: Path) -> bool:
+    """An HF-layout directory written by `save_hf`: config.json next to safetensors weights."""
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def _run_config(path: Path) -> dict | None:
+    """The config.json that `python -m oresearcher.train` writes into a workdir (None if `path` is not one)."""
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) and "stage" in cfg else None
+
+
+def find_policy(system: str, given: str | None) -> tuple[str, Path]:
+    """("hf", dir) or ("rl_checkpoint", workdir) for the sft / rl row; raises PolicyMissing naming the fix.
+
+    `given` is --sft / --rl: an HF export, an SFT workdir (its export_dir), or an RL workdir; None = the RL
+    workdir of configs/rl.py's default preset."""
+    workdir = Path(given) if given else default_rl_workdir()
+    hint = f"run `{TRAIN_COMMAND}`" if not given else f"point --{system} at an HF export or a training workdir"
+    if is_hf_export(workdir):
+        return "hf", workdir
+    cfg = _run_config(workdir) or {}
+    export = Path(cfg["export_dir"]) if cfg.get("export_dir") else None
+    if system == "sft":
+        for candidate in (workdir / "warm_start" / "policy", export):
+            if candidate is not None and is_hf_export(candidate):
+                return "hf", candidate
+        raise PolicyMissing(f"not available: {hint} (no SFT export: {workdir / 'warm_start' / 'policy'} is "
+                            f"missing)")
+    if cfg.get("stage") == "rl":
+        if export is not None and is_hf_export(export):
+            return "hf", export
+        steps = [int(d.name) for d in (workdir / "checkpoints").glob("*") if d.name.isdigit()]
+        if steps:
+            return "rl_checkpoint", workdir
+    raise PolicyMissing(f"not available: {hint} (no RL export and no checkpoint in {workdir})")
+
+
+def load_policy(kind: str, path: Path):
+    """(model, tokenizer) of a policy found by `find_policy`. An RL checkpoint holds the policy's parameters (and
+    the optimizer state, not needed here): they replace those of the run's starting model (config.model)."""
+    from oresearcher import serve
+
+    if kind == "hf":
+        model, tokenizer, _ = serve.load(str(path))
+        return model, tokenizer
+    import jax
+    from flax import nnx
+    from ml_collections import ConfigDict
+
+    from oresearcher import sharding
+    from oresearcher.checkpoint import Checkpointer
+    from oresearcher.sft import build_model
+
+    config = ConfigDict(_run_config(path))
+    model, tokenizer = build_model(config, sharding.make_mesh({"data": 1}, devices=jax.devices()[:1]), None)
+    ckpt = Checkpointer(path / "checkpoints", keep=1000)
+    try:
+        step = ckpt.latest_step()
+        state, _ = ckpt.restore(step)
+    finally:
+        ckpt.close()
+    params = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(params, state["params"])
+    nnx.update(model, params)
+    print(f"[rl] parameters of {path / 'checkpoints'} step {step}", file=sys.stderr, flush=True)
+    return model, tokenizer
+
+
+def shared_prefix_sampler(model, tokenizer):
+    """A `Sampler` whose sessions prefill the rows' common token prefix once and copy its KV entries to every row.
+
+    Every rollout prompt starts with the same system prompt and chat template (~420 tokens) and differs only in
+    the question (~30 tokens): prefilling it row by row is ~80% of a 30-question policy row's CPU time. Here
+    the prefix is prefilled for one row, the cache rows are copies of it, and the sampler's own step prefills
+    only each row's remainder. The K/V entries are the same computation at the same positions (equal up to
+    float rounding of a batch-1 vs batch-32 matmul), so greedy rollouts match the plain sampler's."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from oresearcher.sampler import Sampler, init_cache
+
+    class SharedPrefixSampler(Sampler):
+        def start(self, prompts, max_len):
+            session = super().start(prompts, max_len)
+            n = 0
+            shortest = min(len(p) for p in prompts)
+            while n < shortest - 1 and all(p[n] == prompts[0][n] for p in prompts):
+                n += 1                  # the common prefix, leaving every row >= 1 token of its own to prefill
+            if len(prompts) < 2 or n < self.min_bucket:
+                return session
+            slots = session.cache["segment_ids"].shape[1]
+            one = init_cache(self.model, 1, slots)
+            graphdef, state = nnx.split(self.model)
+            chunk = self.prefill_chunk
+            for start in range(0, n, chunk):
+                piece = list(prompts[0][start:min(n, start + chunk)])
+                tok = np.zeros((1, chunk), np.int32)
+                pos = np.full((1, chunk), slots, np.int32)       # a position == slots is a padding slot: dropped
+                tok[0, :len(piece)] = piece
+                pos[0, :len(piece)] = start + np.arange(len(piece))
+                _, one = self._prefill(graphdef, state, one, jnp.asarray(tok), jnp.asarray(pos),
+                                       jnp.zeros((1,), np.int32))
+            rows = jnp.arange(session.written.shape[0]) < len(prompts)   # bucket padding rows stay empty
+
+            def tile(big, small):
+                mask = rows.reshape((-1,) + (1,) * (big.ndim - 1))
+                return jax.device_put(jnp.where(mask, jnp.broadcast_to(small, big.shape), big), big.sharding)
+
+            session.cache = jax.tree.map(tile, session.cache, one)
+            session.written[:len(prompts)] = n
+            return session
+
+    return SharedPrefixSampler(model, tokenizer)
+
+
+def policy_texts(policy: tuple[str, Path] | None, questions: list[dict], url: str, args) -> dict[str, str]:
+    """id -> response text of one greedy rollout per question (policy None = the embedded GGUF)."""
     from oresearcher import serve
     from oresearcher.rl.rollout import RolloutConfig, rollout
-    from oresearcher.sampler import Sampler
 
-    model, tokenizer, _ = serve.load(checkpoint)
+    if policy is None:
+        model, tokenizer, _ = serve.load(None)
+    else:
+        model, tokenizer = load_policy(*policy)
     cfg = RolloutConfig(group_size=1, max_turns=args.max_turns, max_tokens=args.max_tokens,
                         max_turn_tokens=args.turn_tokens, temperature=0.0,
                         max_observation_tokens=args.observation_tokens)
-    episodes, _ = rollout(Sampler(model, tokenizer), tokenizer, [q["prompt"] for q in questions], url, cfg)
+    episodes, timings = rollout(shared_prefix_sampler(model, tokenizer), tokenizer, [q["prompt"] for q in questions],
+                                url, cfg)
+    finishes: dict[str, int] = {}
+    for ep in episodes:
+        finishes[ep.finish] = finishes.get(ep.finish, 0) + 1
+    print(f"  generate {timings['time/generate']:.0f}s, tools {timings['time/tools']:.1f}s; episodes ended by "
+          f"{finishes}", file=sys.stderr, flush=True)
     return {q["id"]: ep.response for q, ep in zip(questions, episodes)}
 
 
@@ -220,7 +372,8 @@ def format_table(rows: list[dict]) -> str:
     cells = [[HEAD.get(c, c) for c, _ in COLUMNS]]
     for r in rows:
         if r.get("status", "ok") != "ok":
-            cells.append([r["system"], f"could not run: {r['status']}"])
+            status = r["status"]   # "not available: run ..." (no policy on disk) or the error of a failed row
+            cells.append([r["system"], status if status.startswith("not available") else f"could not run: {status}"])
             continue
         cells.append([fmt(r.get(c), spec) for c, spec in COLUMNS])
     widths = [max(len(row[i]) for row in cells if len(row) == len(COLUMNS)) for i in range(len(COLUMNS))]
@@ -236,19 +389,23 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--questions", type=Path, default=QUESTIONS)
-    ap.add_argument("--sft", help="HF-layout checkpoint dir of the SmolLM2 after SFT")
-    ap.add_argument("--rl", help="HF-layout checkpoint dir of the SmolLM2 after RL")
+    ap.add_argument("--sft", help="SmolLM2 after SFT: an HF export, SFT workdir or RL workdir (its warm start's "
+                    "export); default: the workdir of configs/rl.py")
+    ap.add_argument("--rl", help="SmolLM2 after RL: an HF export or RL workdir (its export_dir, else its latest "
+                    "checkpoint); default: the workdir of configs/rl.py")
     ap.add_argument("--systems", default="teacher,base,sft,rl")
     ap.add_argument("--limit", type=int, help="only the first N questions")
     ap.add_argument("--synth-url", help="a running synth service (default: tools and judge served in process)")
     ap.add_argument("--synth-config", default="configs/synth.py:embedded", help="teacher config file[:preset]")
     ap.add_argument("--workdir", type=Path, help="service log and tool cache (default: a temporary dir)")
-    # CPU budget: the KV cache is [30 rows, max-tokens] and is read at every decode step, so max-tokens sets the
-    # decode cost; a ~420-token prompt + 3 turns x (256 generated + 256 observation) fits in 2048.
-    ap.add_argument("--max-turns", type=int, default=3, help="tool calls per policy episode")
-    ap.add_argument("--turn-tokens", type=int, default=256, help="tokens generated per policy turn")
-    ap.add_argument("--max-tokens", type=int, default=2048, help="prompt + response tokens per policy episode")
-    ap.add_argument("--observation-tokens", type=int, default=256, help="observations are cut to this many tokens")
+    # CPU budget (three 135M policies x 30 questions in <= 10 min on 2 cores): the common prompt prefix is
+    # prefilled once (shared_prefix_sampler); what is left is ~32 rows x (decode steps + observation tokens), so
+    # 2 tool calls of 128 tokens each, observations of 128 tokens and 1024 tokens per episode (the RL preset's
+    # episode length) bound a row to ~384 decode steps.
+    ap.add_argument("--max-turns", type=int, default=2, help="tool calls per policy episode")
+    ap.add_argument("--turn-tokens", type=int, default=128, help="tokens generated per policy turn")
+    ap.add_argument("--max-tokens", type=int, default=1024, help="prompt + response tokens per policy episode")
+    ap.add_argument("--observation-tokens", type=int, default=128, help="observations are cut to this many tokens")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     # The policies run on CPU here (an installed TPU/GPU plugin would otherwise be probed first).
@@ -261,12 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     config = str(Path(args.synth_config.split(":")[0]).resolve()) + (
         ":" + args.synth_config.split(":", 1)[1] if ":" in args.synth_config else "")
     t_start = time.perf_counter()
+    load_before = os.getloadavg()
     proc = None
     url = args.synth_url
     if url is None:   # the tool and judge endpoints, served in process by synth's own code
         proc = InProcessTools(workdir / "cache")
         url = proc.url
-    rows, details = [], {}
+    rows, details, sources = [], {}, {}
     try:
         for system in [s.strip() for s in args.systems.split(",") if s.strip()]:
             t0 = time.perf_counter()
@@ -276,11 +434,14 @@ def main(argv: list[str] | None = None) -> int:
                 elif system == "base":
                     texts = policy_texts(None, questions, url, args)
                 elif system in ("sft", "rl"):
-                    checkpoint = getattr(args, system)
-                    if not checkpoint:
-                        rows.append({"system": system, "status": f"no checkpoint given (--{system} DIR)"})
+                    try:
+                        policy = find_policy(system, getattr(args, system))
+                    except PolicyMissing as missing:
+                        rows.append({"system": system, "status": str(missing)})
                         continue
-                    texts = policy_texts(checkpoint, questions, url, args)
+                    sources[system] = f"{policy[1]} ({'HF export' if policy[0] == 'hf' else 'latest RL checkpoint'})"
+                    print(f"[{system}] policy: {sources[system]}", file=sys.stderr, flush=True)
+                    texts = policy_texts(policy, questions, url, args)
                 else:
                     raise ValueError(f"unknown system {system!r}: choose from teacher, base, sft, rl")
                 scored = score_system(url, questions, texts)
@@ -307,12 +468,19 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "title": "Embedded offline evaluation (30 questions, CPU)",
+        "title": f"Embedded offline evaluation ({len(questions)} questions, CPU)",
         "description": "Heuristic judge (offline stand-in for the LLM judge) and lexical KPR/KPC, 0-100; "
                        "R_format and R_tool from the protocol module.",
         "command": "python -m experiments.eval.embedded " + " ".join(argv if argv is not None else sys.argv[1:]),
         "rows": [{k: r.get(k) for k in ["system", "status"] + [c for c, _ in COLUMNS[1:]]} for r in rows],
-        "summary": {"questions": len(questions), "seconds_total": round(total, 1)},
+        "device": f"CPU ({os.cpu_count()} cores), JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS')}",
+        "summary": {"questions": len(questions), "seconds_total": round(total, 1),
+                    "load_average_before": [round(x, 2) for x in load_before],
+                    "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                    "policies": sources,
+                    "rollout": f"greedy, <= {args.max_turns} tool calls, {args.turn_tokens} tokens per turn, "
+                               f"{args.max_tokens} tokens per episode, observations cut to "
+                               f"{args.observation_tokens} tokens"},
         "per_question": details}, indent=1))
     return 0
 

@@ -106,6 +106,15 @@ async def _call_all(url: str, calls: list, timeout_s: float):
         return await asyncio.gather(*(call_tool(client, url, c, timeout_s) for c in calls))
 
 
+def truncate_observation(tokenizer, body: str, max_tokens: int) -> str:
+    """The observation body as the policy sees it: whole when its observation element fits in `max_tokens`
+    tokens, else its first max_tokens // 2 tokens and a readable truncation note (the warm start's SFT data is
+    cut the same way, so the policy is trained on what rollouts show it)."""
+    if len(tokenizer.encode(protocol.observation(body))) <= max_tokens:
+        return body
+    return tokenizer.decode(tokenizer.encode(body)[:max_tokens // 2]) + "\n[... observation truncated ...]"
+
+
 def _ends_with_tool_call(text: str) -> str | None:
     """The text up to the end of the last tool-call closer in `text` (a token may run past the stop string)."""
     ends = [text.rfind(s) + len(s) for s in ("</web_search>", "</crawl_page>") if s in text]
@@ -171,11 +180,8 @@ def rollout(sampler: Sampler, tokenizer, questions: list[str], synth_url: str, c
         live = []
         for row, (body, record) in zip(waiting, results):
             ep = episodes[row]
-            obs = tokenizer.encode(protocol.observation(body))
-            if len(obs) > cfg.max_observation_tokens:
-                keep = cfg.max_observation_tokens // 2
-                cut = tokenizer.decode(tokenizer.encode(body)[:keep]) + "\n[... observation truncated ...]"
-                obs = tokenizer.encode(protocol.observation(cut))
+            obs = tokenizer.encode(protocol.observation(truncate_observation(tokenizer, body,
+                                                                             cfg.max_observation_tokens)))
             record.observation_tokens = len(obs)
             ep.tool_calls.append(record)
             if len(ep.tokens) + len(obs) >= cfg.max_tokens - 1:

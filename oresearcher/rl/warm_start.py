@@ -54,9 +54,13 @@ def policy_from_config(config, mesh, workdir: Path):
     if not (out / "config.json").exists():
         records = synthesize(config, workdir / "warm_start")
         data = workdir / "warm_start" / "abridged.jsonl"
+        # observations cut as the rollout cuts them: the policy learns to continue after what it will see
+        from oresearcher.rl.rollout import truncate_observation
+        limit = int(config.rollout.max_observation_tokens)
+        cut = lambda body: truncate_observation(tokenizer, body, limit)
         with open(data, "w") as f:
             for rec in records:
-                f.write(json.dumps(abridge_record(rec, config.warm_start)) + "\n")
+                f.write(json.dumps(abridge_record(rec, config.warm_start, cut)) + "\n")
         sft_lib.run(_sft_config(config, data, workdir / "warm_start", out))
     else:
         print(f"warm start: reusing {out}", flush=True)
@@ -127,12 +131,33 @@ def _first_sentences(text: str, n: int) -> str:
     return " ".join(parts[:n]).strip()
 
 
+def _first_words(text: str, n: int) -> str:
+    return " ".join(text.split()[:n]) if n > 0 else text.strip()
+
+
+def _short_call(tag: str, body: str, words: int) -> str:
+    """A tool call cut to `words` words: the first query (or URL, with its goal cut), still a valid call."""
+    call = protocol.parse_tool_call(tag, body)
+    if isinstance(call, protocol.WebSearch):
+        return f"query={_first_words(call.queries[0], words)}&num={call.num}"
+    if isinstance(call, protocol.CrawlPage):
+        goal = _first_words(call.goal, words)
+        return f"url={call.urls[0]}" + (f"&goal={goal}" if goal else "")
+    return body.strip()
+
+
 def abridge(text: str, sentences: int = 2, max_subtasks: int = 1, max_tool_calls: int = 2,
-            max_references: int = 3) -> str:
+            max_references: int = 3, words: int = 0, observation=None) -> str:
     """A shorter trajectory with the same protocol structure: the first `max_subtasks` subtasks (the subtask list
     cut to match), in each the steps up to its first `max_tool_calls` tool calls and their observations, every
     prose body cut to `sentences` sentences, observations to their first lines (each at most 160 characters),
-    tool calls kept as written, the report's reference list cut to `max_references` entries."""
+    tool calls kept as written, the report's reference list cut to `max_references` entries.
+
+    With `words` > 0 every prose body (and each subtask-list line) is cut to its first `words` words instead,
+    tool calls to their first query or URL (the query and goal cut likewise) and observations to two lines: a
+    whole episode is then a few hundred tokens, which a tiny model can learn in a few hundred SFT steps.
+    `observation`, when given, maps each observation body to the one kept instead (the rollout's truncation)."""
+    cut = (lambda body: _first_words(body, words)) if words > 0 else (lambda body: _first_sentences(body, sentences))
     out, subtasks, calls, skipping = [], 0, 0, False
     for span in protocol.parse(text):
         tag = span.tag
@@ -152,18 +177,26 @@ def abridge(text: str, sentences: int = 2, max_subtasks: int = 1, max_tool_calls
         body = span.body.strip()
         if tag == "subtask_list":
             items = [ln for ln in body.splitlines() if ln.strip()]
-            body = "\n".join(items[:max_subtasks] if max_subtasks else items)
+            items = items[:max_subtasks] if max_subtasks else items
+            body = "\n".join("- " + _first_words(ln.strip().lstrip("-").strip(), words) if words > 0 else ln
+                             for ln in items)
+        elif tag == "observation" and observation is not None:
+            body = observation(body)
         elif tag == "observation":
             lines = [ln[:160] for ln in body.splitlines() if ln.strip()]
-            body = "\n".join(lines[: 2 + 2 * max(sentences, 1)])
+            body = "\n".join(lines[: 2 if words > 0 else 2 + 2 * max(sentences, 1)])
         elif tag in ("suggested_answer", "subtask_answer"):
             head, sep, refs = body.partition("References")
-            refs = "\n".join([ln for ln in refs.splitlines() if ln.strip()][:max_references])
-            body = _first_sentences(head, sentences) + (f"\n\n{sep}\n{refs}" if sep else "")
-        elif tag not in protocol.TOOL_TAGS and tag != "subtask":
-            body = _first_sentences(body, sentences)
+            refs = "\n".join([ln for ln in refs.splitlines() if ln.strip() and ln.strip() != ":"][:max_references])
+            body = cut(head) + (f"\n\n{sep}\n{refs}" if sep and refs else "")
+        elif tag in protocol.TOOL_TAGS:
+            body = _short_call(tag, body, words) if words > 0 else body
+        elif tag == "subtask":
+            body = _first_words(body, words) if words > 0 else body
+        else:
+            body = cut(body)
         if tag == "observation":
-            out.append(f"<observation>\n{body}\n</observation>")
+            out.append(protocol.observation(body).strip("\n"))
         elif "\n" in body or tag == "subtask_list":
             out.append(f"<{tag}>\n{body}\n</{tag}>")
         else:
@@ -171,12 +204,13 @@ def abridge(text: str, sentences: int = 2, max_subtasks: int = 1, max_tool_calls
     return "\n".join(out) + "\n"
 
 
-def abridge_record(record: dict, cfg) -> dict:
+def abridge_record(record: dict, cfg, observation=None) -> dict:
     """The record with its assistant turn abridged (see `abridge`); the rest unchanged."""
     record = json.loads(json.dumps(record))
     for m in record["messages"]:
         if m["role"] == "assistant":
             m["content"] = abridge(m["content"], int(cfg.abridge_sentences), int(cfg.max_subtasks),
-                                   int(cfg.max_tool_calls))
+                                   int(cfg.max_tool_calls), int(cfg.get("max_references", 3)),
+                                   int(cfg.get("abridge_words", 0)), observation)
     record["report"] = protocol.extract_report(record["messages"][-1]["content"]) or record.get("report", "")
     return record

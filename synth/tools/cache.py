@@ -9,11 +9,14 @@ row whatever process asks. Values are JSON. Only successes are stored; a failed 
 Concurrency: SQLite in WAL mode lets many processes read while one writes; `busy_timeout` makes a writer wait
 for the lock instead of failing. Inside one process, one connection guarded by a lock is shared by the threads
 that `asyncio.to_thread` runs the queries on, so the event loop never blocks on disk. Identical requests that
-are in flight at the same time in one process are computed once (`get_or_compute`).
+are in flight at the same time in one process are computed once (`get_or_compute`), and the most recently used
+entries are also kept in memory (as JSON text, so callers never share a mutable value), which saves the
+thread hop and the disk read for the pages and searches that many concurrent researchers repeat.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import os
@@ -24,6 +27,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 DEFAULT_DIR = "~/.cache/oresearcher"
+MEMORY_ENTRIES = 4096   # recently used values kept in memory per ToolCache
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
@@ -64,6 +68,7 @@ class ToolCache:
         self.misses = 0
         self._lock = threading.Lock()
         self._inflight: dict[str, asyncio.Future] = {}
+        self._memory: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._db = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +97,25 @@ class ToolCache:
             self.misses += 1
             return None
         self.hits += 1
+        self._remember(key, row[0])
         return json.loads(row[0])
+
+    def _remember(self, key: str, text: str) -> None:
+        with self._lock:
+            self._memory[key] = text
+            self._memory.move_to_end(key)
+            while len(self._memory) > MEMORY_ENTRIES:
+                self._memory.popitem(last=False)
+
+    def _recall(self, key: str) -> Any | None:
+        """The value of `key` from memory (counted as a hit), None when it is not there."""
+        with self._lock:
+            text = self._memory.get(key)
+            if text is None:
+                return None
+            self._memory.move_to_end(key)
+            self.hits += 1
+        return json.loads(text)
 
     def put(self, kind: str, backend: str, args: Any, value: Any) -> None:
         if self._db is None:
@@ -102,6 +125,7 @@ class ToolCache:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO entries (key, kind, backend, value, created) "
                              "VALUES (?, ?, ?, ?, ?)", (key, kind, backend, text, time.time()))
+        self._remember(key, text)
 
     def __len__(self) -> int:
         if self._db is None:
@@ -133,6 +157,10 @@ class ToolCache:
         pending = self._inflight.get(key)
         if pending is not None:
             return await asyncio.shield(pending), True
+        if self._db is not None:
+            cached = self._recall(key)
+            if cached is not None:
+                return cached, True
         cached = await self.aget(kind, backend, args)
         if cached is not None:
             return cached, True
