@@ -5,17 +5,22 @@ Presets (each says how to run it and what it should reach):
   smollm2 (default)   python -m oresearcher.train --config=configs/rl.py
       Embedded SmolLM2-135M-Instruct on a fresh CPU machine, no network, no keys. With no init_checkpoint it
       first synthesizes trajectories with the embedded synthesizer (extractive teacher, local Wikipedia corpus),
-      runs a short SFT on them (abridged: bodies cut to a few sentences so sequences stay short on CPU), then
-      runs GRPO against the synth service started as a subprocess on a free loopback port (or `synth_url`),
-      and stops it at the end: 12 SFT steps, then 4 GRPO steps of 2 questions x group 4. Every step prints the
-      reward parts (base / tool / format), tool calls, response lengths and the time split (generate / tools /
-      judge / train). Budget: <= 30 min on 2 idle CPU cores; sized from per-step measurements, not yet timed end
-      to end. With so little training the rewards are a smoke signal, not a learning curve.
+      runs a short SFT on them (abridged: bodies cut to 8 words, one tool call, observations cut as rollouts cut
+      them), then runs GRPO against the synth service started as a subprocess on a free loopback port (or
+      `synth_url`), and stops it at the end: 10 SFT steps, then 4 GRPO steps of 2 questions x group 4. Every step
+      prints the reward parts (base / tool / format), tool calls, response lengths and the time split (generate /
+      tools / judge / train). Measured end to end (`/usr/bin/time -v`, JAX_PLATFORMS=cpu): 29 min wall, exit 0,
+      6.4 GB peak RSS, on 2 CPU cores shared with other jobs (1-minute load average 8.3 on average, 5.6-10.6;
+      the run got 39% of one core): synthesis 2 s, SFT ~10 min, GRPO steps 4-7 min each (generate 160-235 s).
+      On idle cores it should take a fraction of that; not yet measured idle.
+      With so little training the rewards are a smoke signal, not a learning curve.
   tiny                python -m oresearcher.train --config=configs/rl.py:tiny
-      Tests: a 2-layer, 64-wide decoder with SmolLM2's tokenizer, SFT'd for 80 steps on abridged embedded
-      trajectories, then 20 GRPO steps (2 questions x group 8) with a high learning rate. Target: the mean format
-      reward of the last 5 steps above that of the first 5 (tests/test_rl_train_tiny.py). The SFT part alone
-      takes ~5-10 min on 2 shared cores (the 49k-vocabulary projection dominates a 64-wide model).
+      Tests: a 2-layer, 64-wide decoder with the 512-token test tokenizer (tests/fixtures/tiny_tokenizer), SFT'd
+      for 200 steps on 4 embedded trajectories abridged to two words per body (one tool call, no references: the
+      SFT nearly memorises them), then 20 GRPO steps (2 questions x group 8). Target: the mean format reward of
+      the last 5 steps above that of the first 5 (tests/test_rl_train_tiny.py). Not reached yet: on 2 shared
+      cores (load ~8) the SFT takes ~3-5 min and reaches loss ~0.002, the first GRPO steps score format ~0.6,
+      but 20 steps at lr 3e-4 show no rise (one run: first 5 steps 0.64, last 5 0.48).
   qwen2.5-7b-gpu8     one 8xH100 host: FSDP over 8 GPUs, the paper's RL settings (group 8, lr 1e-6, no KL,
       clip 0.2/0.28, temperature 1.0, <= 25 turns, 0.6/0.2/0.2), 32k-token episodes. Set init_checkpoint to the
       SFT export and synth_url to a synth service with real tools and an LLM judge.
@@ -50,6 +55,7 @@ def _base() -> ConfigDict:
     c.synth_config = "configs/synth.py"
     c.synth_start_timeout_s = 600
     c.questions = "configs/rl_questions.jsonl"   # JSONL {"question": ...} or one question per line
+    c.num_questions = 0                 # > 0: train on the first this many questions only
     c.questions_per_step = 2
 
     c.warm_start = ConfigDict()         # short SFT when no init_checkpoint is given
@@ -145,23 +151,26 @@ def tiny() -> ConfigDict:
     c.model_overrides.vocab_size = 512
     c.total_steps = 20
     c.checkpoint_every = 20
-    c.questions_per_step = 2
+    # every step the same 4 questions (those of the warm start) x group 4: steps 1-5 and 16-20 are compared on
+    # the same questions, so the format-reward curve measures the policy, not which questions were drawn
+    c.num_questions = 4
+    c.questions_per_step = 4
     c.warm_start.num_questions = 4
-    c.warm_start.steps = 240
+    c.warm_start.steps = 200
     c.warm_start.batch_size = 2
     c.warm_start.lr = 5e-3
     c.warm_start.max_len = 1280                   # the system prompt alone is ~770 tokens of this tokenizer
     c.warm_start.abridge_words = 2
     c.warm_start.max_tool_calls = 1
     c.warm_start.max_references = 0
-    c.rollout.group_size = 8
+    c.rollout.group_size = 4
     c.rollout.max_turns = 3
     c.rollout.max_tokens = 1536
     c.rollout.max_turn_tokens = 256
     c.rollout.max_observation_tokens = 96
     c.rollout.prefill_chunk = 512
     c.grpo.minibatches = 2
-    c.optim.lr = 1e-3
+    c.optim.lr = 3e-4                  # 1e-3 broke the memorised template within 3 steps
     return c
 
 

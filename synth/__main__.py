@@ -77,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         from synth.service import serve as serve_app
-        serve_app(cfg, args.host, args.port)
+        try:
+            serve_app(cfg, args.host, args.port)
+        except (ValueError, KeyError, FileNotFoundError) as error:
+            print(f"error: --config: {error}", file=sys.stderr)
+            return 2
         return 0
     from synth.cli import run_seeds
     return run_seeds(cfg, args.seeds, args.out, progress=not args.no_progress, array_record=args.array_record)

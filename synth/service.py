@@ -2,7 +2,8 @@
 
     POST   /v1/jobs                 {"seeds": [{"id"?, "question"}...], "overrides"?: {"workflow.candidates": 1}}
     GET    /v1/jobs/{id}            status and counts;  DELETE /v1/jobs/{id} cancels
-    GET    /v1/trajectories?job=ID&after=CURSOR   NDJSON, one {"cursor", "record"} per line, resumable by cursor
+    GET    /v1/trajectories?job=ID&after=CURSOR[&follow=true]   NDJSON, one {"cursor", "record"} per line, then
+                                    {"cursor", "done": true} once the job is finished; resumable by cursor
     POST   /v1/tools/web_search     {"queries": [...], "num": 10} -> {"observation", "ok", "error", "hits"}
     POST   /v1/tools/crawl_page     {"urls": [...], "goal": ""}   -> {"observation", "ok", "error", "pages"}
     POST   /v1/judge                {"question", "report", "trajectory"?, "reference"?}
@@ -89,8 +90,9 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def create_app(cfg) -> FastAPI:
-    """The FastAPI app for config `cfg` (ConfigDict from configs/synth.py)."""
+def create_app(cfg, *, eager: bool = False) -> FastAPI:
+    """The FastAPI app for config `cfg` (ConfigDict from configs/synth.py). eager=True builds the teacher, tools
+    and judge now, so that a bad config fails (ValueError naming the key) before the server listens."""
     from synth.funnel import Synthesizer, run_job   # the workflow is only needed once a job runs
 
     app = FastAPI(title="oresearcher synth", version=__version__,
@@ -108,6 +110,9 @@ def create_app(cfg) -> FastAPI:
         if "store" not in state:
             state["store"] = Store(_store_path(cfg))
         return state["store"]
+
+    if eager:
+        synthesizer()
 
     async def authorize(request: Request) -> None:
         if token and request.headers.get("authorization", "") != f"Bearer {token}":
@@ -247,4 +252,4 @@ def create_app(cfg) -> FastAPI:
 
 def serve(cfg, host: str, port: int) -> None:
     import uvicorn
-    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(cfg, eager=True), host=host, port=port, log_level="warning")

@@ -27,7 +27,8 @@ responder(request) may return:
   * a list of str instead of a callable: answers given in order, the last one repeated.
 Without a responder the server answers "scripted answer: <last user message, first 80 chars>".
 
-Faults are drawn per request from random.Random(seed) in arrival order, as fractions of all requests:
+Faults are drawn per request from random.Random(seed) in arrival order, as fractions of all requests (with
+exact=True they are dealt from shuffled decks of 100 outcomes, so every 100 requests hold exactly those shares):
   error_500     -> HTTP 500 with an OpenAI-style error body
   error_429     -> HTTP 429 with header `Retry-After: <retry_after>` (seconds)
   hang          -> no answer for `hang_seconds` (set the client timeout below it), then a normal answer
@@ -110,6 +111,8 @@ class Faults:
     retry_after: float = 0.05
     hang_seconds: float = 30.0
     seed: int = 0
+    exact: bool = False   # True: outcomes dealt from shuffled decks of 100 holding exactly the fractions
+    _deck: list = dataclasses.field(default_factory=list, repr=False, compare=False)
 
     KINDS = ("error_500", "error_429", "hang", "garbage", "empty_choices")
 
@@ -120,6 +123,12 @@ class Faults:
 
     def draw(self, rng: random.Random) -> str:
         """The outcome of one request: a fault kind or "ok"."""
+        if self.exact:
+            if not self._deck:
+                self._deck = [k for k in self.KINDS for _ in range(round(100 * getattr(self, k)))]
+                self._deck += ["ok"] * (100 - len(self._deck))
+                rng.shuffle(self._deck)
+            return self._deck.pop()
         u, cumulative = rng.random(), 0.0
         for kind in self.KINDS:
             cumulative += getattr(self, kind)

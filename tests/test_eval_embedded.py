@@ -106,6 +106,7 @@ def test_find_policy_reads_the_training_layouts(tiny_policies, tmp_path):
 
 
 def test_rl_checkpoint_parameters_replace_the_starting_model(tiny_policies):
+    import jax
     import numpy as np
     from flax import nnx
 
@@ -115,7 +116,6 @@ def test_rl_checkpoint_parameters_replace_the_starting_model(tiny_policies):
     model, tokenizer = load_policy("rl_checkpoint", rl)
     want = nnx.to_pure_dict(nnx.state(trained, nnx.Param))
     got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    import jax
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert tokenizer.vocab_size == 49152
@@ -145,7 +145,6 @@ def test_shared_prefix_sampler_generates_what_the_plain_sampler_does(tiny_polici
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_command_prints_one_table_with_every_row(tiny_policies, tmp_path, capsys):
     from experiments.eval import embedded
 

@@ -117,3 +117,39 @@ def test_rollout_calls_tools_masks_observations_and_keeps_tokens(taught, tools_u
     fresh = np.asarray(grpo.target_logprobs(model, {k2: jnp.asarray(v) for k2, v in batch.items()}, 1.0))
     sel = batch["loss_mask"][0]
     np.testing.assert_allclose(fresh[0][sel], batch["old_logp"][0][sel], atol=2e-4)
+
+
+def test_warm_start_abridging_by_words_keeps_the_protocol_and_cuts_observations_as_rollouts_do():
+    """The tiny preset's warm-start data: bodies cut to a few words, tool calls still valid, observations cut by
+    the rollout's own truncation, so the SFT'd policy is trained on what rollouts show it."""
+    from pathlib import Path
+
+    from oresearcher.model import Tokenizer
+    from oresearcher.rl.rollout import truncate_observation
+    from oresearcher.rl.warm_start import abridge
+
+    fixtures = Path(__file__).parent / "fixtures"
+    tok = Tokenizer.from_dir(str(fixtures / "tiny_tokenizer"))
+    records = [json.loads(x) for x in (fixtures / "trajectories.jsonl").read_text().splitlines() if x.strip()]
+    for record in records[:3]:
+        full = record["messages"][-1]["content"]
+        cut = lambda body: truncate_observation(tok, body, 48)
+        short = abridge(full, max_subtasks=1, max_tool_calls=1, max_references=0, words=2, observation=cut)
+        assert protocol.format_reward(short) == 1.0, short
+        assert len(tok.encode(short)) < len(tok.encode(full)) // 2
+        spans = [s for s in protocol.parse(short) if s.tag is not None]
+        assert sum(s.tag in protocol.TOOL_TAGS for s in spans) == 1
+        call = [s for s in spans if s.tag in protocol.TOOL_TAGS][0]
+        assert not isinstance(protocol.parse_tool_call(call.tag, call.body), protocol.ToolCallError)
+        for s in spans:
+            if s.tag in ("think", "plan", "subtask"):
+                assert len(s.body.split()) <= 2, s
+        # the observation element is exactly the one the rollout appends for that tool answer
+        kept = [s for s in spans if s.tag == "observation"][0]
+        tool_text = [s.body for s in protocol.parse(full) if s.tag == "observation"][0].strip("\n")
+        expected = protocol.observation(truncate_observation(tok, tool_text, 48))
+        assert short[kept.start:kept.end] == expected.strip("\n")
+        assert len(tok.encode(expected)) <= 48 or "[... observation truncated ...]" in expected
+    assert truncate_observation(tok, "short", 48) == "short"
+    long_body = "word " * 200
+    assert truncate_observation(tok, long_body, 48).endswith("[... observation truncated ...]")

@@ -204,6 +204,8 @@ def test_kill_9_three_times_loses_and_duplicates_nothing(tmp_path):
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+    print(f"kill -9 x3: pending at each kill {kills}; final {state['accepted']} accepted, {state['rejected']} "
+          f"rejected, {len(lines)} trajectories streamed")
     assert all(p > 0 for p in kills), f"every kill should land mid-job: pending at kills {kills}"
     assert state["status"] == "done" and state["pending"] == 0
     assert state["accepted"] + state["rejected"] == 50

@@ -8,6 +8,9 @@ batch x new / wall seconds of the whole call (prefill included, compile excluded
 The repetitions interleave (ours, transformers, ours, ...) so other load on the machine hits both alike; medians
 are compared and the load average is recorded with every repetition (on a shared machine the absolute figures
 move, the ratios much less: re-run on an idle machine for figures to quote).
+On an idle machine the default run takes a few minutes. On an oversubscribed one (load average well above the
+core count) torch's OpenMP worker threads wait on each other at every small op of a decode step and `generate`
+slows down far more than XLA does, so the ratio there overstates ours: quote figures from an idle machine.
 Targets: >= 2x transformers at batch 1, >= 3x at batch 8. Writes experiments/bench/results/sampler_throughput.json.
 """
 from __future__ import annotations

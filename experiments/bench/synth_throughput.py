@@ -1,6 +1,6 @@
 """Synthesizer throughput with a slow teacher: `python experiments/bench/synth_throughput.py [--latency 0.2]`.
 
-A scripted OpenAI-compatible server (a few lines of asyncio below, in its own process so its CPU is not ours)
+A scripted OpenAI-compatible server (a few lines of asyncio below, in its own process(es) so its CPU is not ours)
 plays planner (4 sub-questions), researchers (search, read, search, read, answer) and summarizer, adding
 `latency` seconds to every call. The openai teacher runs against it with the embedded local tools and the
 heuristic judge, on the event loop the CLI uses. A warm-up pass over every question fills the tool caches;
@@ -15,7 +15,9 @@ Measured (written to experiments/bench/results/synth_throughput.json):
                            cpu_ms_per_trajectory times the share of cProfile self time in their functions,
                            from a separate profiled 64-question run; the profile's consumers by package are
                            listed under cpu_by_package_ms_per_trajectory
-The machine's CPU count and load average are recorded: on a shared machine the figures are pessimistic.
+The machine's CPU count, load average and the run-queue wait of both processes are recorded: on a shared
+machine the figures are pessimistic. The committed results hold a run on the shared 2-core development machine
+(top level) and one on an otherwise idle 16-core host (`--section idle_16_core_host`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import os
 import pathlib
 import platform
 import re
+import socket
 import statistics
 import sys
 import time
@@ -102,14 +105,32 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, lat
         writer.close()
 
 
-def serve(latency: float, queue) -> None:
-    """The scripted LLM server (run in its own process, on uvloop when installed)."""
+def serve(latency: float, listener: socket.socket, ready) -> None:
+    """One process of the scripted LLM server, accepting on the shared `listener` (uvloop when installed)."""
     async def main():
-        server = await asyncio.start_server(lambda r, w: handle(r, w, latency), "127.0.0.1", 0, backlog=1024)
-        queue.put(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1")
+        server = await asyncio.start_server(lambda r, w: handle(r, w, latency), sock=listener)
+        ready.put(os.getpid())
         await server.serve_forever()
 
     run_loop(main())
+
+
+def start_servers(latency: float, processes: int) -> tuple[str, list]:
+    """`processes` server processes sharing one listening socket: the kernel spreads connections over them, so
+    the server's own CPU (parsing 256 requests that arrive together) is not one serial queue, as it would not be
+    at a hosted LLM provider. Returns (base_url, processes)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4096)
+    context = multiprocessing.get_context("fork")
+    ready = context.Queue()
+    workers = [context.Process(target=serve, args=(latency, listener, ready), daemon=True) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    for _ in workers:
+        ready.get(timeout=60)
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/v1", workers
 
 
 def run_loop(coroutine):
@@ -134,8 +155,25 @@ def synth_config(base_url: str, cache_dir: str, **overrides):
         **overrides})
 
 
-async def run_questions(cfg, questions: list[str], concurrency: int) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds of this process, accepted) for `questions` with `concurrency` in flight."""
+SERVER_PIDS: list[int] = []   # the scripted LLM server's processes, for their CPU and run-queue wait
+
+
+def schedstat(pids) -> tuple[float, float]:
+    """(CPU seconds, seconds runnable but waiting for a CPU) summed over the main threads of `pids` (Linux
+    schedstat; zeros elsewhere). The wait is the part of the wall time that other work took from the benchmark."""
+    cpu = wait = 0.0
+    for pid in pids:
+        try:
+            fields = pathlib.Path(f"/proc/{pid}/schedstat").read_text().split()
+            cpu, wait = cpu + int(fields[0]) / 1e9, wait + int(fields[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            pass
+    return cpu, wait
+
+
+async def run_questions(cfg, questions: list[str], concurrency: int) -> tuple[float, float, int, dict]:
+    """(wall seconds, CPU seconds of this process, accepted, {"client"|"server": run-queue wait seconds}) for
+    `questions` with `concurrency` in flight."""
     from synth.funnel import Synthesizer
     synth = Synthesizer.from_config(cfg)
     gate = asyncio.Semaphore(concurrency)
@@ -144,14 +182,18 @@ async def run_questions(cfg, questions: list[str], concurrency: int) -> tuple[fl
         async with gate:
             return await synth.synthesize(q, f"b{i}")
 
+    client0, server0 = schedstat([os.getpid()]), schedstat(SERVER_PIDS)
     cpu, wall = time.process_time(), time.perf_counter()
     outcomes = await asyncio.gather(*(one(i, q) for i, q in enumerate(questions)))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    client1, server1 = schedstat([os.getpid()]), schedstat(SERVER_PIDS)
+    waits = {"client": round(client1[1] - client0[1], 3), "server": round(server1[1] - server0[1], 3),
+             "server_cpu": round(server1[0] - server0[0], 3)}
     await synth.aclose()
     bad = [o.rejections for o in outcomes if o.record is None]
     if bad:
         raise RuntimeError(f"{len(bad)} questions rejected, e.g. {bad[0][:3]}")
-    return wall, cpu, len(outcomes)
+    return wall, cpu, len(outcomes), waits
 
 
 def profile_by_package(cfg, questions: list[str]) -> tuple[float, dict[str, float]]:
@@ -183,14 +225,16 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--questions", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3, help="measurements per figure; the median is reported")
+    ap.add_argument("--server-processes", type=int, default=1,
+                    help="processes of the scripted LLM server (its CPU is reported as server_cpu; 1 is not a bottleneck)")
+    ap.add_argument("--section", default="", help="write the figures under this key of an existing --out file "
+                                                  "(e.g. idle_16_core_host) instead of replacing it")
     ap.add_argument("--cache-dir", default="/tmp/oresearcher-bench-cache")
     ap.add_argument("--out", default=str(REPO / "experiments/bench/results/synth_throughput.json"))
     args = ap.parse_args()
 
-    queue = multiprocessing.get_context("fork").Queue()
-    server = multiprocessing.get_context("fork").Process(target=serve, args=(args.latency, queue), daemon=True)
-    server.start()
-    base_url = queue.get(timeout=60)
+    base_url, servers = start_servers(args.latency, args.server_processes)
+    SERVER_PIDS[:] = [p.pid for p in servers]
     topics = ["volcanoes", "photosynthesis", "the Roman Empire", "jazz", "the printing press", "the Black Death",
               "the Inca Empire", "plate tectonics", "honey bees", "the steam engine", "coral reefs", "black holes"]
     questions = [f"How did {topics[i % len(topics)]} shape history (case {i})?" for i in range(args.questions)]
@@ -208,9 +252,10 @@ def main() -> None:
             seqs.append(run_loop(run_questions(seq_cfg, questions[1:2], 1))[0])
         own_profiled_ms, by_package = profile_by_package(cfg, questions)
     finally:
-        server.terminate()
-    one_wall, one_cpu, _ = sorted(ones)[len(ones) // 2]
-    many_wall, many_cpu, n = sorted(manys)[len(manys) // 2]
+        for process in servers:
+            process.terminate()
+    one_wall, one_cpu, _, one_waits = sorted(ones, key=lambda r: r[0])[len(ones) // 2]
+    many_wall, many_cpu, n, many_waits = sorted(manys, key=lambda r: r[0])[len(manys) // 2]
     par_wall, seq_wall = statistics.median(pars), statistics.median(seqs)
     cpu_ms = 1000 * many_cpu / n
     profiled_total = sum(by_package.values())
@@ -221,6 +266,10 @@ def main() -> None:
         f"{args.questions}_questions_wall_s": round(many_wall, 3),
         "throughput_x": round((n / many_wall) / (1 / one_wall), 2), "throughput_target_x": 55,
         "throughput_x_each_repeat": [round(len(questions) * o[0] / m[0], 2) for o, m in zip(ones, manys)],
+        "runqueue_wait_s": {"one_question": one_waits, f"{args.questions}_questions": many_waits,
+                            "meaning": "client/server: time runnable but waiting for a CPU taken by other work; "
+                                       "server_cpu: CPU seconds of the scripted server processes (Linux schedstat)"},
+        "server_processes": args.server_processes,
         "parallel_wall_s": round(par_wall, 3), "sequential_wall_s": round(seq_wall, 3),
         "parallel_vs_sequential": round(par_wall / seq_wall, 3), "parallel_vs_sequential_target": 0.35,
         "cpu_ms_per_trajectory": round(cpu_ms, 1),
@@ -239,6 +288,9 @@ def main() -> None:
     }
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.section:   # keep the file's other figures, put these under one key
+        existing = json.loads(out.read_text()) if out.is_file() else {}
+        result = {**existing, args.section: result}
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

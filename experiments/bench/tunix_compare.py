@@ -13,7 +13,10 @@ tunix.models.qwen2.Qwen2.
           train step (jit_train_and_eval_step, what PeftTrainer.train calls). tokens/s = 4096 / seconds per step.
   decode  batch 8, a 64-token prompt, 128 new tokens, greedy, EOS never hit. Ours: oresearcher.sampler.Sampler.
           generate; tunix: tunix.generate.sampler.Sampler.__call__. tokens/s = 8 x 128 / seconds of the whole
-          call (prefill included).
+          call (prefill included). Also timed: the step's weight products alone ([8, din] @ every weight matrix,
+          48 MB of fp32 weights streamed per token), a floor for any fp32 decoder of this shape on this machine;
+          where tunix is already within 2x of that floor, a 2x decode ratio is out of reach without changing the
+          numerics (e.g. bf16 weights).
   GRPO    one step of 2 prompts x group 4, 64 new tokens at temperature 1, reward = fraction of even ids in the
           completion, group-normalised advantages, clipped surrogate, token-mean, no KL, one AdamW update over
           the 8 episodes. Ours: Sampler.generate -> grpo_advantages -> rollout.to_batch -> rl.train._update
@@ -39,6 +42,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,8 +92,9 @@ class Tunix:
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}
         env.pop("XLA_FLAGS", None)
         self.log = log
+        self._log_file = open(log, "w")
         self.proc = subprocess.Popen([str(python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=open(log, "w"), text=True, env=env, cwd=str(ROOT))
+                                     stderr=self._log_file, text=True, env=env, cwd=str(ROOT))
 
     def __call__(self, cmd: str, **kw) -> dict:
         self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
@@ -109,6 +114,7 @@ class Tunix:
         except (RuntimeError, BrokenPipeError):
             pass
         self.proc.wait(timeout=60)
+        self._log_file.close()
 
 
 # ---------------------------------------------------------------------------------------------- our side
@@ -304,7 +310,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
 
     import jax
-    tunix = Tunix(RESULTS / "tunix_worker.log")
+    tunix = Tunix(Path(tempfile.gettempdir()) / "tunix_worker.log")
     ours = Ours()
     report = {"benchmark": "tunix_compare", "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(),
               "platform": platform.platform(), "jax": jax.__version__, "tunix": tunix("hello"),

@@ -20,7 +20,11 @@ Systems:
                export_dir). A policy that is not there gives the row "not available: run ...".
 The policies run the RL rollout loop itself (`oresearcher.rl.rollout`, greedy, one episode per question, all
 questions in one sampler batch) against the same synth service, with a CPU budget: at most --max-turns tool
-calls, --turn-tokens tokens per turn, --max-tokens tokens per episode. A row that cannot run says why.
+calls, --turn-tokens tokens per turn, --max-tokens tokens per episode. Two things keep three 135M policies
+within ~10 minutes on 2 CPU cores: the prompt prefix every question shares (system prompt and chat template)
+is prefilled once per policy (`shared_prefix_sampler`), and the three policies, which share architecture and
+shapes, compile prefill and decode once through a compilation cache under --workdir. A row that cannot run
+says why.
 The tool and judge endpoints are served in process (`InProcessTools`: synth's Tools and HeuristicJudge, a cache
 under --workdir) unless --synth-url names a running synth service.
 Results: the table on stdout and experiments/eval/results/embedded.json (rendered into RESULTS.md); each
@@ -419,6 +423,17 @@ def main(argv: list[str] | None = None) -> int:
         ":" + args.synth_config.split(":", 1)[1] if ":" in args.synth_config else "")
     t_start = time.perf_counter()
     load_before = os.getloadavg()
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if {"base", "sft", "rl"} & set(systems):
+        # The policies share one architecture and one set of shapes: the second and third reuse the first's
+        # compiled prefill and decode through a compilation cache local to this run (cold at every run).
+        import jax
+        saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
+                                                     "jax_persistent_cache_min_compile_time_secs")}
+        jax.config.update("jax_compilation_cache_dir", str(workdir / "jax-cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    else:
+        saved = {}
     proc = None
     url = args.synth_url
     if url is None:   # the tool and judge endpoints, served in process by synth's own code
@@ -426,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         url = proc.url
     rows, details, sources = [], {}, {}
     try:
-        for system in [s.strip() for s in args.systems.split(",") if s.strip()]:
+        for system in systems:
             t0 = time.perf_counter()
             try:
                 if system == "teacher":
@@ -461,6 +476,10 @@ def main(argv: list[str] | None = None) -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
+        if saved:   # leave the caller's JAX configuration as it was (main() may run inside a larger process)
+            import jax
+            for key, value in saved.items():
+                jax.config.update(key, value)
     total = time.perf_counter() - t_start
     table = format_table(rows)
     print(f"Embedded evaluation: {len(questions)} questions, CPU, {total:.0f}s total. *judge = synth heuristic "

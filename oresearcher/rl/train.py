@@ -105,6 +105,8 @@ def run(config) -> dict:
     gcfg = grpo.GRPOConfig.from_config(config)
     advantage = grpo.get_advantage_estimator(config.grpo.advantage)
     questions = load_questions(config.questions)
+    if int(config.get("num_questions", 0)) > 0:
+        questions = questions[:int(config.num_questions)]
     total_steps = int(config.total_steps)
     print(f"rl: mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s); "
           f"{len(questions)} questions, {config.questions_per_step} per step x group {rcfg.group_size}", flush=True)

@@ -181,7 +181,7 @@ def abridge(text: str, sentences: int = 2, max_subtasks: int = 1, max_tool_calls
             body = "\n".join("- " + _first_words(ln.strip().lstrip("-").strip(), words) if words > 0 else ln
                              for ln in items)
         elif tag == "observation" and observation is not None:
-            body = observation(body)
+            body = observation(span.body.strip("\n"))     # the tool's text as protocol.observation wrapped it
         elif tag == "observation":
             lines = [ln[:160] for ln in body.splitlines() if ln.strip()]
             body = "\n".join(lines[: 2 if words > 0 else 2 + 2 * max(sentences, 1)])
