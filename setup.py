@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     "safetensors==0.8.0",
     "gguf==0.19.0",
     "httpx==0.28.1",
+    "certifi==2026.10.19.post1",       # CA bundle of synth's own HTTP/1.1 client (synth/http1.py)
     "fastapi==0.165.0",
     "uvicorn==0.54.0",
     "pydantic==2.14.3",
@@ -56,7 +57,7 @@ setup(
     description="Multi-agent distillation and agentic RL for deep-research LLMs, in JAX",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["oresearcher", "oresearcher.*", "synth", "synth.*", "experiments", "experiments.*"]),
-    package_data={"synth": ["prompts/*.txt"], "experiments": ["data/*"]},
+    package_data={"synth": ["prompts/*.txt", "prompts/*.shots.json"], "experiments": ["data/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )

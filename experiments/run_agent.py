@@ -252,7 +252,8 @@ def trajectory_record(ep: Episode, policy_name: str) -> dict:
                      "timings": {k: round(v, 3) for k, v in ep.timings.items()}}}
 
 
-def read_questions(path: str | Path, limit: int | None = None) -> list[dict]:
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSONL file; a broken line is an error naming file and line."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -262,10 +263,19 @@ def read_questions(path: str | Path, limit: int | None = None) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path} line {n}: not JSON ({err.msg})") from None
-            prompt = row.get("prompt", row.get("question"))
-            if not isinstance(prompt, str) or not prompt.strip() or "id" not in row:
-                raise ValueError(f"{path} line {n}: needs 'id' and a non-empty 'prompt' (or 'question')")
-            rows.append({**row, "id": str(row["id"]), "prompt": prompt})
+            if not isinstance(row, dict):
+                raise ValueError(f"{path} line {n}: expected a JSON object")
+            rows.append(row)
+    return rows
+
+
+def read_questions(path: str | Path, limit: int | None = None) -> list[dict]:
+    rows = []
+    for n, row in enumerate(read_jsonl(path), 1):
+        prompt = row.get("prompt", row.get("question"))
+        if not isinstance(prompt, str) or not prompt.strip() or "id" not in row:
+            raise ValueError(f"{path} row {n}: needs 'id' and a non-empty 'prompt' (or 'question')")
+        rows.append({**row, "id": str(row["id"]), "prompt": prompt})
     return rows[:limit] if limit else rows
 
 

@@ -33,8 +33,13 @@ log = logging.getLogger(__name__)
 
 
 def prompt_hashes() -> dict[str, str]:
-    """sha256 of every role prompt file (synth/prompts/*.txt), recorded in each record's meta."""
-    return {p.stem: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(PROMPTS.glob("*.txt"))}
+    """sha256 of every role's prompt (synth/prompts/ROLE.txt, then its example turns ROLE.shots.json if any),
+    recorded in each record's meta."""
+    out = {}
+    for p in sorted(PROMPTS.glob("*.txt")):
+        shots = p.with_name(f"{p.stem}.shots.json")
+        out[p.stem] = hashlib.sha256(p.read_bytes() + (shots.read_bytes() if shots.exists() else b"")).hexdigest()
+    return out
 
 
 def make_judge(cfg, tools):

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from experiments.eval.judge import Judge, JudgeError, JudgeFailure
+from experiments.run_agent import read_jsonl
 
 DIMENSIONS = ("comprehensiveness", "insight", "instruction_following", "readability")
 
@@ -83,23 +84,6 @@ def parse_criteria(row: dict, where: str) -> TaskCriteria:
     if sum(weights.values()) <= 0 or min(weights.values()) < 0:
         raise ValueError(f"{where}: dimension weights must be >= 0 and not all 0")
     return TaskCriteria(weights, criteria)
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSONL file; a broken line is an error naming file and line."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {n}: not JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {n}: expected a JSON object")
-            rows.append(row)
-    return rows
 
 
 class ByTask:

@@ -5,7 +5,8 @@ One step, read top to bottom in `run`:
     ->  rewards: R_format, R_tool locally, R_base from the synth judge                     (time/judge)
     ->  group-normalised advantages; abstained episodes and zero-variance groups dropped
     ->  `grpo.epochs` x `grpo.minibatches` optimizer steps against the rollout logprobs   (time/train)
-    ->  metrics.jsonl + console line; checkpoint every `checkpoint_every` steps and on SIGTERM.
+    ->  metrics.jsonl + console line; every episode (text, reward parts, advantage) to episodes.jsonl;
+        checkpoint every `checkpoint_every` steps and on SIGTERM.
 
 The synth service (tools + judge) is `config.synth_url`, or a `python -m synth serve` subprocess started on a
 free loopback port and stopped at the end. The policy starts from `config.init_checkpoint` (an SFT result), or,
@@ -152,6 +153,9 @@ def run(config) -> dict:
                 train_metrics = _update(model, optimizer, ref_model, episodes, adv.reshape(-1), keep.reshape(-1),
                                         gcfg, config, mesh, np.random.default_rng(int(config.seed) + step))
                 timings["time/train"] = time.perf_counter() - t0
+                if jax.process_index() == 0:
+                    _log_episodes(workdir / "episodes.jsonl", step, episodes, scored, adv.reshape(-1),
+                                  keep.reshape(-1))
                 check_finite(step, {k.removeprefix("train/"): v for k, v in train_metrics.items()})
                 last = _step_metrics(step, episodes, scored, keep, timings, train_metrics)
                 last["time/step"] = time.perf_counter() - t_step
@@ -197,6 +201,17 @@ def _update(model, optimizer, ref_model, episodes, adv, keep, gcfg, config, mesh
     result = {f"train/{k}": float(np.mean(v)) for k, v in out.items() if k != "policy_tokens"}
     result["train/optimizer_steps"] = len(out.get("loss", []))
     return result
+
+
+def _log_episodes(path: Path, step, episodes, scored, adv, keep) -> None:
+    """Append this step's episodes: what the policy wrote and how it was scored (for reading samples)."""
+    with open(path, "a", encoding="utf-8") as f:
+        for e, r, a, k in zip(episodes, scored, adv, keep):
+            f.write(json.dumps({"step": step, "group": e.group, "question": e.question, "response": e.response,
+                                "finish": e.finish, "reward": r.total, "reward/base": r.base, "reward/tool": r.tool,
+                                "reward/format": r.format, "abstained": r.abstained, "judge": r.judge,
+                                "advantage": float(a), "kept": bool(k),
+                                "tool_calls": [c.tool for c in e.tool_calls]}, ensure_ascii=False) + "\n")
 
 
 def _step_metrics(step, episodes, scored, keep, timings, train_metrics) -> dict:

@@ -1,7 +1,9 @@
 """The `openai` teacher: planner, researcher and summarizer roles played by any OpenAI-compatible endpoint(s).
 
-Role prompts are the files synth/prompts/{planner,researcher,summarizer}.txt (their sha256 goes into every
-record's meta). The researcher is a multi-turn chat: each assistant turn is one step ending in a tool call (the
+Role prompts are the files synth/prompts/{planner,researcher,summarizer}.txt, each followed in the chat by the
+worked example turns of {role}.shots.json (their sha256 go into every record's meta): small models follow an
+example conversation far better than an instruction (SmolLM2-135M answers the bare planner prompt with prose,
+with the example with a list). The researcher is a multi-turn chat: each assistant turn is one step ending in a tool call (the
 request stops at </web_search> / </crawl_page>), each observation comes back as a user turn, so any chat model
 works without continuing a partial assistant message. The `local` preset points this teacher at an
 `oresearcher` serving endpoint.
@@ -11,6 +13,7 @@ fails raises, the candidate is rejected with the reason, and no error text ever 
 """
 from __future__ import annotations
 
+import json
 import pathlib
 import random
 import re
@@ -23,8 +26,12 @@ _ITEM = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+(.+?)\s*$")
 STOP = ["</web_search>", "</crawl_page>", "</subtask_answer>"]
 
 
-def role_prompt(role: str) -> str:
-    return (PROMPTS / f"{role}.txt").read_text(encoding="utf-8").strip()
+def role_prompt(role: str) -> list[dict]:
+    """The system message of `role` and its worked example turns: the head of every chat the role has."""
+    system = (PROMPTS / f"{role}.txt").read_text(encoding="utf-8").strip()
+    shots = PROMPTS / f"{role}.shots.json"
+    examples = json.loads(shots.read_text(encoding="utf-8")) if shots.exists() else []
+    return [{"role": "system", "content": system}, *examples]
 
 
 class OpenAITeacher:
@@ -44,8 +51,7 @@ class OpenAITeacher:
 
     # ------------------------------------------------------------------------------------------ planner
     async def plan(self, question: str, rng: random.Random) -> list[str]:
-        text = await self._chat([{"role": "system", "content": self.prompts["planner"]},
-                                 {"role": "user", "content": question}])
+        text = await self._chat([*self.prompts["planner"], {"role": "user", "content": question}])
         items = [m.group(1) for m in map(_ITEM.match, text.splitlines()) if m]
         return [protocol.sanitize(i).replace("\n", " ") for i in items]
 
@@ -55,7 +61,7 @@ class OpenAITeacher:
         if research.prior:
             task = f"Research so far on the other sub-questions:\n{research.prior}\n\n" + task
         task += f"You have {research.budget} tool calls for this sub-question."
-        messages = [{"role": "system", "content": self.prompts["researcher"]}, {"role": "user", "content": task}]
+        messages = [*self.prompts["researcher"], {"role": "user", "content": task}]
         turn: list[str] = []
         for tag, body in research.elements:
             if tag == "observation":
@@ -65,8 +71,15 @@ class OpenAITeacher:
             else:
                 turn.append(f"<{tag}>\n{body}\n</{tag}>\n")
         if final:
-            messages.append({"role": "user", "content": "Your tool calls are spent. Write <think> and "
-                                                        "<subtask_answer> now."})
+            # One user turn (observation, then the instruction with the sources it may cite): small models
+            # answer a single turn better than two in a row, and copy a source list they were just shown.
+            sources = "".join(f"\n[{n}]. {url} - {title}" for n, (url, title) in enumerate(research.seen().items(), 1))
+            note = "Your tool calls are spent. Write <think> and <subtask_answer> now." + (
+                f" Cite these sources:{sources}" if sources else "")
+            if messages[-1]["role"] == "user" and research.elements:
+                messages[-1] = {"role": "user", "content": messages[-1]["content"] + "\n\n" + note}
+            else:
+                messages.append({"role": "user", "content": note})
         return messages
 
     async def step(self, question: str, research, rng: random.Random, final: bool = False) -> Step:
@@ -93,7 +106,7 @@ class OpenAITeacher:
             raise TeacherError("no sub-report cited an observed source; nothing to summarize")
         sources = "\n".join(f"[{n}]. {url} - {title}" for n, url, title in references)
         reports = "\n\n".join(f"## {s}\n{b}" for s, b in zip(subtasks, bodies))
-        text = await self._chat([{"role": "system", "content": self.prompts["summarizer"]},
+        text = await self._chat([*self.prompts["summarizer"],
                                  {"role": "user", "content": f"Question: {question}\n\nSources:\n{sources}\n\n"
                                                              f"Sub-reports:\n{reports}"}])
         if not protocol.cited_numbers(text):
