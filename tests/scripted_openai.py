@@ -44,6 +44,20 @@ LocalServer
 """
 from __future__ import annotations
 
+
+def role_turns(messages: list[dict]) -> tuple[str, list[dict]]:
+    """(role, the chat after the role's head) of a synth teacher request: the head is the role's system prompt
+    and its worked example turns (synth/prompts/ROLE.shots.json), which a scripted teacher must skip.
+    role is "planner", "researcher", "summarizer", or "" for any other chat (then only the system is skipped)."""
+    from synth.teachers.openai import role_prompt
+    system = messages[0].get("content", "") if messages and messages[0].get("role") == "system" else None
+    for role in ("planner", "researcher", "summarizer"):
+        head = role_prompt(role)
+        if system == head[0]["content"]:
+            return role, messages[len(head):]
+    return "", messages[1:] if system is not None else messages
+
+
 import asyncio
 import collections
 import dataclasses

@@ -6,7 +6,7 @@ import re
 import pytest
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
-from scripted_openai import Faults, LocalServer, ScriptedOpenAI
+from scripted_openai import Faults, LocalServer, ScriptedOpenAI, role_turns
 
 from oresearcher import protocol
 from synth.config import load_config
@@ -96,17 +96,16 @@ _URL = re.compile(r"\((https?://[^)\s]+)\)")
 
 def scripted_teacher(request: dict) -> str:
     """Plays planner, researcher and summarizer from the role prompt; cites only URLs it was shown."""
-    messages = request["messages"]
-    system = messages[0]["content"]
-    if system.startswith("You are the planner"):
-        q = messages[1]["content"].rstrip("?")
+    role, turns = role_turns(request["messages"])
+    if role == "planner":
+        q = turns[0]["content"].rstrip("?")
         return f"- What is the background of: {q}?\n- What mechanisms explain: {q}?\n- What evidence supports: {q}?"
-    if system.startswith("You are the summarizer"):
-        numbers = re.findall(r"^\[(\d+)\]\.", messages[1]["content"], re.MULTILINE)
+    if role == "summarizer":
+        numbers = re.findall(r"^\[(\d+)\]\.", turns[0]["content"], re.MULTILINE)
         cites = " ".join(f"Finding {n} is documented [{n}]." for n in numbers)
         return f"# Report\nThis report sums up the findings.\n\n## Findings\n{cites}\n\n## Conclusion\nDone [1]."
-    observations = [m["content"] for m in messages if m["role"] == "user" and m["content"].startswith("<observation>")]
-    sub = messages[1]["content"].split("Sub-question: ", 1)[1].split("\n", 1)[0]
+    observations = [m["content"] for m in turns if m["role"] == "user" and m["content"].startswith("<observation>")]
+    sub = turns[0]["content"].split("Sub-question: ", 1)[1].split("\n", 1)[0]
     n = len(observations)
     if n in (0, 2):
         return (f"<think>\nStep {n}: I need sources for {sub}\n</think>\n<plan>\nSearch, then read.\n</plan>\n"
@@ -191,9 +190,9 @@ def page_server() -> LocalServer:
 def test_tag_injection_in_a_page_parses_like_a_clean_page(tmp_path):
     def teacher_for(path):
         def respond(request):
-            messages = request["messages"]
-            if messages[0]["content"].startswith("You are a researcher"):
-                observations = [m for m in messages if m["content"].startswith("<observation>")]
+            role, turns = role_turns(request["messages"])
+            if role == "researcher":
+                observations = [m for m in turns if m["content"].startswith("<observation>")]
                 if not observations:
                     return (f"<think>\nRead the notes.\n</think>\n<plan>\nCrawl them.\n</plan>\n"
                             f"<crawl_page>url={pages.url}{path}&goal=photosynthesis light")
@@ -201,9 +200,9 @@ def test_tag_injection_in_a_page_parses_like_a_clean_page(tmp_path):
         return respond
 
     def scripted_after_crawl(request, url):
-        messages = request["messages"]
-        if messages[0]["content"].startswith("You are a researcher"):
-            n = sum(m["content"].startswith("<observation>") for m in messages)
+        role, turns = role_turns(request["messages"])
+        if role == "researcher":
+            n = sum(m["content"].startswith("<observation>") for m in turns)
             if n < 4:
                 return (f"<think>\nStep {n}.\n</think>\n<plan>\nRead again.\n</plan>\n"
                         f"<crawl_page>url={url}&goal=light")

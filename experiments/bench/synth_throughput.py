@@ -37,23 +37,23 @@ import time
 sys.modules.setdefault("jax", None)   # bm25s would import JAX for top-k; the synthesizer never needs it
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from scripted_openai import role_turns  # noqa: E402  (the chat after a role's prompt and worked examples)
 
 _URL = re.compile(r"\((https?://[^)\s]+)\)")
 
 
 def teacher(request: dict) -> str:
     """Planner: 4 sub-questions; researcher: search, read, search, read, cited answer; summarizer: cites all."""
-    messages = request["messages"]
-    system = messages[0]["content"]
-    if system.startswith("You are the planner"):
-        q = messages[1]["content"].rstrip("?")
+    role, turns = role_turns(request["messages"])      # the chat after the role's prompt and examples
+    if role == "planner":
+        q = turns[0]["content"].rstrip("?")
         return "\n".join(f"- {facet} of: {q}?" for facet in ("Background", "Mechanisms", "Evidence", "Impact"))
-    if system.startswith("You are the summarizer"):
-        numbers = re.findall(r"^\[(\d+)\]\.", messages[1]["content"], re.MULTILINE)
+    if role == "summarizer":
+        numbers = re.findall(r"^\[(\d+)\]\.", turns[0]["content"], re.MULTILINE)
         cites = " ".join(f"Finding {n} is documented [{n}]." for n in numbers)
         return f"# Report\nThis report sums up the findings.\n\n## Findings\n{cites}\n\n## Conclusion\nDone [1]."
-    observations = [m["content"] for m in messages if m["role"] == "user" and m["content"].startswith("<observation>")]
-    sub = messages[1]["content"].split("Sub-question: ", 1)[1].split("\n", 1)[0].replace("?", "")
+    observations = [m["content"] for m in turns if m["role"] == "user" and m["content"].startswith("<observation>")]
+    sub = turns[0]["content"].split("Sub-question: ", 1)[1].split("\n", 1)[0].replace("?", "")
     n = len(observations)
     if n in (0, 2):
         return f"<think>\nStep {n}: sources for {sub}\n</think>\n<plan>\nSearch.\n</plan>\n<web_search>query={sub}&num=3"
