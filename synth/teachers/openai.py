@@ -5,8 +5,8 @@ worked example turns of {role}.shots.json (their sha256 go into every record's m
 example conversation far better than an instruction (SmolLM2-135M answers the bare planner prompt with prose,
 and with the example with a list). The researcher is a multi-turn chat: each assistant turn is one step ending
 in a tool call (the request stops at </web_search> / </crawl_page>), each observation comes back as a user
-turn, so any chat model works without continuing a partial assistant message. The `local` preset points this teacher at an
-`oresearcher` serving endpoint.
+turn, so any chat model works without continuing a partial assistant message. The `local` preset points this
+teacher at an `oresearcher` serving endpoint.
 
 LLM failures are retried by synth.llm.LLMClient (timeouts, 5xx, 429, unparseable bodies); a call that still
 fails raises, the candidate is rejected with the reason, and no error text ever enters a trajectory.
