@@ -113,7 +113,10 @@ def synthesize(config, directory: Path) -> list[dict]:
     if done.returncode != 0:
         raise RuntimeError(f"warm start: `{' '.join(cmd)}` failed with code {done.returncode}:\n{done.stderr[-3000:]}")
     path = directory / "synth" / "trajectories.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # in seed order, not the order the parallel synthesizer finished them: the warm start (and so the whole run)
+    # is then the same on every run of the same config
+    records = sorted((json.loads(line) for line in path.read_text().splitlines() if line.strip()),
+                     key=lambda r: str(r.get("id", "")))
     if not records:
         raise RuntimeError(f"warm start: the synthesizer accepted no trajectory ({directory / 'synth'}); see its "
                            f"rejected.jsonl")
