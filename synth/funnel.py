@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import logging
 import pathlib
 import time
@@ -33,13 +34,11 @@ log = logging.getLogger(__name__)
 
 
 def prompt_hashes() -> dict[str, str]:
-    """sha256 of every role's prompt (synth/prompts/ROLE.txt, then its example turns ROLE.shots.json if any),
-    recorded in each record's meta."""
-    out = {}
-    for p in sorted(PROMPTS.glob("*.txt")):
-        shots = p.with_name(f"{p.stem}.shots.json")
-        out[p.stem] = hashlib.sha256(p.read_bytes() + (shots.read_bytes() if shots.exists() else b"")).hexdigest()
-    return out
+    """sha256 of the head every role's chat starts with (its prompt and worked example turns, exactly as
+    synth.teachers.openai.role_prompt sends them), recorded in each record's meta."""
+    from synth.teachers.openai import role_prompt
+    return {p.stem: hashlib.sha256(json.dumps(role_prompt(p.stem), sort_keys=True).encode()).hexdigest()
+            for p in sorted(PROMPTS.glob("*.txt"))}
 
 
 def make_judge(cfg, tools):

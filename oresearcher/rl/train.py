@@ -123,6 +123,7 @@ def run(config) -> dict:
         # ---------------------------------------------------------------- Checkpointing
         ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=int(config.keep_checkpoints))
         start, _ = _restore(ckpt, model, optimizer)
+        _keep_episodes_until(workdir / "episodes.jsonl", start)
         writer = metrics_lib.MetricsWriter(workdir, total_steps, start_step=start, progress=False)
         print(f"rl: synth service at {synth_url}; workdir {workdir}", flush=True)
 
@@ -201,6 +202,13 @@ def _update(model, optimizer, ref_model, episodes, adv, keep, gcfg, config, mesh
     result = {f"train/{k}": float(np.mean(v)) for k, v in out.items() if k != "policy_tokens"}
     result["train/optimizer_steps"] = len(out.get("loss", []))
     return result
+
+
+def _keep_episodes_until(path: Path, step: int) -> None:
+    """On resume from checkpoint `step`, drop the episodes logged after it (those steps run again)."""
+    if path.exists():
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        path.write_text("".join(x for x in lines if json.loads(x)["step"] <= step), encoding="utf-8")
 
 
 def _log_episodes(path: Path, step, episodes, scored, adv, keep) -> None:
