@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import unicodedata
 from dataclasses import dataclass
 
@@ -54,6 +55,23 @@ class Span:
     opened: bool = True
 
 
+def _span(tag: str | None, body: str, start: int, end: int, body_start: int, body_end: int, closed: bool,
+          opened: bool = True) -> Span:
+    """Span(...) without the frozen dataclass's object.__setattr__ per field: parse makes thousands."""
+    span = object.__new__(Span)
+    span.__dict__.update(tag=tag, body=body, start=start, end=end, body_start=body_start, body_end=body_end,
+                         closed=closed, opened=opened)
+    return span
+
+
+# The funnel, the judge, the record's meta and the rewards all parse the same finished trajectory: the spans of
+# the last few long texts are kept (Span is frozen; every caller gets its own list), so each is parsed once.
+_PARSED: dict[str, tuple[Span, ...]] = {}
+_PARSED_LOCK = threading.Lock()
+_PARSED_MIN_CHARS = 2048   # shorter texts (single teacher steps) parse in microseconds and rarely repeat
+_PARSED_ENTRIES = 64
+
+
 def parse(text: str) -> list[Span]:
     """Elements and non-blank free text of `text`, in order. Never raises.
 
@@ -61,13 +79,26 @@ def parse(text: str) -> list[Span]:
     element (or with none open) turns the free text since the previous element into that element, unopened.
     Inside an open observation only `</observation>` counts, so observation text is never read as protocol.
     """
+    if len(text) < _PARSED_MIN_CHARS:
+        return _parse(text)
+    spans = _PARSED.get(text)
+    if spans is None:
+        spans = tuple(_parse(text))
+        with _PARSED_LOCK:
+            if len(_PARSED) >= _PARSED_ENTRIES:
+                del _PARSED[next(iter(_PARSED))]   # the oldest entry (dicts keep insertion order)
+            _PARSED[text] = spans
+    return list(spans)
+
+
+def _parse(text: str) -> list[Span]:
     spans: list[Span] = []
     cursor = 0                                  # end of the last emitted span
     open_tag, open_start, body_start = None, 0, 0
 
     def free(upto: int) -> None:
         if text[cursor:upto].strip():
-            spans.append(Span(None, text[cursor:upto], cursor, upto, cursor, upto, closed=True))
+            spans.append(_span(None, text[cursor:upto], cursor, upto, cursor, upto, closed=True))
 
     for m in _TAG.finditer(text):
         closing, tag = m.group(1) == "/", m.group(2)
@@ -75,7 +106,7 @@ def parse(text: str) -> list[Span]:
             continue
         if not closing:
             if open_tag is not None:
-                spans.append(Span(open_tag, text[body_start:m.start()], open_start, m.start(), body_start,
+                spans.append(_span(open_tag, text[body_start:m.start()], open_start, m.start(), body_start,
                                   m.start(), closed=False))
             else:
                 free(m.start())
@@ -83,19 +114,19 @@ def parse(text: str) -> list[Span]:
             cursor = m.start()
             continue
         if open_tag == tag:
-            spans.append(Span(tag, text[body_start:m.start()], open_start, m.end(), body_start, m.start(),
+            spans.append(_span(tag, text[body_start:m.start()], open_start, m.end(), body_start, m.start(),
                               closed=True))
         else:
             if open_tag is not None:
-                spans.append(Span(open_tag, text[body_start:m.start()], open_start, m.start(), body_start,
+                spans.append(_span(open_tag, text[body_start:m.start()], open_start, m.start(), body_start,
                                   m.start(), closed=False))
                 cursor = m.start()
             start = cursor + (len(text[cursor:m.start()]) - len(text[cursor:m.start()].lstrip()))
-            spans.append(Span(tag, text[start:m.start()], start, m.end(), start, m.start(), closed=True,
+            spans.append(_span(tag, text[start:m.start()], start, m.end(), start, m.start(), closed=True,
                               opened=False))
         open_tag, cursor = None, m.end()
     if open_tag is not None:
-        spans.append(Span(open_tag, text[body_start:], open_start, len(text), body_start, len(text), closed=False))
+        spans.append(_span(open_tag, text[body_start:], open_start, len(text), body_start, len(text), closed=False))
     else:
         free(len(text))
     return spans
@@ -139,10 +170,13 @@ class ToolCallError:
 _NUM = re.compile(r"&\s*num\s*=\s*([^&|]*?)\s*$", re.IGNORECASE)
 _GOAL = re.compile(r"&\s*goal\s*=(.*)$", re.IGNORECASE | re.DOTALL)
 _HOST = re.compile(r"^[\w.-]+\.[a-z]{2,}(?::\d+)?(?:[/?#]\S*)?$", re.IGNORECASE)
+_KEY = {key: re.compile(r"\s*%s\s*=\s*" % key, re.IGNORECASE) for key in ("query", "url")}
+_DIGITS = re.compile(r"\d+")
+_HTTP_URL = re.compile(r"https?://\S+$", re.IGNORECASE)
 
 
 def _strip_key(body: str, key: str) -> str:
-    m = re.match(r"\s*%s\s*=\s*" % key, body, re.IGNORECASE)
+    m = _KEY[key].match(body)
     return body[m.end():] if m else body
 
 
@@ -157,7 +191,7 @@ def parse_tool_call(tag: str, body: str) -> WebSearch | CrawlPage | ToolCallErro
             m = _NUM.search(text)
             if m:
                 text = text[:m.start()]
-                if not re.fullmatch(r"\d+", m.group(1)):
+                if not _DIGITS.fullmatch(m.group(1)):
                     return ToolCallError(tag, body, f"num={m.group(1)!r} is not a positive integer")
                 num = int(m.group(1))
                 if num < 1:
@@ -176,7 +210,7 @@ def parse_tool_call(tag: str, body: str) -> WebSearch | CrawlPage | ToolCallErro
                 url = part.strip()
                 if not url:
                     continue
-                if re.match(r"https?://\S+$", url, re.IGNORECASE):
+                if _HTTP_URL.match(url):
                     urls.append(url)
                 elif _HOST.match(url):
                     urls.append("https://" + url)
@@ -260,6 +294,8 @@ _CONTROL = re.compile(r"<\s*[|｜]([^<>|｜]{0,64})[|｜]\s*>|<\s*(/?)\s*s\s*>",
 def sanitize(text: str) -> str:
     """Untrusted tool text with every tag-like `<tag>`/`</tag>` (any case or spacing) rewritten as `[tag]`/
     `[/tag]`: the words stay readable, the brackets can no longer open or close an element."""
+    if "<" not in text:   # both patterns start with "<": nothing to rewrite (the common case, checked in C)
+        return text
     while True:
         out = _TAG_LIKE.sub(lambda m: f"[{m.group(1)}{m.group(2).lower()}]", text)
         out = _CONTROL.sub(lambda m: f"[|{m.group(1)}|]" if m.group(1) is not None else f"[{m.group(2)}s]", out)
@@ -277,11 +313,17 @@ def observation(body: str) -> str:
 # ------------------------------------------------------------------------------------------------ reports
 _REFERENCE = re.compile(r"^\s*\[(\d+)\]\.?\s*<?(https?://[^\s>]+)>?\s*(?:[-–—:]\s*(.*?))?\s*$", re.MULTILINE)
 _CITATION = re.compile(r"\[(\d+(?:\s*[,，、\-–]\s*\d+)*)\](?!\()")
+_CITATION_COMMA = re.compile(r"\s*[,，、]\s*")
+_CITATION_DASH = re.compile(r"\s*[\-–]\s*")
 
 
 def extract_report(text: str) -> str | None:
     """The body of the last `<suggested_answer>` element (stripped), None when there is none."""
-    bodies = [s.body for s in parse(text) if s.tag == "suggested_answer"]
+    return _extract_report(parse(text))
+
+
+def _extract_report(spans: list[Span]) -> str | None:
+    bodies = [s.body for s in spans if s.tag == "suggested_answer"]
     return bodies[-1].strip() if bodies else None
 
 
@@ -295,8 +337,8 @@ def cited_numbers(report: str) -> list[int]:
     body = _REFERENCE.sub("", report)
     out: list[int] = []
     for m in _CITATION.finditer(body):
-        for part in re.split(r"\s*[,，、]\s*", m.group(1)):
-            lo, _, hi = re.sub(r"\s*[\-–]\s*", "-", part).partition("-")
+        for part in _CITATION_COMMA.split(m.group(1)):
+            lo, _, hi = _CITATION_DASH.sub("-", part).partition("-")
             if hi and 0 <= int(hi) - int(lo) <= 50:
                 out.extend(range(int(lo), int(hi) + 1))
             else:
@@ -305,11 +347,15 @@ def cited_numbers(report: str) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------------ language
+_ANY_URL = re.compile(r"https?://\S+")
+_ASCII_LETTER = re.compile(r"[A-Za-z]")
+
+
 def _script_counts(text: str) -> dict[str, int]:
     counts = dict.fromkeys(("han", "kana", "hangul", "latin", "cyrillic", "arabic"), 0)
-    text = re.sub(r"https?://\S+", " ", text)
+    text = _ANY_URL.sub(" ", text)
     if text.isascii():   # the common case, counted in C: every ASCII letter is Latin
-        counts["latin"] = len(re.findall(r"[A-Za-z]", text))
+        counts["latin"] = len(_ASCII_LETTER.findall(text))
         return counts
     for ch in text:
         o = ord(ch)
@@ -348,8 +394,12 @@ def detect_language(text: str) -> str:
 # ------------------------------------------------------------------------------------------------ rules
 def count_tool_calls(text: str) -> dict[str, int]:
     """Closed tool-call elements per tool (a call cut off by the token budget does not count)."""
+    return _count_tool_calls(parse(text))
+
+
+def _count_tool_calls(spans: list[Span]) -> dict[str, int]:
     counts = dict.fromkeys(TOOL_TAGS, 0)
-    for s in parse(text):
+    for s in spans:
         if s.tag in counts and s.closed and s.opened:
             counts[s.tag] += 1
     return counts
@@ -425,13 +475,13 @@ def validate(text: str, question: str | None = None, *, min_reasoning_steps: int
     steps = sum(1 for s in elements if s.tag in ("think", "plan"))
     if steps < min_reasoning_steps:
         reasons.append(f"too_few_reasoning_steps: {steps} < {min_reasoning_steps}")
-    calls = sum(count_tool_calls(text).values())
+    calls = sum(_count_tool_calls(spans).values())
     if calls < min_tool_calls:
         reasons.append(f"too_few_tool_calls: {calls} < {min_tool_calls}")
     n_tokens = count_tokens(text) if count_tokens is not None else estimate_tokens(text)
     if n_tokens > max_tokens:
         reasons.append(f"too_long: {n_tokens} tokens > {max_tokens}")
-    report = extract_report(text)
+    report = _extract_report(spans)
     if question is not None and report:
         want, got = detect_language(question), detect_language(report)
         if want and got and want != got:

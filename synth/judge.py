@@ -53,6 +53,8 @@ _CONCLUSION = re.compile(r"\b(conclusion|conclusions|in summary|to summari[sz]e|
 _MARKER = re.compile(r"\[\d+(?:\s*[,，、;\-–]\s*\d+)*\]")
 _MARKER_AFTER_STOP = re.compile(r"([.!?。！？])((?:\s*%s)+)" % _MARKER.pattern)
 _URL = re.compile(r"https?://[^\s)\]>|\"']+")
+_BLANK_LINE = re.compile(r"\n\s*\n")
+_SECTION_START = re.compile(r"\n(?=## |\d+\. \[)")   # a page section "## [T](URL)" or a search entry "n. [T](URL)"
 
 
 @dataclasses.dataclass
@@ -94,23 +96,24 @@ def split_report(report: str) -> tuple[str, str]:
 
 
 def _paragraphs(body: str) -> list[str]:
-    return [p.strip() for p in re.split(r"\n\s*\n", body) if p.strip()]
+    return [p.strip() for p in _BLANK_LINE.split(body) if p.strip()]
 
 
-def _observation_sections(trajectory: str) -> tuple[list[str], dict[str, str]]:
-    """(gathered URLs in order, URL -> observation text of the page section or search entry naming it)."""
+def _observation_sections(trajectory: str) -> tuple[list[str], dict[str, dict[str, None]]]:
+    """(gathered URLs in order, URL -> the distinct page sections and search entries naming it, in order)."""
     urls: list[str] = []
-    evidence: dict[str, str] = {}
+    evidence: dict[str, dict[str, None]] = {}
     for span in protocol.parse(trajectory):
         if span.tag != "observation":
             continue
         # Each page section of a Synthesis Report starts with "## [Title](URL)"; search entries with "n. [T](URL)".
-        for chunk in re.split(r"\n(?=## |\d+\. \[)", span.body):
+        for chunk in _SECTION_START.split(span.body):
             for url in _URL.findall(chunk):
                 url = url.rstrip(".,;")
                 if url not in evidence:
                     urls.append(url)
-                evidence[url] = evidence.get(url, "") + "\n" + chunk
+                    evidence[url] = {}
+                evidence[url][chunk] = None
     return urls, evidence
 
 
@@ -200,7 +203,10 @@ class HeuristicJudge:
         for sentence, n in pairs:
             url = url_of.get(n)
             if url and url not in words_of:
-                words_of[url] = set(text_lib.content_words(texts.get(url, "") + evidence.get(url, "")))
+                # The words of the page and of every observation section naming it (a page's words are
+                # remembered: every report citing it asks again).
+                words_of[url] = text_lib.content_word_set(texts.get(url, "")).union(
+                    *map(text_lib.content_words, evidence.get(url, ())))
             page_words = words_of[url] if url else set()
             claim = _MARKER.sub(" ", sentence)
             overlap = text_lib.overlap(page_words, claim) if page_words else 0.0

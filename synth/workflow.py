@@ -26,6 +26,8 @@ from synth.teachers import Step, TeacherError
 _SECTION = re.compile(r"^## \[(.*?)\]\((\S+?)\)\s*$", re.MULTILINE)
 _HIT = re.compile(r"^\d+\.\s*\[(.*?)\]\((\S+?)\)", re.MULTILINE)
 _CITE = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\](?!\()")
+_REF_LINE = re.compile(r"^\s*\[\d+\]\.?\s*<?https?://.*$", re.MULTILINE)
+_COMMA = re.compile(r"\s*,\s*")
 _REFS_HEADING = re.compile(r"^\s*#*\s*\**(references|sources|参考文献)\**\s*:?\s*$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -80,7 +82,7 @@ class Candidate:
 def split_answer(answer: str) -> tuple[str, list[tuple[int, str, str]]]:
     """A sub-report -> (body without its reference lines, [(n, url, title)])."""
     refs = protocol.parse_references(answer)
-    ref_lines = {m.group(0) for m in re.finditer(r"^\s*\[\d+\]\.?\s*<?https?://.*$", answer, re.MULTILINE)}
+    ref_lines = {m.group(0) for m in _REF_LINE.finditer(answer)}
     body = "\n".join(line for line in answer.split("\n") if line not in ref_lines)
     body = _REFS_HEADING.sub("", body).strip()
     return body, refs
@@ -89,7 +91,7 @@ def split_answer(answer: str) -> tuple[str, list[tuple[int, str, str]]]:
 def renumber(body: str, mapping: dict[int, int]) -> str:
     """Rewrite inline citations through `mapping`; numbers without a mapping are dropped."""
     def sub(m: re.Match) -> str:
-        numbers = [mapping[int(n)] for n in re.split(r"\s*,\s*", m.group(1)) if int(n) in mapping]
+        numbers = [mapping[int(n)] for n in _COMMA.split(m.group(1)) if int(n) in mapping]
         return "".join(f"[{n}]" for n in dict.fromkeys(numbers))
     return _CITE.sub(sub, body)
 
@@ -118,7 +120,7 @@ def finish_report(body: str, references: list[tuple[int, str, str]]) -> str:
     known = {n: (url, title) for n, url, title in references}
     order: dict[int, int] = {}
     for m in _CITE.finditer(body):
-        for n in re.split(r"\s*,\s*", m.group(1)):
+        for n in _COMMA.split(m.group(1)):
             if int(n) in known and int(n) not in order:
                 order[int(n)] = len(order) + 1
     body = renumber(body, order)

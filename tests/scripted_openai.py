@@ -44,18 +44,27 @@ LocalServer
 """
 from __future__ import annotations
 
+import functools
+
 
 def role_turns(messages: list[dict]) -> tuple[str, list[dict]]:
     """(role, the chat after the role's head) of a synth teacher request: the head is the role's system prompt
     and its worked example turns (synth/prompts/ROLE.shots.json), which a scripted teacher must skip.
     role is "planner", "researcher", "summarizer", or "" for any other chat (then only the system is skipped)."""
-    from synth.teachers.openai import role_prompt
     system = messages[0].get("content", "") if messages and messages[0].get("role") == "system" else None
-    for role in ("planner", "researcher", "summarizer"):
-        head = role_prompt(role)
-        if system == head[0]["content"]:
-            return role, messages[len(head):]
+    for role, (prompt, length) in _role_heads().items():
+        if system == prompt:
+            return role, messages[length:]
     return "", messages[1:] if system is not None else messages
+
+
+@functools.lru_cache(maxsize=1)
+def _role_heads() -> dict[str, tuple[str, int]]:
+    """role -> (its system prompt, the number of messages in its head), read once per process: a scripted
+    server answers hundreds of requests a second and must not reread the prompt files for each."""
+    from synth.teachers.openai import role_prompt
+    heads = {role: role_prompt(role) for role in ("planner", "researcher", "summarizer")}
+    return {role: (head[0]["content"], len(head)) for role, head in heads.items()}
 
 
 import asyncio

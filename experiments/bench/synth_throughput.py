@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
@@ -57,13 +58,20 @@ def teacher(request: dict) -> str:
     n = len(observations)
     if n in (0, 2):
         return f"<think>\nStep {n}: sources for {sub}\n</think>\n<plan>\nSearch.\n</plan>\n<web_search>query={sub}&num=3"
-    urls = [u for o in observations for u in _URL.findall(o)]
-    if n in (1, 3) and urls:
-        return f"<think>\nRead {urls[-1]}.\n</think>\n<crawl_page>url={urls[-1]}&goal={sub}"
-    if not urls:   # nothing found yet: search with the first words only
+    # The last URL of all observations: that of the last observation showing any (read from the end).
+    url = next((found[-1] for o in reversed(observations) if (found := _URL.findall(o))), None)
+    if n in (1, 3) and url:
+        return f"<think>\nRead {url}.\n</think>\n<crawl_page>url={url}&goal={sub}"
+    if not url:   # nothing found yet: search with the first words only
         return f"<think>\nNo results.\n</think>\n<web_search>query={' '.join(sub.split()[-3:])}&num=3"
-    return (f"<think>\nAnswered.\n</think>\n<subtask_answer>\nThe page covers {sub} [1].\n\n[1]. {urls[-1]} - "
+    return (f"<think>\nAnswered.\n</think>\n<subtask_answer>\nThe page covers {sub} [1].\n\n[1]. {url} - "
             f"Source\n</subtask_answer>")
+
+
+@functools.lru_cache(maxsize=8192)
+def words(content: str) -> int:
+    """Whitespace-separated words of a message (the usage count); the chat heads and earlier turns repeat."""
+    return len(content.split())
 
 
 def chat_completion(request: dict) -> dict:
@@ -72,7 +80,7 @@ def chat_completion(request: dict) -> dict:
     for stop in request.get("stop") or []:
         if stop in text:
             text = text[: text.index(stop)]
-    prompt = sum(len(str(m.get("content", "")).split()) for m in request["messages"])
+    prompt = sum(words(str(m.get("content", ""))) for m in request["messages"])
     return {"id": "chatcmpl-bench", "object": "chat.completion", "created": int(time.time()),
             "model": request.get("model", "scripted"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
@@ -80,35 +88,49 @@ def chat_completion(request: dict) -> dict:
                       "total_tokens": prompt + len(text.split())}}
 
 
-async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, latency: float) -> None:
-    """A keep-alive HTTP/1.1 connection answering POST /v1/chat/completions after `latency` seconds.
+class Connection(asyncio.Protocol):
+    """A keep-alive HTTP/1.1 connection answering each POST /v1/chat/completions `latency` seconds after its
+    request arrived (requests are parsed, JSON included, as they arrive; answers go out in request order).
 
     A few lines of asyncio instead of tests/scripted_openai.py's FastAPI app: on a 2-core machine that app's
-    per-request CPU would be a large part of what the benchmark measures, and it is not our code."""
-    try:
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
+    per-request CPU would be a large part of what the benchmark measures, and it is not our code. A protocol
+    with a timer per request rather than a stream reader and a sleeping task per connection: the server shares
+    the 2 cores with the client, and a hosted LLM's front end does not queue requests behind its own CPU."""
+
+    def __init__(self, latency: float):
+        self.latency = latency
+        self.buffer = b""
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
             length = 0
-            for line in head.split(b"\r\n")[1:]:
+            for line in self.buffer[:end].split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"content-length":
                     length = int(value)
-            request = json.loads(await reader.readexactly(length)) if length else {}
-            await asyncio.sleep(latency)
-            body = json.dumps(chat_completion(request)).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                         % (len(body), body))
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    finally:
-        writer.close()
+            if len(self.buffer) < end + 4 + length:
+                return   # the body is still on its way
+            body, self.buffer = self.buffer[end + 4: end + 4 + length], self.buffer[end + 4 + length:]
+            request = json.loads(body) if length else {}
+            asyncio.get_running_loop().call_later(self.latency, self.answer, request)
+
+    def answer(self, request: dict) -> None:
+        if self.transport.is_closing():
+            return
+        body = json.dumps(chat_completion(request)).encode()
+        self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                             % (len(body), body))
 
 
 def serve(latency: float, listener: socket.socket, ready) -> None:
     """One process of the scripted LLM server, accepting on the shared `listener` (uvloop when installed)."""
     async def main():
-        server = await asyncio.start_server(lambda r, w: handle(r, w, latency), sock=listener)
+        server = await asyncio.get_running_loop().create_server(lambda: Connection(latency), sock=listener)
         ready.put(os.getpid())
         await server.serve_forever()
 

@@ -59,6 +59,18 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+async def _gather(coroutines: list) -> list:
+    """asyncio.gather(*coroutines, return_exceptions=True), without a task for the usual single call."""
+    if len(coroutines) != 1:
+        return await asyncio.gather(*coroutines, return_exceptions=True)
+    try:
+        return [await coroutines[0]]
+    except asyncio.CancelledError:
+        raise
+    except BaseException as error:   # as gather returns it; _unexpected re-raises what is not an Exception
+        return [error]
+
+
 def _unexpected(error: BaseException) -> str:
     """A backend bug must not crash 64 rollouts: log it with its traceback, report it as a tool error."""
     if not isinstance(error, Exception):  # cancellation and interpreter exit go through
@@ -141,7 +153,7 @@ class Tools:
         if not queries:
             return self._failure("web_search", "no query given; write the call body as query=q1 | q2&num=10")
         num = max(1, min(int(num), MAX_NUM))
-        outcomes = await asyncio.gather(*(self._search_one(q, num) for q in queries), return_exceptions=True)
+        outcomes = await _gather([self._search_one(q, num) for q in queries])
         results: dict[str, list[SearchHit]] = {}
         errors = []
         for query, outcome in zip(queries, outcomes):
@@ -174,7 +186,7 @@ class Tools:
             return self._failure("crawl_page", "no URL given; write the call body as url=https://a | https://b")
         skipped = [f"{u}: not read (at most {self.max_urls} URLs per call)" for u in urls[self.max_urls:]]
         urls, errors = urls[: self.max_urls], []
-        outcomes = await asyncio.gather(*(self._read_one(u, goal) for u in urls), return_exceptions=True)
+        outcomes = await _gather([self._read_one(u, goal) for u in urls])
         sections, pages = [], []
         for url, outcome in zip(urls, outcomes):
             if isinstance(outcome, (ToolError, BlockedURL)):

@@ -178,9 +178,9 @@ def extractive_summary(page: Page, goal: str, max_chars: int = 1500) -> str:
     Without a goal (or with no overlap at all) this is the page's lead, which for an encyclopedia article is its
     own summary. Deterministic: ties go to the earlier sentence.
     """
-    sentences = text_lib.sentences(page.text)
+    sentences, sentence_words = text_lib.sentence_words(page.text)   # remembered per page text
     goal_words = set(text_lib.content_words(goal)) or set(text_lib.content_words(page.title))
-    scores = [len(goal_words & set(text_lib.content_words(s))) for s in sentences]
+    scores = [len(goal_words & words) for words in sentence_words]
     order = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
     chosen, used = [], 0
     for i in order:
