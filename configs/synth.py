@@ -17,7 +17,8 @@ Presets (each says how to run it and what it reaches):
       from environment variables at start-up and never written to logs, records or summaries.
   local               OPENAI_BASE_URL=http://127.0.0.1:8000/v1 python -m synth serve --config=configs/synth.py:local
       The `openai` teacher pointed at an `oresearcher` serving endpoint (OpenAI-compatible); embedded tools
-      and the heuristic judge.
+      and the heuristic judge. `--config.teacher.answer_prefix` can open the researcher's last turn (an
+      assistant prefix the server continues: continue_final_message).
 
 Overrides: `--config.workflow.candidates=1`, `--config.service.token_env=SYNTH_TOKEN`, ... (ml_collections).
 """
@@ -36,6 +37,8 @@ def _base() -> ConfigDict:
         endpoints=[],                   # [{base_url, model, api_key_env, max_concurrency, price_prompt, ...}]
         timeout=120.0, max_retries=6, backoff=1.0, backoff_max=30.0,
         temperature=0.7, max_tokens=2048,
+        answer_prefix="",               # opens the researcher's last turn (see synth/teachers/openai.py); needs a
+                                        # server with vLLM's continue_final_message (oresearcher.serve, vLLM)
     ))
     c.tools = ConfigDict(dict(
         cache_dir="",                   # "" -> $ORESEARCHER_CACHE or ~/.cache/oresearcher

@@ -4,8 +4,9 @@
     python -m oresearcher.serve --checkpoint=DIR --port 8000     # an HF-layout checkpoint (save_hf export)
 
 Supported request fields: model, messages / prompt, max_tokens, temperature, top_p, top_k (extension), n, stop
-(a string or a list), seed (extension). Finish reasons follow OpenAI: "stop" for a stop string or EOS (the stop
-string is cut from the returned text), "length" at max_tokens.
+(a string or a list), seed, and for chat vLLM's continue_final_message + add_generation_prompt=false (the model
+continues a last assistant message: a prefilled answer prefix). Finish reasons follow OpenAI: "stop" for a stop
+string or EOS (the stop string is cut from the returned text), "length" at max_tokens.
 
 The synthesizer uses this as its `local` teacher (its OpenAI client pointed at http://HOST:PORT/v1), and runs many
 researchers at once: concurrent requests are batched. A single worker thread owns the model; it drains the
@@ -39,6 +40,8 @@ class ChatRequest(BaseModel):
     n: int = 1
     stop: str | list[str] | None = None
     seed: int | None = None
+    add_generation_prompt: bool = True       # extensions, as in vLLM: continue_final_message=true with
+    continue_final_message: bool = False     # add_generation_prompt=false continues the last (assistant) message
 
 
 class CompletionRequest(BaseModel):
@@ -142,6 +145,26 @@ def _params(req, stop) -> SamplingParams:
     return SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, stop=stop, seed=seed)
 
 
+def chat_prompt(tokenizer, req: ChatRequest) -> str:
+    """The chat rendered by the model's template. With continue_final_message (and add_generation_prompt off)
+    the rendering ends right after the last message's content, which must be an assistant turn: the model
+    continues that prefix, and the response holds only the continuation (vLLM's and HF's semantics)."""
+    if not req.continue_final_message:
+        return tokenizer.apply_chat_template(req.messages, add_generation_prompt=req.add_generation_prompt)
+    if req.add_generation_prompt:
+        raise HTTPException(400, "continue_final_message needs add_generation_prompt=false")
+    last = req.messages[-1] if req.messages else {}
+    prefix = last.get("content") if isinstance(last, dict) else None
+    if last.get("role") != "assistant" or not isinstance(prefix, str) or not prefix.strip():
+        raise HTTPException(400, "continue_final_message: the last message must be an assistant turn with text")
+    text = tokenizer.apply_chat_template(req.messages, add_generation_prompt=False)
+    prefix = prefix.rstrip()
+    cut = text.rfind(prefix)
+    if cut < 0:
+        raise HTTPException(400, "continue_final_message: the chat template does not keep the last message's text")
+    return text[:cut + len(prefix)]
+
+
 def build_app(engine: Engine) -> FastAPI:
     app = FastAPI(title="oresearcher policy server")
 
@@ -165,8 +188,7 @@ def build_app(engine: Engine) -> FastAPI:
     def chat(req: ChatRequest):
         stop = _stops(req.stop)
         params = _params(req, stop)
-        text = engine.tokenizer.apply_chat_template(req.messages, add_generation_prompt=True)
-        prompt = engine.tokenizer.encode(text)
+        prompt = engine.tokenizer.encode(chat_prompt(engine.tokenizer, req))
         max_new = req.max_completion_tokens or req.max_tokens or 1024
         outs = run([prompt], max_new, params, req.n)
         choices, used = [], 0

@@ -221,8 +221,13 @@ class LLMClient:
         return max(range(len(free)), key=lambda i: (free[i], -i))
 
     async def chat(self, messages: list[dict], *, temperature: float = 0.7, max_tokens: int = 1024,
-                   stop: list[str] | None = None, accounting: Accounting | None = None) -> ChatResult:
-        """One chat completion. Raises LLMError only when every attempt (1 + max_retries) failed."""
+                   stop: list[str] | None = None, seed: int | None = None, extra: dict | None = None,
+                   accounting: Accounting | None = None) -> ChatResult:
+        """One chat completion. Raises LLMError only when every attempt (1 + max_retries) failed.
+
+        seed: OpenAI's `seed` field (sent only when given): a server that honours it, as oresearcher.serve
+        does, samples the same answer for the same request, so a sampled job is reproducible. extra: further
+        request fields a server understands (e.g. vLLM's continue_final_message), sent as given."""
         index = self._first_endpoint()
         fatal: set[int] = set()
         reasons: list[str] = []
@@ -233,7 +238,7 @@ class LLMClient:
             endpoint = self.endpoints[index]
             attempts += 1
             try:
-                text, model, usage = await self._attempt(index, messages, temperature, max_tokens, stop)
+                text, model, usage = await self._attempt(index, messages, temperature, max_tokens, stop, seed, extra)
             except _Attempt as failure:
                 reasons.append(f"{endpoint.base_url}: {failure.reason}")
                 log.info("LLM attempt %d failed on %s: %s", attempts, endpoint.base_url, failure.reason)
@@ -261,12 +266,16 @@ class LLMClient:
             delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
         return delay
 
-    async def _attempt(self, index: int, messages, temperature, max_tokens, stop) -> tuple[str, str, Usage]:
+    async def _attempt(self, index: int, messages, temperature, max_tokens, stop, seed=None, extra=None
+                       ) -> tuple[str, str, Usage]:
         endpoint = self.endpoints[index]
         payload = {"model": endpoint.model, "messages": messages, "temperature": temperature,
                    "max_tokens": max_tokens}
         if stop:
             payload["stop"] = list(stop)
+        if seed is not None:
+            payload["seed"] = int(seed)
+        payload.update(extra or {})
         body = self._request_body(payload)
         headers = {"authorization": f"Bearer {self._keys[index]}"} if self._keys[index] else {}
         async with self._semaphores[index]:

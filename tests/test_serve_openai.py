@@ -74,6 +74,21 @@ def test_chat_and_completions(server):
     c = r.json()["choices"][0]
     assert c["finish_reason"] == "stop" and "Paris" not in c["message"]["content"]
 
+    # continue_final_message (vLLM's extension): the model continues a prefilled assistant turn, and the
+    # response holds only the continuation
+    prefilled = [{"role": "user", "content": "What is the capital of France?"},
+                 {"role": "assistant", "content": "The capital of France is"}]
+    r = httpx.post(f"{server}/v1/chat/completions", timeout=300, json={
+        "messages": prefilled, "temperature": 0, "max_tokens": 4, "continue_final_message": True,
+        "add_generation_prompt": False})
+    assert r.status_code == 200, r.text
+    content = r.json()["choices"][0]["message"]["content"]
+    print("continued:", repr(content))
+    assert "Paris" in content and "capital" not in content
+    r = httpx.post(f"{server}/v1/chat/completions", timeout=30, json={"messages": prefilled,
+                                                                      "continue_final_message": True})
+    assert r.status_code == 400 and "add_generation_prompt" in r.text
+
 
 @pytest.mark.slow
 def test_concurrent_requests_and_errors(server):

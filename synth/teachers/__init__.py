@@ -44,5 +44,5 @@ def make_teacher(cfg, tools):
         from synth.llm import LLMClient
         from synth.teachers.openai import OpenAITeacher
         return OpenAITeacher(LLMClient.from_config(cfg.teacher), temperature=cfg.teacher.temperature,
-                             max_tokens=cfg.teacher.max_tokens)
+                             max_tokens=cfg.teacher.max_tokens, answer_prefix=cfg.teacher.get("answer_prefix", ""))
     raise ValueError(f"teacher.kind={kind!r}: choose 'extractive' or 'openai'")

@@ -35,23 +35,31 @@ def role_prompt(role: str) -> list[dict]:
 
 
 class OpenAITeacher:
-    def __init__(self, llm, *, temperature: float = 0.7, max_tokens: int = 2048):
+    def __init__(self, llm, *, temperature: float = 0.7, max_tokens: int = 2048, answer_prefix: str = ""):
         self.llm = llm
         self.temperature, self.max_tokens = temperature, max_tokens
+        self.answer_prefix = answer_prefix
         self.prompts = {role: role_prompt(role) for role in ("planner", "researcher", "summarizer")}
 
     @property
     def name(self) -> str:
         return f"openai:{self.llm.name}"
 
-    async def _chat(self, messages: list[dict], stop=None) -> str:
+    async def _chat(self, messages: list[dict], rng: random.Random, stop=None, prefix: str = "") -> str:
+        # Each call sends a seed drawn from the workflow's rng (seeded by candidate and question): a sampled job
+        # is reproducible on a server that honours `seed`, and a step asked again gets a fresh sample.
+        extra = None
+        if prefix:   # the server continues this opened assistant turn (vLLM's continue_final_message)
+            messages = [*messages, {"role": "assistant", "content": prefix}]
+            extra = {"continue_final_message": True, "add_generation_prompt": False}
         result = await self.llm.chat(messages, temperature=self.temperature, max_tokens=self.max_tokens,
-                                     stop=stop, accounting=ACCOUNTING.get())
-        return result.text
+                                     stop=stop, seed=rng.randrange(2 ** 31), extra=extra,
+                                     accounting=ACCOUNTING.get())
+        return prefix + result.text
 
     # ------------------------------------------------------------------------------------------ planner
     async def plan(self, question: str, rng: random.Random) -> list[str]:
-        text = await self._chat([*self.prompts["planner"], {"role": "user", "content": question}])
+        text = await self._chat([*self.prompts["planner"], {"role": "user", "content": question}], rng)
         items = [m.group(1) for m in map(_ITEM.match, text.splitlines()) if m]
         return [protocol.sanitize(i).replace("\n", " ") for i in items]
 
@@ -83,7 +91,10 @@ class OpenAITeacher:
         return messages
 
     async def step(self, question: str, research, rng: random.Random, final: bool = False) -> Step:
-        text = await self._chat(self._conversation(research, final), stop=STOP)
+        # teacher.answer_prefix (e.g. "<subtask_answer>\n") opens the last turn, where only an answer is usable:
+        # SmolLM2-135M otherwise writes another tool call there (with it, a sub-report, still uncited).
+        text = await self._chat(self._conversation(research, final), rng, stop=STOP,
+                                prefix=self.answer_prefix if final else "")
         thoughts, call, answer = [], None, None
         for span in protocol.parse(text):
             if span.tag in ("think", "plan"):
@@ -108,7 +119,7 @@ class OpenAITeacher:
         reports = "\n\n".join(f"## {s}\n{b}" for s, b in zip(subtasks, bodies))
         text = await self._chat([*self.prompts["summarizer"],
                                  {"role": "user", "content": f"Question: {question}\n\nSources:\n{sources}\n\n"
-                                                             f"Sub-reports:\n{reports}"}])
+                                                             f"Sub-reports:\n{reports}"}], rng)
         if not protocol.cited_numbers(text):
             raise TeacherError("the summarizer's report cites no source")
         return protocol.sanitize(text)
