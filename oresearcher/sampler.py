@@ -173,16 +173,16 @@ def _sample(logits, key, temperature, top_p, top_k, use_filter: bool):
 # outputs the parity tests compare against transformers.
 
 def init_cache(model, batch: int, slots: int) -> dict:
-    """{"k", "v": tuple of L arrays [B, S, K, hd], "segment_ids": [B, S] (0 = slot never written)}, placed per
-    the model's mesh and rules (cache_batch, cache_length, cache_kv_heads, head_dim) when it has a mesh."""
+    """{"k", "v": tuple of L arrays [B, K, S, hd], "segment_ids": [B, S] (0 = slot never written)}, placed per
+    the model's mesh and rules (cache_batch, cache_kv_heads, cache_length, head_dim) when it has a mesh."""
     cfg = model.cfg
     dtype = jnp.dtype(cfg.compute_dtype)
-    shape = (batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
     kv = lambda: jnp.zeros(shape, dtype)
     seg = jnp.zeros((batch, slots), jnp.int32)
     if model.mesh is not None:
         from oresearcher import sharding
-        kv_sharding = sharding.logical_sharding(("cache_batch", "cache_length", "cache_kv_heads", "head_dim"),
+        kv_sharding = sharding.logical_sharding(("cache_batch", "cache_kv_heads", "cache_length", "head_dim"),
                                                 model.mesh, model.rules, shape)
         kv = lambda: jax.device_put(jnp.zeros(shape, dtype), kv_sharding)
         seg = jax.device_put(seg, sharding.logical_sharding(("cache_batch", "cache_length"), model.mesh,

@@ -13,7 +13,8 @@ depth), with the remat policy from the config. Each layer is pre-norm:
 Attention is grouped-query (num_heads / num_kv_heads queries share one K/V head) with rotary positions, and a
 mask that is causal within a segment: token t sees token s iff s <= t and segment(s) == segment(t).
 
-KV cache: {"k", "v": [L, B, S, K, hd], "segment_ids": [B, S] int32 (0 = slot never written)}. A call with a
+KV cache: {"k", "v": [L, B, K, S, hd], "segment_ids": [B, S] int32 (0 = slot never written)}; heads before
+slots, the layout the attention products read, so a decode step never transposes the cache. A call with a
 cache writes each token's K/V at slot `positions[b, t]` (slot = absolute position) and attends to written slots
 s <= positions[b, t] of the same segment, so prefill-then-decode equals one full forward.
 """
@@ -130,22 +131,26 @@ def dense(x: Array, w: Array) -> Array:
     return y.reshape(*x.shape[:-1], *w.shape[1:])
 
 
-def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
-    """Grouped-query attention. q [B, T, H, hd], k/v [B, S, K, hd], mask bool [B, T, S] -> [B, T, H, hd].
+def attention(q: Array, k: Array, v: Array, mask: Array, *, kv_heads_first: bool = False) -> Array:
+    """Grouped-query attention. q [B, T, H, hd], k/v [B, S, K, hd] (or [B, K, S, hd] with kv_heads_first, the
+    KV cache's layout), mask bool [B, T, S] -> [B, T, H, hd].
 
     The G = H / K query heads sharing a K/V head are stacked as rows ([B, K, G*T, hd]) so both products are
-    plain batched matmuls over (B, K). Scores and softmax are fp32. A row with no visible key (a never-written
-    cache row) gets uniform weights instead of NaN; such rows are padding and their outputs are never used.
+    plain batched matmuls over (B, K) with K/V read in [B, K, S, hd]. Scores and softmax are fp32. A row with no
+    visible key (a never-written cache row) gets uniform weights instead of NaN; such rows are padding and their
+    outputs are never used.
     """
     b, t, h, hd = q.shape
-    kv = k.shape[2]
+    if not kv_heads_first:
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    kv = k.shape[1]
     g = h // kv
     q = (q * jnp.asarray(hd ** -0.5, q.dtype)).reshape(b, t, kv, g, hd).transpose(0, 2, 3, 1, 4)
     q = q.reshape(b, kv, g * t, hd)
-    scores = jnp.einsum("bkqd,bskd->bkqs", q, k, preferred_element_type=jnp.float32).reshape(b, kv, g, t, -1)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32).reshape(b, kv, g, t, -1)
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * t, -1)
-    out = jnp.einsum("bkqs,bskd->bkqd", probs, v)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)
     return out.reshape(b, kv, g, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
@@ -201,12 +206,12 @@ class Decoder(nnx.Module):
         """Empty KV cache for `batch_size` rows of up to `max_len` positions (compute dtype by default)."""
         cfg = self.cfg
         dtype = jnp.dtype(dtype or cfg.compute_dtype)
-        shape = (cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_layers, batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
         cache = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
                  "segment_ids": jnp.zeros((batch_size, max_len), jnp.int32)}
         if self.mesh is not None:
-            axes = {"k": ("layers", "cache_batch", "cache_length", "cache_kv_heads", "head_dim"),
-                    "v": ("layers", "cache_batch", "cache_length", "cache_kv_heads", "head_dim"),
+            axes = {"k": ("layers", "cache_batch", "cache_kv_heads", "cache_length", "head_dim"),
+                    "v": ("layers", "cache_batch", "cache_kv_heads", "cache_length", "head_dim"),
                     "segment_ids": ("cache_batch", "cache_length")}
             cache = {name: jax.device_put(a, sharding.logical_sharding(axes[name], self.mesh, self.rules, a.shape))
                      for name, a in cache.items()}
@@ -280,9 +285,10 @@ class Decoder(nnx.Module):
             k = self._constrain(apply_rope(k, positions, inv_freq), kv_heads)
             v = self._constrain(v, kv_heads)
             if kv_cache is not None:
+                # cache [B, K, S, hd]: indexing [rows, :, positions] addresses [B, T, K, hd], k's own layout
                 rows = jnp.arange(x.shape[0])[:, None]
-                k_all = kv_cache[0].at[rows, positions].set(k.astype(kv_cache[0].dtype), mode="drop")
-                v_all = kv_cache[1].at[rows, positions].set(v.astype(kv_cache[1].dtype), mode="drop")
+                k_all = kv_cache[0].at[rows, :, positions].set(k.astype(kv_cache[0].dtype), mode="drop")
+                v_all = kv_cache[1].at[rows, :, positions].set(v.astype(kv_cache[1].dtype), mode="drop")
                 new_kv = (k_all, v_all)
                 k, v = k_all.astype(cdt), v_all.astype(cdt)
             else:
@@ -291,7 +297,7 @@ class Decoder(nnx.Module):
                 o = context_parallel.attention(q, k, v, segment_ids, implementation=cfg.attention, mesh=self.mesh,
                                                rules=self.rules, block=cfg.attention_block)
             else:
-                o = attention(q, k, v, mask)
+                o = attention(q, k, v, mask, kv_heads_first=kv_cache is not None)
             o = dense(o.reshape(*o.shape[:2], -1), p["wo"].reshape(-1, x.shape[-1]))
             o = checkpoint_name(o, "attention_out")
             x = self._constrain(x + o, act)
