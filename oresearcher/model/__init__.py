@@ -10,7 +10,7 @@
 Checkpoint I/O and the tokenizer are imported on first use, so `import oresearcher.model` stays light.
 
 Conventions beyond Interface 3 (additions, nothing removed):
-- KV cache = {"k", "v": [L, B, S, K, hd], "segment_ids": [B, S] int32}; slot = absolute position, segment id 0
+- KV cache = {"k", "v": [L, B, K, S, hd], "segment_ids": [B, S] int32}; slot = absolute position, segment id 0
   marks a never-written slot, so calls with a cache use segment ids >= 1 (the default is 1).
 - ModelConfig.attention ("dense" default; "flash", "allgather", "ring", "cudnn", "splash" from
   oresearcher/context_parallel.py) applies without a cache; the cache path is always dense.
