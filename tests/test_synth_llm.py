@@ -151,3 +151,20 @@ def test_per_endpoint_concurrency_limit():
 
         _run(main())
     assert peak == 3
+
+
+def test_request_body_is_byte_identical_to_json_dumps():
+    """The request body reuses the JSON of message contents it already encoded; it must stay json.dumps's bytes."""
+    import json
+    client = LLMClient([Endpoint("http://127.0.0.1:9/v1", "m")])
+    turns = [{"role": "system", "content": "Be brief. «ünïcode» 中文 \"quoted\" \\ back\nslash"},
+             {"role": "user", "content": "<observation>\n# Search\n\t1. [A](https://a.example/x?q=1&b=2)</observation>"},
+             {"content": "key order differs", "role": "assistant"},
+             {"role": "user", "content": "extra field", "name": "bob"}]
+    for stop, extra in ((None, None), (["</web_search>"], {"continue_final_message": True, "seed": 7})):
+        payload = {"model": "m", "messages": turns, "temperature": 0.7, "max_tokens": 64}
+        if stop:
+            payload["stop"] = stop
+        payload.update(extra or {})
+        for _ in range(2):   # the second time the contents come from the client's memo
+            assert client._request_body(payload) == json.dumps(payload, ensure_ascii=False).encode("utf-8")
