@@ -56,6 +56,10 @@ def _base() -> ConfigDict:
         candidates=3,                   # candidates per question; the judge picks the best valid one
         min_reasoning_steps=10, min_tool_calls=5, max_tokens=65536,   # the hard rules (protocol.validate)
         question_concurrency=16,        # questions in flight per job
+        role_chats=False,               # also record the teacher's answers as openai-teacher role chats (SFT data
+                                        # for a model to serve as the `local` teacher; synth/teachers/roles.py)
+        processes=1,                    # > 1: spread the questions over this many worker processes (synth/pool.py):
+                                        # with a slow LLM and many questions in flight, one process's CPU is the limit
     ))
     c.service = ConfigDict(dict(
         store="",                       # job store (SQLite); "" -> <cache_dir>/synth_jobs.sqlite

@@ -31,6 +31,7 @@ full vocabulary: the same quantity the GRPO trainer computes, so the first updat
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Sequence
 
 import jax
@@ -167,10 +168,10 @@ def _sample(logits, key, temperature, top_p, top_k, use_filter: bool):
 # --------------------------------------------------------------------------------------- cached forward
 # The decoder stores its layers stacked on a leading axis and runs them with lax.scan, which is what training
 # wants. For decoding on CPU that costs a copy of every layer's weights per token (a dynamic slice cannot feed a
-# matmul in place), about half the time of a step. The sampler therefore slices the stack into per-layer arrays
-# once per call (outside the decode loop) and keeps one K/V buffer per layer, then runs the decoder's own layer
-# function (`Decoder._layer_fn`) layer by layer: the same maths as `model(ids, positions=, cache=)`, whose
-# outputs the parity tests compare against transformers.
+# matmul in place), about half the time of a step. The sampler therefore keeps the stack sliced into per-layer
+# arrays (`Sampler.layers`: made once per parameter version, not per call or per token) and one K/V buffer per
+# layer, then runs the decoder's own layer function (`Decoder._layer_fn`) layer by layer: the same maths as
+# `model(ids, positions=, cache=)`, whose outputs the parity tests compare against transformers.
 
 def init_cache(model, batch: int, slots: int) -> dict:
     """{"k", "v": tuple of L arrays [B, K, S, hd], "segment_ids": [B, S] (0 = slot never written)}, placed per
@@ -191,9 +192,10 @@ def init_cache(model, batch: int, slots: int) -> dict:
             "segment_ids": seg}
 
 
-def _unstack_layers(model) -> list[dict]:
-    stacked = model.layers.arrays()
-    return [{name: w[i] for name, w in stacked.items()} for i in range(model.cfg.num_layers)]
+def _unstack(stacked: dict) -> tuple[dict, ...]:
+    """{name: [L, ...]} -> L dicts {name: [...]}: each layer's own arrays (a copy; jitted once)."""
+    n = next(iter(stacked.values())).shape[0]
+    return tuple({name: w[i] for name, w in stacked.items()} for i in range(n))
 
 
 def _cached_forward(model, layers: list[dict], cache: dict, tokens, positions):
@@ -219,16 +221,16 @@ def _cached_forward(model, layers: list[dict], cache: dict, tokens, positions):
     return x, {"k": tuple(ks), "v": tuple(vs), "segment_ids": segments}
 
 
-def _prefill(graphdef, state, cache, tokens, positions, last_col):
+def _prefill(graphdef, state, layers, cache, tokens, positions, last_col):
     """Write tokens [B, C] at positions [B, C] (a position == cache length is a padding slot: dropped) and return
     the logits [B, V] at column last_col[b] (the row's last real token of this chunk)."""
     model = nnx.merge(graphdef, state)
-    hidden, cache = _cached_forward(model, _unstack_layers(model), cache, tokens, positions)
+    hidden, cache = _cached_forward(model, layers, cache, tokens, positions)
     last = jnp.take_along_axis(hidden, last_col[:, None, None], axis=1)
     return model.unembed(last)[:, 0], cache
 
 
-def _decode(graphdef, state, cache, logits, pos, active, budget, key, temperature, top_p, top_k, table, eos,
+def _decode(graphdef, state, layers, cache, logits, pos, active, budget, key, temperature, top_p, top_k, table, eos,
             *, out_len: int, use_filter: bool):
     """Sample from `logits` [B, V], then feed each sampled token back until every row has stopped.
 
@@ -236,7 +238,6 @@ def _decode(graphdef, state, cache, logits, pos, active, budget, key, temperatur
     Returns tokens [B, out_len], logprobs [B, out_len], count [B], finish [B] (index into FINISH_REASONS), cache.
     """
     model = nnx.merge(graphdef, state)
-    layers = _unstack_layers(model)            # once, outside the loop
     b = logits.shape[0]
     slots = cache["segment_ids"].shape[1]
     n_match = table.shape[0] - 1
@@ -276,6 +277,11 @@ def _decode(graphdef, state, cache, logits, pos, active, budget, key, temperatur
     return out_t, out_lp, count, finish, cache
 
 
+def _forget(memo: dict, of: list) -> None:
+    if memo.get("of") is of:   # the copy made from the arrays just freed (not a newer one)
+        memo.clear()
+
+
 def _bucket(n: int, lo: int) -> int:
     return max(lo, 1 << max(0, (n - 1)).bit_length())
 
@@ -304,8 +310,24 @@ class Sampler:
             if i is not None and 0 <= i < eos.size:
                 eos[i] = True
         self._eos = jnp.asarray(eos)
-        self._prefill = jax.jit(_prefill, static_argnums=0, donate_argnums=2)
-        self._decode = jax.jit(_decode, static_argnums=0, donate_argnums=2, static_argnames=("out_len", "use_filter"))
+        self._prefill = jax.jit(_prefill, static_argnums=0, donate_argnums=3)
+        self._decode = jax.jit(_decode, static_argnums=0, donate_argnums=3, static_argnames=("out_len", "use_filter"))
+        self._unstack = jax.jit(_unstack)
+        self._layers: dict = {}     # {"of": weakrefs to the stacked arrays, "layers": their per-layer copies}
+
+    def layers(self) -> tuple[dict, ...]:
+        """The model's layers as per-layer arrays, sliced once per parameter version. The copy lives as long as
+        the parameters it was made from: when a training step replaces them and the old arrays are freed, it is
+        dropped too, so a trainer holds no second copy of the weights between rollouts."""
+        stacked = self.model.layers.arrays()
+        of = self._layers.get("of")
+        if of is None or len(of) != len(stacked) or any(r() is not a for r, a in zip(of, stacked.values())):
+            self._layers.clear()
+            self._layers["layers"] = self._unstack(stacked)
+            self._layers["of"] = of = [weakref.ref(a) for a in stacked.values()]
+            for a in stacked.values():
+                weakref.finalize(a, _forget, self._layers, of)
+        return self._layers["layers"]
 
     # ------------------------------------------------------------------------------------------ public API
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams(),
@@ -345,6 +367,7 @@ class Sampler:
                 raise ValueError(f"Sampler.step: row {r} already holds {len(session.tokens[r])} tokens, the "
                                  f"session's max_len={session.max_len}; stop this row instead of continuing it")
         graphdef, state = nnx.split(self.model)
+        layers = self.layers()
         slots = session.cache["segment_ids"].shape[1]
 
         # prefill, chunk by chunk, each row from its first unseen token
@@ -366,7 +389,7 @@ class Sampler:
                     pos[r, :len(piece)] = session.written[r] + start + np.arange(len(piece))
                     last[r] = len(piece) - 1
                     has[r] = start + len(piece) == len(p)     # this chunk holds the row's last pending token
-            chunk_logits, session.cache = self._prefill(graphdef, state, session.cache, jnp.asarray(tok),
+            chunk_logits, session.cache = self._prefill(graphdef, state, layers, session.cache, jnp.asarray(tok),
                                                         jnp.asarray(pos), jnp.asarray(last))
             logits = chunk_logits if logits is None else jnp.where(jnp.asarray(has)[:, None], chunk_logits, logits)
         for r in rows:
@@ -381,7 +404,7 @@ class Sampler:
         use_filter = params.temperature > 0 and (params.top_p < 1.0 or params.top_k > 0)
         key = jax.random.key(params.seed)
         out_t, out_lp, count, finish, session.cache = self._decode(
-            graphdef, state, session.cache, logits, jnp.asarray(session.written, jnp.int32), jnp.asarray(active),
+            graphdef, state, layers, session.cache, logits, jnp.asarray(session.written, jnp.int32), jnp.asarray(active),
             jnp.asarray(budget, jnp.int32), key, jnp.float32(params.temperature), jnp.float32(params.top_p),
             jnp.int32(params.top_k), self.stop_table(params.stop), self._eos, out_len=out_len,
             use_filter=use_filter)

@@ -8,6 +8,8 @@ never synthesizes a seed twice. It writes
   DIR/trajectories.jsonl    accepted records (Interface 2), in acceptance order  (+ trajectories.array_record)
   DIR/rejected.jsonl        {"id", "question", "accepted", "reasons"} for every question with a rejection
   DIR/summary.json          accepted, rejected, rejections per reason, seed errors, tokens, cost, wall time
+  DIR/role_chats.jsonl      with --config.workflow.role_chats=True: the teacher's answers as openai-teacher role
+                            chats, SFT records that teach a model to serve as the `local` teacher (teachers/roles.py)
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import sqlite3
 import sys
 import time
 
-from synth.funnel import Synthesizer, run_async, run_job
+from synth.funnel import run_async, run_job
+from synth.pool import make_synthesizer
 from synth.store import Store
 
 
@@ -77,9 +80,27 @@ def _write_atomic(path: pathlib.Path, lines: list[str]) -> None:
     os.replace(tmp, path)
 
 
+ROLES = ("planner", "researcher", "summarizer")
+
+
+def role_chat_records(record: dict) -> list[dict]:
+    """A record's role chats (workflow.role_chats) as SFT records: planner, one researcher chat per sub-question,
+    summarizer, each {"id": "<question id>/<role>[-k]", "messages": [...]}."""
+    chats = record.get("role_chats") or []
+    out = []
+    for k, messages in enumerate(chats):
+        role = ROLES[0] if k == 0 else ROLES[2] if k == len(chats) - 1 else f"{ROLES[1]}-{k}"
+        out.append({"id": f"{record['id']}/{role}", "messages": messages})
+    return out
+
+
 def export(store: Store, job_id: str, out: pathlib.Path, array_record: bool) -> list[dict]:
     records = [r for _, r in store.trajectories(job_id, 0, limit=10**9)]
+    chats = [c for r in records for c in role_chat_records(r)]
+    records = [{k: v for k, v in r.items() if k != "role_chats"} for r in records]
     _write_atomic(out / "trajectories.jsonl", [json.dumps(r, ensure_ascii=False) + "\n" for r in records])
+    if chats:
+        _write_atomic(out / "role_chats.jsonl", [json.dumps(c, ensure_ascii=False) + "\n" for c in chats])
     if array_record:
         from array_record.python.array_record_module import ArrayRecordWriter
         writer = ArrayRecordWriter(str(out / "trajectories.array_record"), "group_size:1")
@@ -120,7 +141,7 @@ def run_seeds(cfg, seeds_path: str, out_dir: str, *, progress: bool = True, arra
     except (OSError, sqlite3.Error) as error:
         return _fail(f"--out={out_dir}: cannot write there ({error}); choose a writable directory")
     try:
-        synth = Synthesizer.from_config(cfg)
+        synth = make_synthesizer(cfg)
     except (ValueError, KeyError, FileNotFoundError) as error:
         return _fail(f"--config: {error}")
     if store.job(JOB) is None:

@@ -27,6 +27,7 @@ from synth import __version__
 from synth.config import config_hash
 from synth.llm import Accounting, LLMError
 from synth.teachers import ACCOUNTING, TeacherError, make_teacher
+from synth.teachers.roles import ROLE_CHATS
 from synth.workflow import Candidate, Workflow
 
 PROMPTS = pathlib.Path(__file__).parent / "prompts"
@@ -134,7 +135,11 @@ class Synthesizer:
 
     async def _candidate(self, question: str, k: int, accounting: Accounting) -> Candidate:
         ACCOUNTING.set(accounting)   # per task: the LLM calls of this candidate are billed to its question
-        return await self.workflow.run(question, seed=k)
+        chats: list = []
+        ROLE_CHATS.set(chats)        # per task too: the role chats of this candidate (workflow.role_chats)
+        candidate = await self.workflow.run(question, seed=k)
+        candidate.role_chats = [chat for _, chat in sorted(chats, key=lambda kc: kc[0])]
+        return candidate
 
     def _record(self, qid, question, c: Candidate, verdict, accounting, rejections, k, seconds) -> dict:
         text = c.text
@@ -143,7 +148,7 @@ class Synthesizer:
         errors = [e for r in c.researches for e in r.errors]
         tokens = {"trajectory_estimate": protocol.estimate_tokens(text),
                   "prompt": accounting.prompt_tokens, "completion": accounting.completion_tokens}
-        return {
+        record = {
             "id": qid, "question": question,
             "messages": [{"role": "system", "content": protocol.system_prompt()},
                          {"role": "user", "content": question},
@@ -165,6 +170,9 @@ class Synthesizer:
                 "synth_version": __version__,
             },
         }
+        if self.cfg.workflow.get("role_chats", False):
+            record["role_chats"] = c.role_chats
+        return record
 
 
 async def run_job(store, job_id: str, synth: Synthesizer, *, concurrency: int = 16, progress=None) -> None:

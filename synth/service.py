@@ -94,6 +94,7 @@ def create_app(cfg, *, eager: bool = False) -> FastAPI:
     """The FastAPI app for config `cfg` (ConfigDict from configs/synth.py). eager=True builds the teacher, tools
     and judge now, so that a bad config fails (ValueError naming the key) before the server listens."""
     from synth.funnel import Synthesizer, run_job   # the workflow is only needed once a job runs
+    from synth.pool import make_synthesizer
 
     app = FastAPI(title="oresearcher synth", version=__version__,
                   description="Research trajectory synthesis: jobs, tools and judge (DESIGN contract 7).")
@@ -102,8 +103,8 @@ def create_app(cfg, *, eager: bool = False) -> FastAPI:
     token = os.environ.get(cfg.service.token_env, "") if cfg.service.token_env else ""
 
     def synthesizer() -> Synthesizer:
-        if "synth" not in state:
-            state["synth"] = Synthesizer.from_config(cfg)
+        if "synth" not in state:   # in process, or worker processes with workflow.processes > 1 (synth/pool.py)
+            state["synth"] = make_synthesizer(cfg)
         return state["synth"]
 
     def store() -> Store:

@@ -77,6 +77,7 @@ class Candidate:
     subtasks: list
     researches: list
     timings: dict
+    role_chats: list = dataclasses.field(default_factory=list)   # teachers/roles.py (workflow.role_chats)
 
 
 def split_answer(answer: str) -> tuple[str, list[tuple[int, str, str]]]:

@@ -96,3 +96,34 @@ def test_sampling_distribution_matches_softmax_and_filters():
     freq = np.bincount(np.asarray(tok), minlength=5) / 20000
     w = np.sqrt([0.5, 0.25])
     np.testing.assert_allclose(freq, [*(w / w.sum()), 0, 0, 0], atol=0.015)
+
+
+def test_per_layer_weights_are_made_once_per_parameter_version():
+    """The sampler slices the stacked layers once per parameter version: reused across calls, rebuilt when the
+    parameters change, and freed with the parameters they came from (no second copy held through training)."""
+    import gc
+
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from oresearcher.model.config import PRESETS
+    from oresearcher.model.decoder import Decoder
+
+    model = Decoder(PRESETS["tiny"], rngs=nnx.Rngs(0))
+    sampler = Sampler(model, eos_ids=())
+    params = SamplingParams(temperature=0.0, max_new_tokens=4, stop=())
+    first = sampler.generate([[1, 2, 3]], params)[0].tokens
+    layers = sampler.layers()
+    assert sampler.generate([[1, 2, 3]], params)[0].tokens == first
+    assert sampler.layers() is layers                               # same parameters: the same copy
+    np.testing.assert_array_equal(layers[1]["wq"], model.layers.wq[...][1])
+
+    model.layers.wq.value = model.layers.wq[...] * 3.0              # a training step replaces the arrays
+    gc.collect()
+    assert not sampler._layers                                      # the old copy went with the old arrays
+    changed = sampler.generate([[1, 2, 3]], params)[0].tokens
+    assert sampler.layers() is not layers
+    np.testing.assert_array_equal(sampler.layers()[1]["wq"], model.layers.wq[...][1])
+    fresh = Sampler(model, eos_ids=()).generate([[1, 2, 3]], params)[0].tokens
+    assert changed == fresh                                         # sampled at the new weights
+    assert jnp.asarray(layers[0]["wq"]).shape == model.layers.wq[...].shape[1:]

@@ -7,7 +7,9 @@ heuristic judge, on the event loop the CLI uses. A warm-up pass over every quest
 then each figure is measured `--repeats` times (interleaved) and the median is written.
 
 Measured (written to experiments/bench/results/synth_throughput.json):
-  throughput_x     questions/s with 64 questions in flight vs 1 at a time          (target >= 55x)
+  throughput_x     questions/s with 64 questions in flight vs 1 at a time          (target >= 55x), both
+                   through the same synthesizer: `--processes` worker processes (synth/pool.py, the config's
+                   workflow.processes; default one per CPU), started and warmed before the clock
   parallel_vs_sequential   wall time of one 4-subtask question, parallel / sequential mode  (target <= 0.35x)
   cpu_ms_per_trajectory    CPU seconds of this process (our code + HTTP + local tools; the LLM server and
                            every wait excluded) per accepted trajectory, in the 64-question run
@@ -193,22 +195,42 @@ def schedstat(pids) -> tuple[float, float]:
     return cpu, wait
 
 
-async def run_questions(cfg, questions: list[str], concurrency: int) -> tuple[float, float, int, dict]:
-    """(wall seconds, CPU seconds of this process, accepted, {"client"|"server": run-queue wait seconds}) for
-    `questions` with `concurrency` in flight."""
+def process_cpu(pids) -> float:
+    """CPU seconds (user + system, all threads) of the processes `pids` so far (Linux /proc; 0 elsewhere)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+async def run_questions(cfg, questions: list[str], concurrency: int, processes: int = 1
+                        ) -> tuple[float, float, int, dict]:
+    """(wall seconds, CPU seconds of the client: this process and its synth workers, accepted, {"client"|"server":
+    run-queue wait seconds}) for `questions` with `concurrency` in flight. With processes > 1 the questions go
+    through synth's ProcessPool (workflow.processes), whose workers are started and warmed before the clock."""
     from synth.funnel import Synthesizer
-    synth = Synthesizer.from_config(cfg)
+    from synth.pool import ProcessPool
+    if processes > 1:
+        synth = await ProcessPool(cfg, processes).start()
+        await asyncio.gather(*(synth.synthesize(q, f"w{i}") for i, q in enumerate(questions)))   # warm each worker
+    else:
+        synth = Synthesizer.from_config(cfg)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i, q):
         async with gate:
             return await synth.synthesize(q, f"b{i}")
 
-    client0, server0 = schedstat([os.getpid()]), schedstat(SERVER_PIDS)
-    cpu, wall = time.process_time(), time.perf_counter()
+    workers = getattr(synth, "pids", [])
+    client0, server0 = schedstat([os.getpid(), *workers]), schedstat(SERVER_PIDS)
+    cpu, wall = time.process_time() + process_cpu(workers), time.perf_counter()
     outcomes = await asyncio.gather(*(one(i, q) for i, q in enumerate(questions)))
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    client1, server1 = schedstat([os.getpid()]), schedstat(SERVER_PIDS)
+    wall, cpu = time.perf_counter() - wall, time.process_time() + process_cpu(workers) - cpu
+    client1, server1 = schedstat([os.getpid(), *workers]), schedstat(SERVER_PIDS)
     waits = {"client": round(client1[1] - client0[1], 3), "server": round(server1[1] - server0[1], 3),
              "server_cpu": round(server1[0] - server0[0], 3)}
     await synth.aclose()
@@ -249,6 +271,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="measurements per figure; the median is reported")
     ap.add_argument("--server-processes", type=int, default=1,
                     help="processes of the scripted LLM server (its CPU is reported as server_cpu; 1 is not a bottleneck)")
+    ap.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                    help="synth worker processes for the throughput runs (workflow.processes; default: one per CPU)")
     ap.add_argument("--section", default="", help="write the figures under this key of an existing --out file "
                                                   "(e.g. idle_16_core_host) instead of replacing it")
     ap.add_argument("--cache-dir", default="/tmp/oresearcher-bench-cache")
@@ -268,8 +292,8 @@ def main() -> None:
         run_loop(run_questions(cfg, questions, args.questions))    # warm-up: index and tool caches for every question
         ones, manys, pars, seqs = [], [], [], []
         for _ in range(args.repeats):   # interleaved, so a burst of load on the shared machine hits both sides
-            ones.append(run_loop(run_questions(cfg, questions[:1], 1)))
-            manys.append(run_loop(run_questions(cfg, questions, args.questions)))
+            ones.append(run_loop(run_questions(cfg, questions[:1], 1, args.processes)))
+            manys.append(run_loop(run_questions(cfg, questions, args.questions, args.processes)))
             pars.append(run_loop(run_questions(cfg, questions[1:2], 1))[0])
             seqs.append(run_loop(run_questions(seq_cfg, questions[1:2], 1))[0])
         own_profiled_ms, by_package = profile_by_package(cfg, questions)
@@ -292,6 +316,7 @@ def main() -> None:
                             "meaning": "client/server: time runnable but waiting for a CPU taken by other work; "
                                        "server_cpu: CPU seconds of the scripted server processes (Linux schedstat)"},
         "server_processes": args.server_processes,
+        "synth_processes": args.processes,
         "parallel_wall_s": round(par_wall, 3), "sequential_wall_s": round(seq_wall, 3),
         "parallel_vs_sequential": round(par_wall / seq_wall, 3), "parallel_vs_sequential_target": 0.35,
         "cpu_ms_per_trajectory": round(cpu_ms, 1),

@@ -277,7 +277,7 @@ def shared_prefix_sampler(model, tokenizer):
                 pos = np.full((1, chunk), slots, np.int32)       # a position == slots is a padding slot: dropped
                 tok[0, :len(piece)] = piece
                 pos[0, :len(piece)] = start + np.arange(len(piece))
-                _, one = self._prefill(graphdef, state, one, jnp.asarray(tok), jnp.asarray(pos),
+                _, one = self._prefill(graphdef, state, self.layers(), one, jnp.asarray(tok), jnp.asarray(pos),
                                        jnp.zeros((1,), np.int32))
             rows = jnp.arange(session.written.shape[0]) < len(prompts)   # bucket padding rows stay empty
 

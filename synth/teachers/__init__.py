@@ -13,6 +13,8 @@ pages they showed. Teachers:
   extractive  the embedded default, no LLM (teachers/extractive.py)
   openai      role prompts (synth/prompts/*.txt) over synth.llm.LLMClient (teachers/openai.py); the `local`
               preset is this teacher pointed at an oresearcher serving endpoint.
+With workflow.role_chats, either is wrapped by teachers/roles.py, which also writes its answers as the role
+chats of the openai teacher (SFT data that teaches a model to be a `local` teacher).
 """
 from __future__ import annotations
 
@@ -35,14 +37,19 @@ class Step:
 
 
 def make_teacher(cfg, tools):
-    """The teacher named by cfg.teacher.kind."""
+    """The teacher named by cfg.teacher.kind (recording its role chats when cfg.workflow.role_chats)."""
     kind = cfg.teacher.kind
     if kind == "extractive":
         from synth.teachers.extractive import ExtractiveTeacher
-        return ExtractiveTeacher(tools)
-    if kind in ("openai", "local"):
+        teacher = ExtractiveTeacher(tools)
+    elif kind in ("openai", "local"):
         from synth.llm import LLMClient
         from synth.teachers.openai import OpenAITeacher
-        return OpenAITeacher(LLMClient.from_config(cfg.teacher), temperature=cfg.teacher.temperature,
-                             max_tokens=cfg.teacher.max_tokens, answer_prefix=cfg.teacher.get("answer_prefix", ""))
-    raise ValueError(f"teacher.kind={kind!r}: choose 'extractive' or 'openai'")
+        teacher = OpenAITeacher(LLMClient.from_config(cfg.teacher), temperature=cfg.teacher.temperature,
+                                max_tokens=cfg.teacher.max_tokens, answer_prefix=cfg.teacher.get("answer_prefix", ""))
+    else:
+        raise ValueError(f"teacher.kind={kind!r}: choose 'extractive' or 'openai'")
+    if cfg.workflow.get("role_chats", False):
+        from synth.teachers.roles import RoleChatTeacher
+        teacher = RoleChatTeacher(teacher)
+    return teacher

@@ -58,13 +58,16 @@ class OpenAITeacher:
         return prefix + result.text
 
     # ------------------------------------------------------------------------------------------ planner
+    def plan_chat(self, question: str) -> list[dict]:
+        return [*self.prompts["planner"], {"role": "user", "content": question}]
+
     async def plan(self, question: str, rng: random.Random) -> list[str]:
-        text = await self._chat([*self.prompts["planner"], {"role": "user", "content": question}], rng)
+        text = await self._chat(self.plan_chat(question), rng)
         items = [m.group(1) for m in map(_ITEM.match, text.splitlines()) if m]
         return [protocol.sanitize(i).replace("\n", " ") for i in items]
 
     # ------------------------------------------------------------------------------------------ researcher
-    def _conversation(self, research, final: bool) -> list[dict]:
+    def research_chat(self, research, final: bool) -> list[dict]:
         task = f"Question: {research.question}\nSub-question: {research.subtask}\n"
         if research.prior:
             task = f"Research so far on the other sub-questions:\n{research.prior}\n\n" + task
@@ -93,7 +96,7 @@ class OpenAITeacher:
     async def step(self, question: str, research, rng: random.Random, final: bool = False) -> Step:
         # teacher.answer_prefix (e.g. "<subtask_answer>\n") opens the last turn, where only an answer is usable:
         # SmolLM2-135M otherwise writes another tool call there (with it, a sub-report, still uncited).
-        text = await self._chat(self._conversation(research, final), rng, stop=STOP,
+        text = await self._chat(self.research_chat(research, final), rng, stop=STOP,
                                 prefix=self.answer_prefix if final else "")
         thoughts, call, answer = [], None, None
         for span in protocol.parse(text):
@@ -112,14 +115,16 @@ class OpenAITeacher:
         return Step(thoughts, call=call, answer=answer)
 
     # ------------------------------------------------------------------------------------------ summarizer
+    def summary_chat(self, question, subtasks, bodies, references) -> list[dict]:
+        sources = "\n".join(f"[{n}]. {url} - {title}" for n, url, title in references)
+        reports = "\n\n".join(f"## {s}\n{b}" for s, b in zip(subtasks, bodies))
+        return [*self.prompts["summarizer"],
+                {"role": "user", "content": f"Question: {question}\n\nSources:\n{sources}\n\nSub-reports:\n{reports}"}]
+
     async def summarize(self, question, subtasks, bodies, references, rng) -> str:
         if not references:
             raise TeacherError("no sub-report cited an observed source; nothing to summarize")
-        sources = "\n".join(f"[{n}]. {url} - {title}" for n, url, title in references)
-        reports = "\n\n".join(f"## {s}\n{b}" for s, b in zip(subtasks, bodies))
-        text = await self._chat([*self.prompts["summarizer"],
-                                 {"role": "user", "content": f"Question: {question}\n\nSources:\n{sources}\n\n"
-                                                             f"Sub-reports:\n{reports}"}], rng)
+        text = await self._chat(self.summary_chat(question, subtasks, bodies, references), rng)
         if not protocol.cited_numbers(text):
             raise TeacherError("the summarizer's report cites no source")
         return protocol.sanitize(text)
