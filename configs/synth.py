@@ -18,7 +18,12 @@ Presets (each says how to run it and what it reaches):
   local               OPENAI_BASE_URL=http://127.0.0.1:8000/v1 python -m synth serve --config=configs/synth.py:local
       The `openai` teacher pointed at an `oresearcher` serving endpoint (OpenAI-compatible); embedded tools
       and the heuristic judge. `--config.teacher.answer_prefix` can open the researcher's last turn (an
-      assistant prefix the server continues: continue_final_message).
+      assistant prefix the server continues: continue_final_message). The served model must play the roles
+      (cite its sources); a small one can learn them from the embedded teacher's role chats:
+        python -m synth run --seeds=S --out=D --config.workflow.role_chats=True      # D/role_chats.jsonl
+        python -m oresearcher.train --config=configs/sft.py:smollm2 --config.data.train=D/role_chats.jsonl \
+            --config.export_dir=M && python -m oresearcher.serve --checkpoint=M --port 8000
+      (tests/test_synth_local_teacher.py runs exactly this with a tiny model).
 
 Overrides: `--config.workflow.candidates=1`, `--config.service.token_env=SYNTH_TOKEN`, ... (ml_collections).
 """

@@ -104,39 +104,3 @@ def test_concurrent_requests_and_errors(server):
     assert bad.status_code == 400 and "n=0" in bad.text
     bad = httpx.post(f"{server}/v1/chat/completions", timeout=30, json={"messages": "not a list"})
     assert bad.status_code == 422
-
-
-@pytest.mark.slow
-def test_synth_local_teacher_runs_its_roles_through_serve(server, tmp_path):
-    """The synthesizer's `local` preset (its OpenAI teacher at our server) plans and researches through serve.
-
-    The only model this machine has offline, SmolLM2-135M-Instruct, follows the role examples far enough to
-    give the planner's list (a bare instruction gets prose) and the researcher's tool call and sub-report, but
-    at greedy decoding its sub-report cites no source, so the candidate is rejected at the researcher with
-    that reason; a model that cites gets an accepted trajectory, whose record is then checked."""
-    import json
-
-    seeds = tmp_path / "seeds.jsonl"
-    seeds.write_text(json.dumps({"id": "s1", "question": "What is a volcano?"}) + "\n")
-    env = dict(os.environ, OPENAI_BASE_URL=f"{server}/v1", TEACHER_MODEL="smollm2", OPENAI_API_KEY="unused",
-               ORESEARCHER_CACHE=str(tmp_path / "cache"))
-    cmd = [sys.executable, "-m", "synth", "run", "--config=configs/synth.py:local", f"--seeds={seeds}",
-           f"--out={tmp_path / 'out'}", "--no-progress", "--config.workflow.candidates=1",
-           "--config.workflow.step_budget=1", "--config.workflow.min_subtasks=1", "--config.workflow.max_subtasks=1",
-           "--config.workflow.min_reasoning_steps=0", "--config.workflow.min_tool_calls=0",
-           "--config.teacher.max_tokens=96", "--config.teacher.temperature=0.0"]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    print(done.stdout[-2000:], done.stderr[-2000:])
-    assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(x) for x in (tmp_path / "out" / "trajectories.jsonl").read_text().splitlines() if x]
-    rejected = [json.loads(x) for x in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines() if x]
-    assert len(records) + len(rejected) == 1
-    if rejected:
-        reasons = rejected[0]["reasons"]
-        print("rejected:", reasons)
-        # past the planner (its list parsed) and into the researcher's turns: not a transport or planner failure
-        assert len(reasons) == 1 and "researcher for sub-query 1" in reasons[0], reasons
-        return
-    meta = records[0]["meta"]
-    assert "smollm2" in json.dumps(meta)
-    assert records[0]["messages"][-1]["content"].count("<suggested_answer>") == 1
