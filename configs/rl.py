@@ -9,10 +9,10 @@ Presets (each says how to run it and what it should reach):
       them), then runs GRPO against the synth service started as a subprocess on a free loopback port (or
       `synth_url`), and stops it at the end: 10 SFT steps, then 4 GRPO steps of 2 questions x group 4. Every step
       prints the reward parts (base / tool / format), tool calls, response lengths and the time split (generate /
-      tools / judge / train). Measured end to end (`/usr/bin/time -v`, JAX_PLATFORMS=cpu): 29 min wall, exit 0,
-      6.4 GB peak RSS, on 2 CPU cores shared with other jobs (1-minute load average 8.3 on average, 5.6-10.6;
-      the run got 39% of one core): synthesis 2 s, SFT ~10 min, GRPO steps 4-7 min each (generate 160-235 s).
-      On idle cores it should take a fraction of that; not yet measured idle.
+      tools / judge / train). Measured end to end (`/usr/bin/time -v`, idle 2-core machine): 17:00 wall, exit
+      0, 6.6 GB peak RSS: synthesis 4 s, SFT ~6 min, GRPO steps 1-4 of 2.3, 5.0, 1.3 and 1.2 min (generate
+      73-143 s; only step 2 had a group with reward variance to train on: 197 s). On a loaded machine (load
+      average ~8) the same run took 29 min.
       With so little training the rewards are a smoke signal, not a learning curve.
   tiny                python -m oresearcher.train --config=configs/rl.py:tiny
       Tests: a 2-layer, 64-wide decoder with the 512-token test tokenizer (tests/fixtures/tiny_tokenizer), SFT'd
