@@ -23,7 +23,10 @@ Presets (each says how to run it and what it reaches):
         python -m synth run --seeds=S --out=D --config.workflow.role_chats=True      # D/role_chats.jsonl
         python -m oresearcher.train --config=configs/sft.py:smollm2 --config.data.train=D/role_chats.jsonl \
             --config.export_dir=M && python -m oresearcher.serve --checkpoint=M --port 8000
-      (tests/test_synth_local_teacher.py runs exactly this with a tiny model).
+      Measured: SmolLM2-135M fine-tuned 24 steps (lr 1e-4, seq_len 2560, ~80 s/step on 2 CPU cores) on the 3
+      role chats of "What is a volcano?" (1 sub-question, step_budget 2) then served gives that question an
+      accepted, cited trajectory through this preset (5 LLM calls, all to the served model); as shipped it never
+      cites. That is memorisation of one question's chats; teaching the roles in general needs many questions.
 
 Overrides: `--config.workflow.candidates=1`, `--config.service.token_env=SYNTH_TOKEN`, ... (ml_collections).
 """
