@@ -80,18 +80,10 @@ def _write_atomic(path: pathlib.Path, lines: list[str]) -> None:
     os.replace(tmp, path)
 
 
-ROLES = ("planner", "researcher", "summarizer")
-
-
 def role_chat_records(record: dict) -> list[dict]:
     """A record's role chats (workflow.role_chats) as SFT records: planner, one researcher chat per sub-question,
-    summarizer, each {"id": "<question id>/<role>[-k]", "messages": [...]}."""
-    chats = record.get("role_chats") or []
-    out = []
-    for k, messages in enumerate(chats):
-        role = ROLES[0] if k == 0 else ROLES[2] if k == len(chats) - 1 else f"{ROLES[1]}-{k}"
-        out.append({"id": f"{record['id']}/{role}", "messages": messages})
-    return out
+    summarizer, each {"id": "<question id>/<role>", "messages": [...]}."""
+    return [{"id": f"{record['id']}/{c['role']}", "messages": c["messages"]} for c in record.get("role_chats", [])]
 
 
 def export(store: Store, job_id: str, out: pathlib.Path, array_record: bool) -> list[dict]:

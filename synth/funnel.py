@@ -138,7 +138,7 @@ class Synthesizer:
         chats: list = []
         ROLE_CHATS.set(chats)        # per task too: the role chats of this candidate (workflow.role_chats)
         candidate = await self.workflow.run(question, seed=k)
-        candidate.role_chats = [chat for _, chat in sorted(chats, key=lambda kc: kc[0])]
+        candidate.role_chats = [chat for _, chat in sorted(chats, key=lambda oc: oc[0])]
         return candidate
 
     def _record(self, qid, question, c: Candidate, verdict, accounting, rejections, k, seconds) -> dict:

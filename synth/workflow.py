@@ -77,7 +77,7 @@ class Candidate:
     subtasks: list
     researches: list
     timings: dict
-    role_chats: list = dataclasses.field(default_factory=list)   # teachers/roles.py (workflow.role_chats)
+    role_chats: list = dataclasses.field(default_factory=list)   # [{role, messages}]: teachers/roles.py
 
 
 def split_answer(answer: str) -> tuple[str, list[tuple[int, str, str]]]:

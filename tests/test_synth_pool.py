@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from synth.config import load_config
 from synth.funnel import Synthesizer, run_async
 from synth.pool import ProcessPool
@@ -86,9 +88,5 @@ def test_cli_with_two_processes_writes_what_one_process_writes(tmp_path):
 
 def test_bad_processes_value_is_an_error_naming_the_key(tmp_path):
     cfg = load_config("configs/synth.py", {"tools.cache_dir": str(tmp_path / "cache")})
-    try:
+    with pytest.raises(ValueError, match="workflow.processes"):
         ProcessPool(cfg, processes=-1)
-    except ValueError as error:
-        assert "workflow.processes" in str(error)
-    else:
-        raise AssertionError("processes=-1 was accepted")

@@ -18,7 +18,7 @@ import contextvars
 from synth.teachers import Step
 from synth.teachers.openai import OpenAITeacher
 
-# The role chats of the candidate being synthesized: [(order key, chat)], set per candidate by the funnel.
+# The role chats of the candidate being synthesized: [(order, {"role", "messages"})], set per candidate by the funnel.
 ROLE_CHATS: contextvars.ContextVar = contextvars.ContextVar("synth_role_chats", default=None)
 
 
@@ -47,23 +47,24 @@ class RoleChatTeacher:
         return getattr(self.inner, name)
 
     @staticmethod
-    def _keep(key: tuple, messages: list[dict], reply: str) -> None:
+    def _keep(order: tuple, role: str, messages: list[dict], reply: str) -> None:
         chats = ROLE_CHATS.get()
-        if chats is not None:
-            chats.append((key, [*messages, {"role": "assistant", "content": reply}]))
+        if chats is not None:   # researchers finish in any order: `order` puts them in sub-question order
+            chats.append((order, {"role": role, "messages": [*messages, {"role": "assistant", "content": reply}]}))
 
     async def plan(self, question, rng):
         subtasks = await self.inner.plan(question, rng)
-        self._keep((0, 0), self.chats.plan_chat(question), "\n".join(f"- {s}" for s in subtasks))
+        self._keep((0, 0), "planner", self.chats.plan_chat(question), "\n".join(f"- {s}" for s in subtasks))
         return subtasks
 
     async def step(self, question, research, rng, final: bool = False) -> Step:
         step = await self.inner.step(question, research, rng, final=final)
         if step.answer is not None:   # the sub-report closes the research: its chat holds every earlier step
-            self._keep((1, research.index), self.chats.research_chat(research, final), _turn(step))
+            self._keep((1, research.index), f"researcher-{research.index + 1}",
+                       self.chats.research_chat(research, final), _turn(step))
         return step
 
     async def summarize(self, question, subtasks, bodies, references, rng) -> str:
         text = await self.inner.summarize(question, subtasks, bodies, references, rng)
-        self._keep((2, 0), self.chats.summary_chat(question, subtasks, bodies, references), text)
+        self._keep((2, 0), "summarizer", self.chats.summary_chat(question, subtasks, bodies, references), text)
         return text
