@@ -16,8 +16,11 @@ never re-tokenised from text.
 
 Shapes are bucketed so one compiled program serves many requests: the batch to a power of two, each prefill chunk
 to a power of two (at least 16, at most `prefill_chunk`; longer inputs are prefilled chunk by chunk), the decode
-buffer to a power of two, the cache to a multiple of 128. The decode loop is a `lax.while_loop` that exits as soon
-as every row has stopped; temperature, top-p, top-k and the step budget are runtime values, not compile keys.
+buffer to a power of two, the cache to a multiple of 128. Attention reads only a window of the cache: the first
+`window` slots, a power of two (at least 128, at most the cache) covering every slot this call can write, so a
+session sized for a long episode (32K tokens on a GPU preset) does not read 32K slots per token while its rows are
+short. The decode loop is a `lax.while_loop` that exits as soon as every row has stopped; temperature, top-p, top-k
+and the step budget are runtime values, not compile keys.
 
 Stop strings are matched on the generated *bytes*, also when a stop string spans several tokens or ends inside
 one: an Aho-Corasick automaton over the stop strings' bytes is folded into a table
@@ -198,9 +201,10 @@ def _unstack(stacked: dict) -> tuple[dict, ...]:
     return tuple({name: w[i] for name, w in stacked.items()} for i in range(n))
 
 
-def _cached_forward(model, layers: list[dict], cache: dict, tokens, positions):
+def _cached_forward(model, layers: list[dict], cache: dict, tokens, positions, window: int):
     """Hidden states [B, T, D] for tokens [B, T] written at slots positions [B, T] (slot == S: dropped), and the
-    updated cache. Token (b, t) attends to the written slots s <= positions[b, t] of its row."""
+    updated cache. Token (b, t) attends to the written slots s <= positions[b, t] of its row, all of which lie in
+    the first `window` slots (the caller sizes it so)."""
     from oresearcher.model.decoder import rms_norm, rope_frequencies
 
     cfg = model.cfg
@@ -209,9 +213,9 @@ def _cached_forward(model, layers: list[dict], cache: dict, tokens, positions):
     x = model._constrain(x, ("activation_batch", "activation_length", "activation_embed"))
     rows = jnp.arange(b)[:, None]
     segments = cache["segment_ids"].at[rows, positions].set(1, mode="drop")
-    slots = jnp.arange(segments.shape[1])
-    mask = (slots[None, None, :] <= positions[:, :, None]) & (segments[:, None, :] == 1)
-    layer = model._layer_fn(positions, mask, rope_frequencies(cfg))
+    slots = jnp.arange(window)
+    mask = (slots[None, None, :] <= positions[:, :, None]) & (segments[:, None, :window] == 1)
+    layer = model._layer_fn(positions, mask, rope_frequencies(cfg), window=window)
     ks, vs = [], []
     for p, k, v in zip(layers, cache["k"], cache["v"]):
         x, (k, v) = layer(x, p, (k, v))
@@ -221,17 +225,17 @@ def _cached_forward(model, layers: list[dict], cache: dict, tokens, positions):
     return x, {"k": tuple(ks), "v": tuple(vs), "segment_ids": segments}
 
 
-def _prefill(graphdef, state, layers, cache, tokens, positions, last_col):
+def _prefill(graphdef, state, layers, cache, tokens, positions, last_col, *, window: int):
     """Write tokens [B, C] at positions [B, C] (a position == cache length is a padding slot: dropped) and return
     the logits [B, V] at column last_col[b] (the row's last real token of this chunk)."""
     model = nnx.merge(graphdef, state)
-    hidden, cache = _cached_forward(model, layers, cache, tokens, positions)
+    hidden, cache = _cached_forward(model, layers, cache, tokens, positions, window)
     last = jnp.take_along_axis(hidden, last_col[:, None, None], axis=1)
     return model.unembed(last)[:, 0], cache
 
 
 def _decode(graphdef, state, layers, cache, logits, pos, active, budget, key, temperature, top_p, top_k, table, eos,
-            *, out_len: int, use_filter: bool):
+            *, out_len: int, use_filter: bool, window: int):
     """Sample from `logits` [B, V], then feed each sampled token back until every row has stopped.
 
     pos [B]: the slot of the first sampled token; active [B] bool; budget [B]: max new tokens per row (<= out_len).
@@ -264,7 +268,7 @@ def _decode(graphdef, state, layers, cache, logits, pos, active, budget, key, te
     def body(carry):
         step, cache, tok, pos, done = carry[:5]
         feed_pos = jnp.where(done, slots, pos)          # finished rows write nothing
-        hidden, cache = _cached_forward(model, layers, cache, tok[:, None], feed_pos[:, None])
+        hidden, cache = _cached_forward(model, layers, cache, tok[:, None], feed_pos[:, None], window)
         carry = (step, cache, tok, pos + 1, done) + carry[5:]
         return emit(carry, model.unembed(hidden)[:, 0])
 
@@ -310,8 +314,9 @@ class Sampler:
             if i is not None and 0 <= i < eos.size:
                 eos[i] = True
         self._eos = jnp.asarray(eos)
-        self._prefill = jax.jit(_prefill, static_argnums=0, donate_argnums=3)
-        self._decode = jax.jit(_decode, static_argnums=0, donate_argnums=3, static_argnames=("out_len", "use_filter"))
+        self._prefill = jax.jit(_prefill, static_argnums=0, donate_argnums=3, static_argnames=("window",))
+        self._decode = jax.jit(_decode, static_argnums=0, donate_argnums=3,
+                               static_argnames=("out_len", "use_filter", "window"))
         self._unstack = jax.jit(_unstack)
         self._layers: dict = {}     # {"of": weakrefs to the stacked arrays, "layers": their per-layer copies}
 
@@ -369,6 +374,14 @@ class Sampler:
         graphdef, state = nnx.split(self.model)
         layers = self.layers()
         slots = session.cache["segment_ids"].shape[1]
+        # budgets: every row stops by the session's max_len, and by its own max_new_tokens
+        room = np.array([session.max_len - len(session.tokens[r]) if active[r] else 0 for r in range(b)])
+        limit = np.zeros((b,), np.int64)
+        limit[rows] = params.max_new_tokens if max_new_tokens is None else np.asarray(max_new_tokens)
+        budget = np.minimum(room, limit)
+        # attention window: every slot this call writes (prefill and decode) lies below it
+        reach = max(len(session.tokens[r]) + int(budget[r]) for r in rows)
+        window = min(slots, _bucket(reach, 128))
 
         # prefill, chunk by chunk, each row from its first unseen token
         pending = [session.tokens[r][session.written[r]:] if active[r] else [] for r in range(b)]
@@ -390,16 +403,12 @@ class Sampler:
                     last[r] = len(piece) - 1
                     has[r] = start + len(piece) == len(p)     # this chunk holds the row's last pending token
             chunk_logits, session.cache = self._prefill(graphdef, state, layers, session.cache, jnp.asarray(tok),
-                                                        jnp.asarray(pos), jnp.asarray(last))
+                                                        jnp.asarray(pos), jnp.asarray(last), window=window)
             logits = chunk_logits if logits is None else jnp.where(jnp.asarray(has)[:, None], chunk_logits, logits)
         for r in rows:
             session.written[r] = len(session.tokens[r])
 
         # decode
-        room = np.array([session.max_len - len(session.tokens[r]) if active[r] else 0 for r in range(b)])
-        limit = np.zeros((b,), np.int64)
-        limit[rows] = params.max_new_tokens if max_new_tokens is None else np.asarray(max_new_tokens)
-        budget = np.minimum(room, limit)
         out_len = _bucket(int(budget.max()), self.min_bucket)
         use_filter = params.temperature > 0 and (params.top_p < 1.0 or params.top_k > 0)
         key = jax.random.key(params.seed)
@@ -407,7 +416,7 @@ class Sampler:
             graphdef, state, layers, session.cache, logits, jnp.asarray(session.written, jnp.int32), jnp.asarray(active),
             jnp.asarray(budget, jnp.int32), key, jnp.float32(params.temperature), jnp.float32(params.top_p),
             jnp.int32(params.top_k), self.stop_table(params.stop), self._eos, out_len=out_len,
-            use_filter=use_filter)
+            use_filter=use_filter, window=window)
         out_t, out_lp, count, finish = map(np.asarray, jax.device_get((out_t, out_lp, count, finish)))
 
         completions = []

@@ -1,7 +1,7 @@
 """Sampler decode throughput for the embedded SmolLM2-135M on CPU, side by side with transformers' `generate`
 in the same process (same weights: transformers dequantises the same GGUF).
 
-    python -m experiments.bench.sampler_throughput [--batches 1,8,32] [--new 128] [--repeats 2]
+    python -m experiments.bench.sampler_throughput [--batches 1,8,32] [--new 128] [--repeats 2] [--session-len N]
 
 Both sides generate exactly `--new` tokens greedily per row (EOS disabled) from the same chat prompt; tokens/s =
 batch x new / wall seconds of the whole call (prefill included, compile excluded: each shape is run once first).
@@ -11,7 +11,11 @@ move, the ratios much less: re-run on an idle machine for figures to quote).
 On an idle machine the default run takes a few minutes. On an oversubscribed one (load average well above the
 core count) torch's OpenMP worker threads wait on each other at every small op of a decode step and `generate`
 slows down far more than XLA does, so the ratio there overstates ours: quote figures from an idle machine.
-Targets: >= 2x transformers at batch 1, >= 3x at batch 8. Writes experiments/bench/results/sampler_throughput.json.
+`--session-len N` sizes our sessions for N tokens (as a rollout sized for a long episode does; transformers' cache
+grows as it goes, so it has no such size): attention reads only a window of the cache covering the tokens there
+are, so the figures should not move with N (the run also times ours at the default session size, interleaved).
+Targets: >= 2x transformers at batch 1, >= 3x at batch 8. Writes experiments/bench/results/sampler_throughput.json
+(sampler_throughput_session{N}.json with --session-len).
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ def main():
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--session-len", type=int, default=None,
+                        help="our sessions' max_len (default: prompt + new tokens)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
 
@@ -57,29 +63,39 @@ def main():
     rows = []
     for b in batches:
         prompts = [prompt] * b
-        sampler.generate(prompts, params)                       # compile this shape
+        sampler.generate(prompts, params, args.session_len)     # compile this shape
         ids = torch.tensor(prompts)
         kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=args.new, min_new_tokens=args.new,
                   do_sample=False, eos_token_id=None, pad_token_id=tokenizer.pad_id)
         with torch.no_grad():
             hf.generate(ids, **{**kw, "max_new_tokens": 4, "min_new_tokens": 4})   # warm up
-        ours, theirs, loads = [], [], []
+        ours, theirs, loads, ours_default = [], [], [], []
+        if args.session_len:
+            sampler.generate(prompts, params)                   # and the default session's shape
         for _ in range(args.repeats):
             t = time.perf_counter()
-            outs = sampler.generate(prompts, params)
+            outs = sampler.generate(prompts, params, args.session_len)
             ours.append(time.perf_counter() - t)
             assert all(len(o.tokens) == args.new for o in outs)
+            if args.session_len:
+                t = time.perf_counter()
+                sampler.generate(prompts, params)
+                ours_default.append(time.perf_counter() - t)
             with torch.no_grad():
                 t = time.perf_counter()
                 hf_out = hf.generate(ids, **kw)
                 theirs.append(time.perf_counter() - t)
             assert hf_out.shape[1] == ids.shape[1] + args.new
             loads.append(os.getloadavg())
-        row = {"batch": b, "new_tokens": args.new, "prompt_tokens": len(prompt),
+        row = {"batch": b, "new_tokens": args.new, "prompt_tokens": len(prompt), "session_len": args.session_len,
                "ours_tok_s": b * args.new / statistics.median(ours),
                "transformers_tok_s": b * args.new / statistics.median(theirs),
                "ours_s": ours, "transformers_s": theirs, "load_average": loads}
         row["speedup"] = row["ours_tok_s"] / row["transformers_tok_s"]
+        if ours_default:
+            row["ours_default_session_tok_s"] = b * args.new / statistics.median(ours_default)
+            print(f"batch {b:>3}: ours with a {args.session_len}-token session {row['ours_tok_s']:.1f} tok/s, with "
+                  f"the default session ({len(prompt) + args.new} tokens) {row['ours_default_session_tok_s']:.1f}")
         rows.append(row)
         print(f"batch {b:>3}: ours {row['ours_tok_s']:8.1f} tok/s | transformers {row['transformers_tok_s']:8.1f} "
               f"tok/s | {row['speedup']:.2f}x (load {loads[-1][0]:.1f})", flush=True)
@@ -91,13 +107,14 @@ def main():
            "transformers": transformers.__version__, "targets": {"1": 2.0, "8": 3.0}, "rows": rows,
            "load_average_before": load_before, "load_average_after": os.getloadavg(),
            "note": "medians of interleaved repetitions; a shared machine: re-run idle for figures to quote"}
-    (RESULTS / "sampler_throughput.json").write_text(json.dumps(out, indent=2))
+    name = "sampler_throughput.json" if args.session_len is None else f"sampler_throughput_session{args.session_len}.json"
+    (RESULTS / name).write_text(json.dumps(out, indent=2))
     for row in rows:
         target = out["targets"].get(str(row["batch"]))
         if target:
             print(f"batch {row['batch']}: {row['speedup']:.2f}x transformers (target >= {target}x: "
                   f"{'met' if row['speedup'] >= target else 'NOT met'})")
-    print(f"wrote {RESULTS / 'sampler_throughput.json'}")
+    print(f"wrote {RESULTS / name}")
 
 
 if __name__ == "__main__":

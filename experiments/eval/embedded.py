@@ -279,7 +279,7 @@ def shared_prefix_sampler(model, tokenizer):
                 tok[0, :len(piece)] = piece
                 pos[0, :len(piece)] = start + np.arange(len(piece))
                 _, one = self._prefill(graphdef, state, self.layers(), one, jnp.asarray(tok), jnp.asarray(pos),
-                                       jnp.zeros((1,), np.int32))
+                                       jnp.zeros((1,), np.int32), window=slots)
             rows = jnp.arange(session.written.shape[0]) < len(prompts)   # bucket padding rows stay empty
 
             def tile(big, small):

@@ -263,9 +263,10 @@ class Decoder(nnx.Module):
             return x, None
         return x, {"k": new_kv[0], "v": new_kv[1], "segment_ids": kv_segments}
 
-    def _layer_fn(self, positions, mask, inv_freq, segment_ids=None):
+    def _layer_fn(self, positions, mask, inv_freq, segment_ids=None, window=None):
         """One pre-norm layer: (x [B,T,D], per-layer params, optional (k_cache, v_cache)) -> (x, new K/V).
-        With `mask` None, attention is cfg.attention (blockwise, from `segment_ids`) instead of dense."""
+        With `mask` None, attention is cfg.attention (blockwise, from `segment_ids`) instead of dense. With a
+        cache and a `window`, attention reads only the cache's first `window` slots (mask is [B, T, window])."""
         cfg = self.cfg
         cdt = jnp.dtype(cfg.compute_dtype)
         eps = cfg.rms_norm_eps
@@ -290,7 +291,7 @@ class Decoder(nnx.Module):
                 k_all = kv_cache[0].at[rows, :, positions].set(k.astype(kv_cache[0].dtype), mode="drop")
                 v_all = kv_cache[1].at[rows, :, positions].set(v.astype(kv_cache[1].dtype), mode="drop")
                 new_kv = (k_all, v_all)
-                k, v = k_all.astype(cdt), v_all.astype(cdt)
+                k, v = k_all[:, :, :window].astype(cdt), v_all[:, :, :window].astype(cdt)
             else:
                 new_kv = None
             if mask is None:
