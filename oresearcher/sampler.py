@@ -70,6 +70,7 @@ class Session:
     cache: dict
     written: np.ndarray                # [B_bucket] int: tokens of each row already in the cache
     max_len: int                       # cache slots per row
+    window: int = 0                    # cache slots the last step's attention read (0 before the first step)
 
 
 # ------------------------------------------------------------------------------------------ stop automaton
@@ -381,7 +382,7 @@ class Sampler:
         budget = np.minimum(room, limit)
         # attention window: every slot this call writes (prefill and decode) lies below it
         reach = max(len(session.tokens[r]) + int(budget[r]) for r in rows)
-        window = min(slots, _bucket(reach, 128))
+        window = session.window = min(slots, _bucket(reach, 128))
 
         # prefill, chunk by chunk, each row from its first unseen token
         pending = [session.tokens[r][session.written[r]:] if active[r] else [] for r in range(b)]

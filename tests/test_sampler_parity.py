@@ -79,7 +79,6 @@ def test_logprobs_and_continuation_match_a_full_forward(tiny_llama):
     assert cont.tokens == fresh[0].tokens
 
 
-
 def test_attention_window_grows_with_the_rows(tiny_llama):
     """A session sized for 2000 tokens attends over a window of its cache that covers what the call can write:
     here 128, then 256, then 512 slots as row 0 grows over three turns. Every sampled token's logprob equals a
@@ -89,18 +88,22 @@ def test_attention_window_grows_with_the_rows(tiny_llama):
     session = sampler.start([list(range(3, 60)), [7, 8]], max_len=2000)
     observation = list(range(100, 130))
     pieces = {0: [], 1: []}                     # row -> [(index of the first generated token, completion)]
+    windows = []
     for turn in range(3):                       # row 0 reaches 57 + 60 = 117, 207, 297 tokens: windows 128, 256, 512
         before = [len(session.tokens[r]) for r in (0, 1)]
         outs = sampler.step(session, [0, 1], SamplingParams(temperature=1.0, max_new_tokens=60, stop=(), seed=turn))
+        windows.append(session.window)
         for r, out in zip((0, 1), outs):
             pieces[r].append((before[r], out))
             session.tokens[r].extend(observation)
     assert len(session.tokens[0]) == 57 + 3 * (60 + 30)
+    assert windows == [128, 256, 512] and session.cache["segment_ids"].shape[1] == 2048
     for r, row in pieces.items():
         logp = jax.nn.log_softmax(model(jnp.asarray([session.tokens[r]]))[0], axis=-1)
         for start, out in row:
             want = [float(logp[start - 1 + i, t]) for i, t in enumerate(out.tokens)]
             np.testing.assert_allclose(out.logprobs, want, atol=2e-4)
+
 
 def test_sampling_filters_and_budget(tiny_llama):
     _, model = tiny_llama

@@ -107,7 +107,7 @@ def main():
            "transformers": transformers.__version__, "targets": {"1": 2.0, "8": 3.0}, "rows": rows,
            "load_average_before": load_before, "load_average_after": os.getloadavg(),
            "note": "medians of interleaved repetitions; a shared machine: re-run idle for figures to quote"}
-    name = "sampler_throughput.json" if args.session_len is None else f"sampler_throughput_session{args.session_len}.json"
+    name = f"sampler_throughput{'' if args.session_len is None else f'_session{args.session_len}'}.json"
     (RESULTS / name).write_text(json.dumps(out, indent=2))
     for row in rows:
         target = out["targets"].get(str(row["batch"]))
