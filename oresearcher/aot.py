@@ -2,7 +2,7 @@
 
     python -m oresearcher.aot --config=configs/sft.py:qwen2.5-7b-gpu8-64k --target=gpu:h100x8
     python -m oresearcher.aot --config=configs/sft.py:qwen2.5-72b-v5p128-64k --target=tpu:v5p-128
-    python -m oresearcher.aot --config=configs/rl.py:qwen2.5-7b-gpu8 --target=gpu:h100x8 --attention=flash
+    python -m oresearcher.aot --config=configs/rl.py:qwen2.5-7b-gpu8 --target=gpu:h100x8
 
 Nothing here needs an accelerator. The compiler for the target runs on this machine:
   TPU  libtpu (PyPI) describes any slice (`jax.experimental.topologies.get_topology_desc`), and XLA:TPU compiles
