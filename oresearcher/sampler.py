@@ -14,8 +14,14 @@ never re-tokenised from text.
     session.tokens[0].extend(observation_ids)                      # the caller's (masked) observation
     outs = sampler.step(session, rows=[0], params=...)            # continues row 0 where it stopped
 
+Prompts usually share a long prefix (the system prompt and chat template of every rollout; all of a GRPO group's
+rows are the same prompt). `start` prefills the rows' common prefix once, for one row, and copies its KV entries
+to every row; `step` then prefills only what each row has of its own (the question). Rollouts of G rows of Q
+questions thus prefill the system prompt once instead of G x Q times (share_prefix=False turns this off).
+
 Shapes are bucketed so one compiled program serves many requests: the batch to a power of two, each prefill chunk
-to a power of two (at least 16, at most `prefill_chunk`; longer inputs are prefilled chunk by chunk), the decode
+to a power of two (at least 16, at most `prefill_chunk`; longer inputs are prefilled chunk by chunk, the last
+chunk only as long as the bucket of what is left), the decode
 buffer to a power of two, the cache to a multiple of 128. Attention reads only a window of the cache: the first
 `window` slots, a power of two (at least 128, at most the cache) covering every slot this call can write, so a
 session sized for a long episode (32K tokens on a GPU preset) does not read 32K slots per token while its rows are
@@ -291,20 +297,45 @@ def _bucket(n: int, lo: int) -> int:
     return max(lo, 1 << max(0, (n - 1)).bit_length())
 
 
+def _chunks(length: int, most: int, least: int):
+    """(start, size) pieces covering `length` tokens: `most` long, the last one the bucket of what is left."""
+    start = 0
+    while start < length:
+        size = min(most, _bucket(length - start, least))
+        yield start, size
+        start += size
+
+
+def common_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the prompts' common token prefix, leaving every prompt at least one token of its own (the step
+    that samples from a row needs a token to prefill)."""
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for i in range(n):
+        if any(p[i] != first[i] for p in prompts):
+            return i
+    return max(n, 0)
+
+
+def _copy_row(big, one, rows):
+    """big [B, ...] with its `rows` (bool [B]) replaced by one [1, ...] (donated: updated in place)."""
+    return jnp.where(rows.reshape((-1,) + (1,) * (big.ndim - 1)), one, big)
+
+
 class Sampler:
     """Generation for one model and tokenizer. `model` may be sharded (sharding.shard_model); the cache then
     follows the model's mesh and rules. Parameters are read from the model at every call, so a model being
     trained in place is always sampled at its current weights."""
 
     def __init__(self, model, tokenizer=None, *, eos_ids: Sequence[int] | None = None, prefill_chunk: int = 512,
-                 min_bucket: int = 16):
+                 min_bucket: int = 16, share_prefix: bool = True):
         """`tokenizer` supplies the token bytes for stop strings and the EOS ids (tokenizer.stop_ids); without
         one, only `eos_ids` (default: the model config's eos_token_id) stop a row. Pass eos_ids=() to never stop
-        on EOS."""
+        on EOS. share_prefix: prefill the prompts' common prefix once per session (see the module docstring)."""
         self.model = model
         self.tokenizer = tokenizer
         self.prefill_chunk = prefill_chunk
         self.min_bucket = min_bucket
+        self.share_prefix = share_prefix
         self._vocab_bytes = None
         self._tables: dict[tuple[str, ...], jax.Array] = {}
         if eos_ids is None:
@@ -319,6 +350,7 @@ class Sampler:
         self._decode = jax.jit(_decode, static_argnums=0, donate_argnums=3,
                                static_argnames=("out_len", "use_filter", "window"))
         self._unstack = jax.jit(_unstack)
+        self._copy_row = jax.jit(_copy_row, donate_argnums=0)
         self._layers: dict = {}     # {"of": weakrefs to the stacked arrays, "layers": their per-layer copies}
 
     def layers(self) -> tuple[dict, ...]:
@@ -354,7 +386,36 @@ class Sampler:
         b = _bucket(len(prompts), 1)
         slots = -(-max_len // 128) * 128
         cache = init_cache(self.model, b, slots)
-        return Session([list(p) for p in prompts], cache, np.zeros((b,), np.int64), max_len)
+        session = Session([list(p) for p in prompts], cache, np.zeros((b,), np.int64), max_len)
+        n = common_prefix(prompts) if self.share_prefix and len(prompts) > 1 else 0
+        if n >= self.min_bucket:
+            self._prefill_shared(session, n)
+        return session
+
+    def _prefill_shared(self, session: Session, n: int) -> None:
+        """Prefill the first n tokens (common to every row) for one row, then copy that row's K/V entries and
+        segment ids into every row of the session's cache: the same computation at the same positions, so equal
+        to prefilling each row up to float rounding."""
+        slots = session.cache["segment_ids"].shape[1]
+        window = min(slots, _bucket(n, 128))
+        prefix = session.tokens[0][:n]
+        one = init_cache(self.model, 1, slots)
+        graphdef, state = nnx.split(self.model)
+        for start, size in _chunks(n, self.prefill_chunk, self.min_bucket):
+            piece = prefix[start:start + size]
+            tok = np.zeros((1, size), np.int32)
+            pos = np.full((1, size), slots, np.int32)            # a position == slots is padding: dropped
+            tok[0, :len(piece)] = piece
+            pos[0, :len(piece)] = start + np.arange(len(piece))
+            _, one = self._prefill(graphdef, state, self.layers(), one, jnp.asarray(tok), jnp.asarray(pos),
+                                   jnp.zeros((1,), np.int32), window=window)
+        rows = jnp.asarray(np.arange(session.written.shape[0]) < len(session.tokens))   # bucket padding: empty
+        cache = session.cache
+        # one array at a time, each donated: the copy needs no second cache's worth of memory
+        session.cache = {"k": tuple(self._copy_row(big, small, rows) for big, small in zip(cache["k"], one["k"])),
+                         "v": tuple(self._copy_row(big, small, rows) for big, small in zip(cache["v"], one["v"])),
+                         "segment_ids": self._copy_row(cache["segment_ids"], one["segment_ids"], rows)}
+        session.written[:len(session.tokens)] = n
 
     def step(self, session: Session, rows: Sequence[int], params: SamplingParams,
              max_new_tokens: Sequence[int] | None = None) -> list[Completion]:
@@ -389,9 +450,8 @@ class Sampler:
         longest = max(len(p) for p in pending)
         if longest == 0:
             raise ValueError(f"Sampler.step: rows {rows} have no tokens to continue from")
-        chunk = min(self.prefill_chunk, _bucket(longest, self.min_bucket))
         logits = None
-        for start in range(0, longest, chunk):
+        for start, chunk in _chunks(longest, self.prefill_chunk, self.min_bucket):
             tok = np.zeros((b, chunk), np.int32)
             pos = np.full((b, chunk), slots, np.int32)
             last = np.zeros((b,), np.int32)

@@ -121,30 +121,6 @@ def test_rl_checkpoint_parameters_replace_the_starting_model(tiny_policies):
     assert tokenizer.vocab_size == 49152
 
 
-def test_shared_prefix_sampler_generates_what_the_plain_sampler_does(tiny_policies):
-    """Prefix prefilled once and copied vs prefilled per row: same greedy tokens, same cache contents."""
-    import jax
-    import numpy as np
-
-    from experiments.eval.embedded import shared_prefix_sampler
-    from oresearcher import serve
-    from oresearcher.sampler import Sampler, SamplingParams
-
-    model, tokenizer, _ = serve.load(str(tiny_policies[0]))
-    prefix = tokenizer.encode("You are a research assistant. Answer with the protocol tags. " * 3)
-    prompts = [prefix + tokenizer.encode(q) for q in ("What is a coral reef?", "Who built the Parthenon, and when?",
-                                                       "Why?")]
-    params = SamplingParams(temperature=0.0, max_new_tokens=12)
-    plain, shared = Sampler(model, tokenizer), shared_prefix_sampler(model, tokenizer)
-    s_plain, s_shared = plain.start(prompts, 128), shared.start(prompts, 128)
-    assert list(s_shared.written[:3]) == [len(prefix)] * 3 and list(s_plain.written[:3]) == [0] * 3
-    out_plain = plain.step(s_plain, range(3), params)
-    out_shared = shared.step(s_shared, range(3), params)
-    assert [o.tokens for o in out_shared] == [o.tokens for o in out_plain]
-    for a, b in zip(jax.tree.leaves(s_plain.cache), jax.tree.leaves(s_shared.cache)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
-
-
 def test_command_prints_one_table_with_every_row(tiny_policies, tmp_path, capsys):
     from experiments.eval import embedded
 

@@ -105,6 +105,30 @@ def test_attention_window_grows_with_the_rows(tiny_llama):
             np.testing.assert_allclose(out.logprobs, want, atol=2e-4)
 
 
+def test_shared_prefix_is_prefilled_once_and_generates_what_row_by_row_prefill_does(tiny_llama):
+    """Three prompts with a 40-token common prefix (the batch bucket is 4: one padding row). Sharing prefills the
+    prefix once and copies it: the rows start with 40 tokens written (0 without sharing), the padding row stays
+    empty, and greedy tokens, logprobs and the whole cache equal those of prefilling every row itself."""
+    _, model = tiny_llama
+    prefix = [int(x) for x in np.random.default_rng(3).integers(3, 250, 40)]
+    prompts = [prefix + [11, 12, 13], prefix + [21], prefix + [31, 32, 33, 34, 35]]
+    params = SamplingParams(temperature=0.0, max_new_tokens=12, stop=())
+    shared, plain = Sampler(model, eos_ids=(), prefill_chunk=16), Sampler(model, eos_ids=(), share_prefix=False)
+    s_shared, s_plain = shared.start(prompts, 128), plain.start(prompts, 128)
+    assert list(s_shared.written) == [40, 40, 40, 0] and list(s_plain.written) == [0, 0, 0, 0]
+    assert not np.asarray(s_shared.cache["segment_ids"])[3].any()
+    out_shared, out_plain = shared.step(s_shared, range(3), params), plain.step(s_plain, range(3), params)
+    assert [o.tokens for o in out_shared] == [o.tokens for o in out_plain]
+    for a, b in zip(out_shared, out_plain):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(s_shared.cache), jax.tree.leaves(s_plain.cache)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    # prompts that differ from the first token on, or a single prompt: nothing to share
+    assert list(shared.start([[5, 6, 7], [8, 9]], 64).written) == [0, 0]
+    assert list(shared.start([prefix], 64).written) == [0]
+    assert list(shared.start([prefix, prefix], 64).written) == [39, 39]       # identical: all but the last token
+
+
 def test_sampling_filters_and_budget(tiny_llama):
     _, model = tiny_llama
     sampler = Sampler(model, eos_ids=())
@@ -143,3 +167,26 @@ def test_smollm2_greedy_matches_transformers_64_tokens():
         print("theirs:", repr(tokenizer.decode(theirs)))
         assert out.tokens == theirs
         assert sampler.generate([p], GREEDY64)[0].tokens == out.tokens
+
+
+def test_shared_prefix_on_a_mesh_equals_the_plain_sampler():
+    """The same on a sharded model (data x fsdp x tensor = 2 x 2 x 2): the one-row prefix cache and the copy into
+    the batch's sharded cache give the plain sampler's greedy tokens and logprobs."""
+    from flax import nnx
+    from oresearcher import sharding
+    from oresearcher.model.config import PRESETS
+    from oresearcher.model.decoder import Decoder
+
+    model = Decoder(PRESETS["tiny"], rngs=nnx.Rngs(0))
+    sharding.shard_model(model, sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
+    prefix = [int(x) for x in np.random.default_rng(5).integers(3, 250, 50)]
+    prompts = [prefix + [7 + i] * (i + 1) for i in range(4)]
+    params = SamplingParams(temperature=0.0, max_new_tokens=8, stop=())
+    shared, plain = Sampler(model, eos_ids=()), Sampler(model, eos_ids=(), share_prefix=False)
+    s_shared = shared.start(prompts, 128)
+    assert list(s_shared.written) == [50] * 4
+    assert not sharding.is_fully_replicated(s_shared.cache["k"][0])      # the copy kept the cache's sharding
+    out_shared, out_plain = shared.step(s_shared, range(4), params), plain.generate(prompts, params)
+    assert [o.tokens for o in out_shared] == [o.tokens for o in out_plain]
+    for a, b in zip(out_shared, out_plain):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)

@@ -22,7 +22,7 @@ The policies run the RL rollout loop itself (`oresearcher.rl.rollout`, greedy, o
 questions in one sampler batch) against the same synth service, with a CPU budget: at most --max-turns tool
 calls, --turn-tokens tokens per turn, --max-tokens tokens per episode. Two things keep three 135M policies
 within ~10 minutes on 2 CPU cores: the prompt prefix every question shares (system prompt and chat template)
-is prefilled once per policy (`shared_prefix_sampler`), and the three policies, which share architecture and
+is prefilled once per policy (the sampler's shared prefix), and the three policies, which share architecture and
 shapes, compile prefill and decode once through a compilation cache under --workdir. A row that cannot run
 says why. Measured on an idle 2-core machine after the README main job: 8:22 wall (teacher 8 s, base 177 s,
 sft 142 s, rl 169 s), 7.3 GB peak RSS.
@@ -244,59 +244,11 @@ def load_policy(kind: str, path: Path):
     return model, tokenizer
 
 
-def shared_prefix_sampler(model, tokenizer):
-    """A `Sampler` whose sessions prefill the rows' common token prefix once and copy its KV entries to every row.
-
-    Every rollout prompt starts with the same system prompt and chat template (~420 tokens) and differs only in
-    the question (~30 tokens): prefilling it row by row is ~80% of a 30-question policy row's CPU time. Here
-    the prefix is prefilled for one row, the cache rows are copies of it, and the sampler's own step prefills
-    only each row's remainder. The K/V entries are the same computation at the same positions (equal up to
-    float rounding of a batch-1 vs batch-32 matmul), so greedy rollouts match the plain sampler's."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
-
-    from oresearcher.sampler import Sampler, init_cache
-
-    class SharedPrefixSampler(Sampler):
-        def start(self, prompts, max_len):
-            session = super().start(prompts, max_len)
-            n = 0
-            shortest = min(len(p) for p in prompts)
-            while n < shortest - 1 and all(p[n] == prompts[0][n] for p in prompts):
-                n += 1                  # the common prefix, leaving every row >= 1 token of its own to prefill
-            if len(prompts) < 2 or n < self.min_bucket:
-                return session
-            slots = session.cache["segment_ids"].shape[1]
-            one = init_cache(self.model, 1, slots)
-            graphdef, state = nnx.split(self.model)
-            chunk = self.prefill_chunk
-            for start in range(0, n, chunk):
-                piece = list(prompts[0][start:min(n, start + chunk)])
-                tok = np.zeros((1, chunk), np.int32)
-                pos = np.full((1, chunk), slots, np.int32)       # a position == slots is a padding slot: dropped
-                tok[0, :len(piece)] = piece
-                pos[0, :len(piece)] = start + np.arange(len(piece))
-                _, one = self._prefill(graphdef, state, self.layers(), one, jnp.asarray(tok), jnp.asarray(pos),
-                                       jnp.zeros((1,), np.int32), window=slots)
-            rows = jnp.arange(session.written.shape[0]) < len(prompts)   # bucket padding rows stay empty
-
-            def tile(big, small):
-                mask = rows.reshape((-1,) + (1,) * (big.ndim - 1))
-                return jax.device_put(jnp.where(mask, jnp.broadcast_to(small, big.shape), big), big.sharding)
-
-            session.cache = jax.tree.map(tile, session.cache, one)
-            session.written[:len(prompts)] = n
-            return session
-
-    return SharedPrefixSampler(model, tokenizer)
-
-
 def policy_texts(policy: tuple[str, Path] | None, questions: list[dict], url: str, args) -> dict[str, str]:
     """id -> response text of one greedy rollout per question (policy None = the embedded GGUF)."""
     from oresearcher import serve
     from oresearcher.rl.rollout import RolloutConfig, rollout
+    from oresearcher.sampler import Sampler
 
     if policy is None:
         model, tokenizer, _ = serve.load(None)
@@ -305,7 +257,7 @@ def policy_texts(policy: tuple[str, Path] | None, questions: list[dict], url: st
     cfg = RolloutConfig(group_size=1, max_turns=args.max_turns, max_tokens=args.max_tokens,
                         max_turn_tokens=args.turn_tokens, temperature=0.0,
                         max_observation_tokens=args.observation_tokens)
-    episodes, timings = rollout(shared_prefix_sampler(model, tokenizer), tokenizer, [q["prompt"] for q in questions],
+    episodes, timings = rollout(Sampler(model, tokenizer), tokenizer, [q["prompt"] for q in questions],
                                 url, cfg)
     finishes: dict[str, int] = {}
     for ep in episodes:
@@ -404,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synth-config", default="configs/synth.py:embedded", help="teacher config file[:preset]")
     ap.add_argument("--workdir", type=Path, help="service log and tool cache (default: a temporary dir)")
     # CPU budget (three 135M policies x 30 questions in <= 10 min on 2 cores): the common prompt prefix is
-    # prefilled once (shared_prefix_sampler); what is left is ~32 rows x (decode steps + observation tokens), so
+    # prefilled once (the sampler's shared prefix); what is left is ~32 rows x (decode steps + observation tokens), so
     # 2 tool calls of 128 tokens each, observations of 128 tokens and 1024 tokens per episode (the RL preset's
     # episode length) bound a row to ~384 decode steps.
     ap.add_argument("--max-turns", type=int, default=2, help="tool calls per policy episode")
