@@ -9,10 +9,10 @@ Presets (each says how to run it and what it should reach):
       them), then runs GRPO against the synth service started as a subprocess on a free loopback port (or
       `synth_url`), and stops it at the end: 10 SFT steps, then 4 GRPO steps of 2 questions x group 4. Every step
       prints the reward parts (base / tool / format), tool calls, response lengths and the time split (generate /
-      tools / judge / train). Measured end to end (`/usr/bin/time -v`, idle 2-core machine): 17:00 wall, exit
-      0, 6.6 GB peak RSS: synthesis 4 s, SFT ~6 min, GRPO steps 1-4 of 2.3, 5.0, 1.3 and 1.2 min (generate
-      73-143 s; only step 2 had a group with reward variance to train on: 197 s). On a loaded machine (load
-      average ~8) the same run took 29 min.
+      tools / judge / train). Measured end to end (`/usr/bin/time -v`, idle 2-core AVX-512 machine): 7:55 wall,
+      exit 0, 7.4 GB peak RSS: synthesis 6 s, SFT 2 min, GRPO 5 min: steps 1-4 generate 23-36 s each (the
+      prompts' shared prefix is prefilled once), train 64-76 s (every group had reward variance). An earlier
+      build on a slower AVX2 machine took 17:00 (generate 73-143 s); on a loaded machine (load ~8), 29 min.
       With so little training the rewards are a smoke signal, not a learning curve.
   tiny                python -m oresearcher.train --config=configs/rl.py:tiny
       Tests: a 2-layer, 64-wide decoder with the 512-token test tokenizer (tests/fixtures/tiny_tokenizer), SFT'd
