@@ -23,9 +23,11 @@ Shapes are bucketed so one compiled program serves many requests: the batch to a
 to a power of two (at least 16, at most `prefill_chunk`; longer inputs are prefilled chunk by chunk, the last
 chunk only as long as the bucket of what is left), the decode
 buffer to a power of two, the cache to a multiple of 128. Attention reads only a window of the cache: the first
-`window` slots, a power of two (at least 128, at most the cache) covering every slot this call can write, so a
-session sized for a long episode (32K tokens on a GPU preset) does not read 32K slots per token while its rows are
-short. The decode loop is a `lax.while_loop` that exits as soon as every row has stopped; temperature, top-p, top-k
+`window` slots, a power of two (at least 128) covering every slot this call can write, so a session sized for a
+long episode (32K tokens on a GPU preset) does not read 32K slots per token while its rows are short. The cache
+keeps one spare block of 128 slots that no window reaches: attention then always reads a proper slice of the
+updated cache. When the window was the whole cache, XLA:CPU fused the cache update into attention as a second
+copy of it and copied every layer's cache four times per decode step (SmolLM2, B1: 27.5 -> 25.2 ms per token). The decode loop is a `lax.while_loop` that exits as soon as every row has stopped; temperature, top-p, top-k
 and the step budget are runtime values, not compile keys.
 
 Stop strings are matched on the generated *bytes*, also when a stop string spans several tokens or ends inside
@@ -75,7 +77,7 @@ class Session:
     tokens: list[list[int]]
     cache: dict
     written: np.ndarray                # [B_bucket] int: tokens of each row already in the cache
-    max_len: int                       # cache slots per row
+    max_len: int                       # tokens per row (the cache holds SPARE_SLOTS more slots)
     window: int = 0                    # cache slots the last step's attention read (0 before the first step)
 
 
@@ -297,6 +299,15 @@ def _bucket(n: int, lo: int) -> int:
     return max(lo, 1 << max(0, (n - 1)).bit_length())
 
 
+SPARE_SLOTS = 128   # cache slots past every window (see the module docstring)
+
+
+def _window(slots: int, reach: int) -> int:
+    """Cache slots attention reads when the furthest slot written is reach - 1: a power of two >= 128, short of
+    the spare block."""
+    return min(slots - SPARE_SLOTS, _bucket(reach, 128))
+
+
 def _chunks(length: int, most: int, least: int):
     """(start, size) pieces covering `length` tokens: `most` long, the last one the bucket of what is left."""
     start = 0
@@ -384,7 +395,7 @@ class Sampler:
             raise ValueError(f"Sampler.start: a prompt of {longest} tokens leaves no room under max_len={max_len}; "
                              f"raise max_len or shorten the prompt")
         b = _bucket(len(prompts), 1)
-        slots = -(-max_len // 128) * 128
+        slots = -(-max_len // 128) * 128 + SPARE_SLOTS
         cache = init_cache(self.model, b, slots)
         session = Session([list(p) for p in prompts], cache, np.zeros((b,), np.int64), max_len)
         n = common_prefix(prompts) if self.share_prefix and len(prompts) > 1 else 0
@@ -397,7 +408,7 @@ class Sampler:
         segment ids into every row of the session's cache: the same computation at the same positions, so equal
         to prefilling each row up to float rounding."""
         slots = session.cache["segment_ids"].shape[1]
-        window = min(slots, _bucket(n, 128))
+        window = _window(slots, n)
         prefix = session.tokens[0][:n]
         one = init_cache(self.model, 1, slots)
         graphdef, state = nnx.split(self.model)
@@ -443,7 +454,7 @@ class Sampler:
         budget = np.minimum(room, limit)
         # attention window: every slot this call writes (prefill and decode) lies below it
         reach = max(len(session.tokens[r]) + int(budget[r]) for r in rows)
-        window = session.window = min(slots, _bucket(reach, 128))
+        window = session.window = _window(slots, reach)
 
         # prefill, chunk by chunk, each row from its first unseen token
         pending = [session.tokens[r][session.written[r]:] if active[r] else [] for r in range(b)]

@@ -97,7 +97,7 @@ def test_attention_window_grows_with_the_rows(tiny_llama):
             pieces[r].append((before[r], out))
             session.tokens[r].extend(observation)
     assert len(session.tokens[0]) == 57 + 3 * (60 + 30)
-    assert windows == [128, 256, 512] and session.cache["segment_ids"].shape[1] == 2048
+    assert windows == [128, 256, 512] and session.cache["segment_ids"].shape[1] == 2048 + 128
     for r, row in pieces.items():
         logp = jax.nn.log_softmax(model(jnp.asarray([session.tokens[r]]))[0], axis=-1)
         for start, out in row:
