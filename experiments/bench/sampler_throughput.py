@@ -14,6 +14,8 @@ slows down far more than XLA does, so the ratio there overstates ours: quote fig
 `--session-len N` sizes our sessions for N tokens (as a rollout sized for a long episode does; transformers' cache
 grows as it goes, so it has no such size): attention reads only a window of the cache covering the tokens there
 are, so the figures should not move with N (the run also times ours at the default session size, interleaved).
+Each batch also times the decode step's weight products alone (experiments/bench/decode_floor.py): a step
+cannot take less, so with XLA:CPU's fp32 matmuls `floor_over_transformers` is the largest ratio within reach.
 Targets: >= 2x transformers at batch 1, >= 3x at batch 8. Writes experiments/bench/results/sampler_throughput.json
 (sampler_throughput_session{N}.json with --session-len).
 """
@@ -47,6 +49,7 @@ def main():
 
     from oresearcher.model import load_gguf
     from oresearcher.model.gguf_io import embedded_gguf_path
+    from experiments.bench.decode_floor import weight_products
     from oresearcher.sampler import Sampler, SamplingParams
 
     load_before = os.getloadavg()
@@ -92,13 +95,18 @@ def main():
                "transformers_tok_s": b * args.new / statistics.median(theirs),
                "ours_s": ours, "transformers_s": theirs, "load_average": loads}
         row["speedup"] = row["ours_tok_s"] / row["transformers_tok_s"]
+        # what any fp32 sampler of this model could reach here: the step's weight products alone
+        row["weight_products_floor"] = floor = weight_products(model, b)
+        row["floor_over_transformers"] = floor["floor_tokens_per_s"] / row["transformers_tok_s"]
         if ours_default:
             row["ours_default_session_tok_s"] = b * args.new / statistics.median(ours_default)
             print(f"batch {b:>3}: ours with a {args.session_len}-token session {row['ours_tok_s']:.1f} tok/s, with "
                   f"the default session ({len(prompt) + args.new} tokens) {row['ours_default_session_tok_s']:.1f}")
         rows.append(row)
         print(f"batch {b:>3}: ours {row['ours_tok_s']:8.1f} tok/s | transformers {row['transformers_tok_s']:8.1f} "
-              f"tok/s | {row['speedup']:.2f}x (load {loads[-1][0]:.1f})", flush=True)
+              f"tok/s | {row['speedup']:.2f}x (load {loads[-1][0]:.1f}) | weight products alone "
+              f"{floor['floor_tokens_per_s']:.1f} tok/s = {row['floor_over_transformers']:.2f}x transformers "
+              f"({floor['weights_mb']:.0f} MB at {floor['implied_gb_s']:.1f} GB/s)", flush=True)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"benchmark": "sampler_throughput", "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised, fp32)",

@@ -177,34 +177,11 @@ class Ours:
         out = self.sampler.generate(self.prompts, self.greedy)
         return {"compile_s": time.perf_counter() - t0, "generated": [len(o.tokens) for o in out]}
 
-    def decode_floor(self, repeats: int = 20) -> dict:
-        """A lower bound for one greedy decode step at this batch: only its weight products (every layer matrix
-        and the vocabulary projection, [B, din] @ [din, dout]), nothing else. At batch 8 these stream all the
-        weights from memory once per token, so this is about what memory bandwidth allows per token."""
-        import jax.numpy as jnp
-        import numpy as np
-        model = self.sampler.model
-        d = model.cfg.hidden_size
-        shapes = {"wq": (d, -1), "wk": (d, -1), "wv": (d, -1), "wo": (-1, d), "w_gate": (d, -1), "w_up": (d, -1),
-                  "w_down": (-1, d)}
-        mats = [w[i].reshape(shapes[name]) for name, w in model.layers.arrays().items() if name in shapes
-                for i in range(w.shape[0])]
-        mats.append(model.lm_head[...])
-
-        @self.jax.jit
-        def products(ms, seed):
-            return sum(jnp.sum(jnp.full((DECODE_BATCH, m.shape[0]), seed, m.dtype) @ m) for m in ms)
-
-        products(mats, 1.0).block_until_ready()
-        times = []
-        for i in range(repeats):
-            t0 = time.perf_counter()
-            products(mats, float(i)).block_until_ready()
-            times.append(time.perf_counter() - t0)
-        step = float(np.median(times))
-        mbytes = sum(m.size * m.dtype.itemsize for m in mats) / 1e6
-        return {"weight_products_per_step_s": step, "floor_s": step * NEW, "weights_mb": mbytes,
-                "floor_tokens_per_s": DECODE_BATCH / step, "implied_gb_s": mbytes / 1e3 / step}
+    def decode_floor(self) -> dict:
+        """The decode step's weight products alone (experiments/bench/decode_floor.py): a floor per token step."""
+        from experiments.bench.decode_floor import weight_products
+        floor = weight_products(self.sampler.model, DECODE_BATCH)
+        return {**floor, "floor_s": floor["weight_products_per_step_s"] * NEW}
 
     def decode(self) -> dict:
         t0 = time.perf_counter()
