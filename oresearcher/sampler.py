@@ -21,14 +21,15 @@ questions thus prefill the system prompt once instead of G x Q times (share_pref
 
 Shapes are bucketed so one compiled program serves many requests: the batch to a power of two, each prefill chunk
 to a power of two (at least 16, at most `prefill_chunk`; longer inputs are prefilled chunk by chunk, the last
-chunk only as long as the bucket of what is left), the decode
-buffer to a power of two, the cache to a multiple of 128. Attention reads only a window of the cache: the first
-`window` slots, a power of two (at least 128) covering every slot this call can write, so a session sized for a
-long episode (32K tokens on a GPU preset) does not read 32K slots per token while its rows are short. The cache
-keeps one spare block of 128 slots that no window reaches: attention then always reads a proper slice of the
-updated cache. When the window was the whole cache, XLA:CPU fused the cache update into attention as a second
-copy of it and copied every layer's cache four times per decode step (SmolLM2, B1: 27.5 -> 25.2 ms per token). The decode loop is a `lax.while_loop` that exits as soon as every row has stopped; temperature, top-p, top-k
-and the step budget are runtime values, not compile keys.
+chunk only as long as the bucket of what is left), the decode buffer to a power of two, the cache to a multiple
+of 128. Attention reads only a window of the cache: the first `window` slots, a power of two (at least 128)
+covering every slot this call can write, so a session sized for a long episode (32K tokens on a GPU preset) does
+not read 32K slots per token while its rows are short. The cache keeps one spare block of 128 slots that no
+window reaches, so attention always reads a proper slice of the updated cache: when the window was the whole
+cache, XLA:CPU fused the cache update into attention as a second update and copied every layer's cache four
+times per decode step (SmolLM2, B1: 27.5 -> 25.2 ms per token without those copies). The decode loop is a
+`lax.while_loop` that exits as soon as every row has stopped; temperature, top-p, top-k and the step budget are
+runtime values, not compile keys.
 
 Stop strings are matched on the generated *bytes*, also when a stop string spans several tokens or ends inside
 one: an Aho-Corasick automaton over the stop strings' bytes is folded into a table
@@ -412,13 +413,14 @@ class Sampler:
         prefix = session.tokens[0][:n]
         one = init_cache(self.model, 1, slots)
         graphdef, state = nnx.split(self.model)
+        layers = self.layers()
         for start, size in _chunks(n, self.prefill_chunk, self.min_bucket):
             piece = prefix[start:start + size]
             tok = np.zeros((1, size), np.int32)
             pos = np.full((1, size), slots, np.int32)            # a position == slots is padding: dropped
             tok[0, :len(piece)] = piece
             pos[0, :len(piece)] = start + np.arange(len(piece))
-            _, one = self._prefill(graphdef, state, self.layers(), one, jnp.asarray(tok), jnp.asarray(pos),
+            _, one = self._prefill(graphdef, state, layers, one, jnp.asarray(tok), jnp.asarray(pos),
                                    jnp.zeros((1,), np.int32), window=window)
         rows = jnp.asarray(np.arange(session.written.shape[0]) < len(session.tokens))   # bucket padding: empty
         cache = session.cache

@@ -119,6 +119,8 @@ def test_shared_prefix_is_prefilled_once_and_generates_what_row_by_row_prefill_d
     assert not np.asarray(s_shared.cache["segment_ids"])[3].any()
     out_shared, out_plain = shared.step(s_shared, range(3), params), plain.step(s_plain, range(3), params)
     assert [o.tokens for o in out_shared] == [o.tokens for o in out_plain]
+    # a 128-token session: 128 slots plus the spare block, of which attention reads the first 128
+    assert s_shared.cache["segment_ids"].shape[1] == 256 and s_shared.window == 128
     for a, b in zip(out_shared, out_plain):
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
     for a, b in zip(jax.tree.leaves(s_shared.cache), jax.tree.leaves(s_plain.cache)):

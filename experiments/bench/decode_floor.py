@@ -3,8 +3,8 @@
 Every layer matrix and the vocabulary projection, [B, din] @ [din, dout], in one jitted program and nothing else
 (no attention, norms, sampling or cache). A sampler whose matmuls are XLA:CPU's fp32 dots needs at least this
 long per token step, so B / this time bounds its tokens/s; a target ratio above floor / peer is out of reach
-without other matmul kernels or other numerics (e.g. bf16 weights). At small batches these products stream every weight from
-memory once per step, so the figure is close to what memory bandwidth allows.
+without other matmul kernels or other numerics (e.g. bf16 weights). At small batches these products stream every
+weight from memory once per step, so the figure is close to what memory bandwidth allows.
 """
 from __future__ import annotations
 

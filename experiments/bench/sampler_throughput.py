@@ -47,9 +47,9 @@ def main():
     import torch
     import transformers
 
+    from experiments.bench.decode_floor import weight_products
     from oresearcher.model import load_gguf
     from oresearcher.model.gguf_io import embedded_gguf_path
-    from experiments.bench.decode_floor import weight_products
     from oresearcher.sampler import Sampler, SamplingParams
 
     load_before = os.getloadavg()
@@ -95,7 +95,7 @@ def main():
                "transformers_tok_s": b * args.new / statistics.median(theirs),
                "ours_s": ours, "transformers_s": theirs, "load_average": loads}
         row["speedup"] = row["ours_tok_s"] / row["transformers_tok_s"]
-        # what any fp32 sampler of this model could reach here: the step's weight products alone
+        # the most a sampler of this model with XLA:CPU's fp32 matmuls could reach here: its weight products alone
         row["weight_products_floor"] = floor = weight_products(model, b)
         row["floor_over_transformers"] = floor["floor_tokens_per_s"] / row["transformers_tok_s"]
         if ours_default:

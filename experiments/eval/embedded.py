@@ -356,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synth-config", default="configs/synth.py:embedded", help="teacher config file[:preset]")
     ap.add_argument("--workdir", type=Path, help="service log and tool cache (default: a temporary dir)")
     # CPU budget (three 135M policies x 30 questions in <= 10 min on 2 cores): the common prompt prefix is
-    # prefilled once (the sampler's shared prefix); what is left is ~32 rows x (decode steps + observation tokens), so
-    # 2 tool calls of 128 tokens each, observations of 128 tokens and 1024 tokens per episode (the RL preset's
+    # prefilled once (the sampler's shared prefix); what is left is ~32 rows x (decode steps + observation tokens),
+    # so 2 tool calls of 128 tokens each, observations of 128 tokens and 1024 tokens per episode (the RL preset's
     # episode length) bound a row to ~384 decode steps.
     ap.add_argument("--max-turns", type=int, default=2, help="tool calls per policy episode")
     ap.add_argument("--turn-tokens", type=int, default=128, help="tokens generated per policy turn")
