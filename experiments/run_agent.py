@@ -460,4 +460,6 @@ def make_judge(tools: ToolRunner):
 
 
 if __name__ == "__main__":
+    from oresearcher import hugepages
+    hugepages.enable()  # re-executes once with huge pages for XLA's buffers (see oresearcher/hugepages.py)
     sys.exit(main())

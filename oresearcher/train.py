@@ -69,5 +69,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from oresearcher import hugepages
+    hugepages.enable()  # re-executes once with huge pages for XLA's buffers (see oresearcher/hugepages.py)
     flags.mark_flag_as_required("config")
     app.run(main)

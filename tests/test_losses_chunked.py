@@ -47,6 +47,23 @@ def test_chunked_loss_and_grads_equal_unchunked(chunk, remat):  # chunk divides 
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
 
 
+def test_picked_logprobs_value_and_gradient_equal_autodiff():
+    rng = np.random.default_rng(2)
+    logits = jnp.asarray(rng.normal(size=(3, 5, 11)) * 20, jnp.float32)  # wide range: the max shift matters
+    targets = jnp.asarray(rng.integers(0, 11, size=(3, 5)), jnp.int32)
+    weights = jnp.asarray(rng.normal(size=(3, 5)) * (rng.random((3, 5)) < 0.6), jnp.float32)  # some zero: masked
+
+    def reference(x):
+        return jnp.take_along_axis(jax.nn.log_softmax(x), targets[..., None], axis=-1)[..., 0]
+
+    np.testing.assert_allclose(np.asarray(losses.picked_logprobs(logits, targets)), np.asarray(reference(logits)),
+                               atol=1e-5)
+    ours = jax.grad(lambda x: jnp.sum(losses.picked_logprobs(x, targets) * weights))(logits)
+    ref = jax.grad(lambda x: jnp.sum(reference(x) * weights))(logits)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=1e-6)
+    assert float(jnp.abs(ours[weights == 0]).max()) == 0.0  # a masked token sends no gradient to any logit
+
+
 def test_token_logprobs_shape_and_temperature():
     model = Decoder(PRESETS["tiny"], rngs=nnx.Rngs(1))
     batch = _batch(3, 20, model.cfg.vocab_size, seed=1)

@@ -9,7 +9,13 @@ best `jnp.dot` fp32 matmul rate measured here (so MFU says how close the model s
 can do on this CPU, not to a datasheet number). Writes experiments/bench/results/model_throughput.json.
 
 FLOPs per step = 3 x forward matmul FLOPs (backward = 2 x forward): per token, 2 x (every weight matrix,
-lm_head included) + per layer 4 x T x H x hd for the two attention products (full T x T, as computed).
+lm_head included) + per layer 4 x T x H x hd for the two attention products over the full T x T (the PaLM
+convention, the same count for every side; blockwise attention skips the tiles above the causal diagonal, so it
+executes fewer).
+
+Each side runs in a process of its own (see `Worker`), stepped in turn. Our side runs the trainer's loss
+(oresearcher.losses). Like every command of this package the benchmark re-executes itself with glibc's huge-page
+tunable (oresearcher/hugepages.py) and its workers inherit it: torch's allocations get huge pages too.
 """
 from __future__ import annotations
 
@@ -19,6 +25,8 @@ import functools
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +38,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from oresearcher import losses  # noqa: E402
 from oresearcher.model import PRESETS, Decoder, ModelConfig, to_hf_config  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -68,9 +77,9 @@ def build_ours(cfg: ModelConfig, batch: int, seq: int):
 
     @functools.partial(nnx.jit, donate_argnums=(0, 1))
     def train_step(model, optimizer, inputs, targets):
-        def loss_fn(model):
-            logits = model(inputs)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+        def loss_fn(model):  # the trainer's loss (oresearcher.losses), one chunk, logits kept for the backward
+            return -losses.logprobs_from_hidden(model.unembed, model.hidden(inputs), targets, chunk=inputs.shape[1],
+                                                remat=False).mean()
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         optimizer.update(model, grads)
@@ -108,19 +117,84 @@ def build_torch(cfg: ModelConfig, batch: int, seq: int):
     return train_step, time.perf_counter() - t0
 
 
-def interleaved(sides: dict, steps: int) -> dict:
-    """Time `steps` steps of every side, alternating sides step by step so that other load on the machine hits
-    all of them alike; medians, with the load average after each round."""
-    times = {name: [] for name in sides}
-    losses, loads = {}, []
-    for _ in range(steps):
-        for name, step in sides.items():
+class Worker:
+    """One side (ours_<attention> or torch) built and stepped in its own process, driven over a pipe.
+
+    Each side gets a process of its own because two frameworks in one process disturb each other: measured here,
+    our step right after a torch step in the same process took 17 s instead of 13 s (10 s of kernel time instead
+    of 2.5 s, all in page faults), and a separate process is how either would be run for real."""
+
+    def __init__(self, side: str, model: str, args):
+        cmd = [sys.executable, "-m", "experiments.bench.model_throughput", f"--worker={side}", f"--models={model}",
+               f"--batch={args.batch}", f"--seq={args.seq}", f"--attention-block={args.attention_block}"]
+        self.side = side
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     cwd=Path(__file__).resolve().parents[2])
+        self.info = self._read()  # first step (compile included) and versions
+
+    def _read(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(_REPLY):
+                return json.loads(line[len(_REPLY):])
+        raise RuntimeError(f"the {self.side} worker exited with status {self.proc.wait()} (its stderr is above)")
+
+    def step(self) -> dict:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+_REPLY = "@@ "
+
+
+def worker(side: str, model: str, args) -> None:
+    """The worker's side of the pipe: build, report the first step, then one timed step per "step" line."""
+    cfg = bench_config(model, args)
+    if side == "torch":
+        import torch
+        step, first = build_torch(cfg, args.batch, args.seq)
+        info = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    else:
+        step, first = build_ours(dataclasses.replace(cfg, attention=side.removeprefix("ours_")), args.batch, args.seq)
+        info = {"jax": jax.__version__}
+    print(_REPLY + json.dumps({"first_step_s": first, **info}), flush=True)
+    for line in sys.stdin:  # until the parent closes the pipe
+        if line.strip() == "step":
             t0 = time.perf_counter()
-            losses[name] = step()
-            times[name].append(time.perf_counter() - t0)
+            loss = step()
+            print(_REPLY + json.dumps({"step_s": time.perf_counter() - t0, "loss": loss}), flush=True)
+
+
+def bench_config(model: str, args) -> ModelConfig:
+    return dataclasses.replace(PRESETS[model], param_dtype="float32", compute_dtype="float32", remat="none",
+                               attention_block=args.attention_block)
+
+
+def interleaved(workers: dict, rounds: int, steps: int) -> dict:
+    """Time `steps` back-to-back steps of every side per round, sides taking turns round by round so that other
+    load on the machine hits all of them alike (one side runs at a time; the others wait idle). Medians, with the
+    load average after each round.
+
+    The first step of a side's turn is run but not timed (kept as "settle_times"): it pays for the memory the
+    other process has just used. Measured here, our step right after a torch step took 16.5 s against 12 s back to
+    back (10 s of kernel time against 1.4 s); a training run, where steps follow one another, never pays that."""
+    times = {name: [] for name in workers}
+    settle = {name: [] for name in workers}
+    losses, loads = {}, []
+    for _ in range(rounds):
+        for name, w in workers.items():
+            settle[name].append(w.step()["step_s"])
+            for _ in range(steps):
+                r = w.step()
+                times[name].append(r["step_s"])
+                losses[name] = r["loss"]
         loads.append(os.getloadavg())
-    return {name: {"step_s": float(np.median(t)), "times": t, "loss": losses[name], "load_average": loads}
-            for name, t in times.items()}
+    return {name: {"step_s": float(np.median(t)), "times": t, "settle_times": settle[name], "loss": losses[name],
+                   "load_average": loads} for name, t in times.items()}
 
 
 def main() -> None:
@@ -128,11 +202,18 @@ def main() -> None:
     parser.add_argument("--models", default="smollm2-135m", help="comma-separated: tiny, smollm2-135m")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per side, interleaved")
-    parser.add_argument("--attention", default="dense",
+    parser.add_argument("--rounds", type=int, default=2, help="turns of every side (see `interleaved`)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per side and turn")
+    parser.add_argument("--attention", default="flash",
                         help="our attention implementations to time (ModelConfig.attention), comma-separated")
+    parser.add_argument("--attention-block", type=int, default=128,
+                        help="K/V tile of the blockwise attentions (128 at 512 tokens: 10 of 16 tiles lie on or "
+                             "below the causal diagonal, the rest are skipped)")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)  # internal: one side's process
     args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.models, args)
 
     peak = matmul_peak()
     print(f"measured jnp.dot fp32 peak: {peak['gflops']:.1f} GFLOP/s "
@@ -143,21 +224,20 @@ def main() -> None:
               "load_average_before": os.getloadavg(),
               "jax": jax.__version__, "batch": args.batch, "seq": args.seq, "peak": peak, "models": {}}
     for name in args.models.split(","):
-        cfg = dataclasses.replace(PRESETS[name], param_dtype="float32", compute_dtype="float32", remat="none")
+        cfg = bench_config(name, args)
         flops = step_flops(cfg, args.batch, args.seq)
         tokens = args.batch * args.seq
         row = {"params": cfg.num_params, "step_gflop": flops / 1e9}
-        steps, first = {}, {}
-        for attention in args.attention.split(","):
-            steps[f"ours_{attention}"], first[f"ours_{attention}"] = build_ours(
-                dataclasses.replace(cfg, attention=attention), args.batch, args.seq)
-        if not args.no_torch:
-            import torch
-            steps["torch"], first["torch"] = build_torch(cfg, args.batch, args.seq)
-        for side, r in interleaved(steps, args.steps).items():
-            row[side] = {**r, "first_step_s": first[side]}
-            if side == "torch":
-                row[side].update(torch=torch.__version__, threads=torch.get_num_threads())
+        names = [f"ours_{a}" for a in args.attention.split(",")] + ([] if args.no_torch else ["torch"])
+        workers = {}
+        try:
+            for side in names:  # built one after another: compiling and stepping never overlap
+                workers[side] = Worker(side, name, args)
+            for side, r in interleaved(workers, args.rounds, args.steps).items():
+                row[side] = {**r, **workers[side].info}
+        finally:
+            for w in workers.values():
+                w.close()
         sides = [k for k in row if k.startswith("ours_")] + (["torch"] if "torch" in row else [])
         for side in sides:
             r = row[side]
@@ -178,7 +258,8 @@ def main() -> None:
                   f"{'met' if mfu >= 0.7 else 'NOT met'})")
         report["models"][name] = row
     report["load_average_after"] = os.getloadavg()
-    report["note"] = "medians of interleaved steps; a shared machine: re-run idle for figures to quote"
+    report["note"] = ("medians of interleaved steps, one process per side; a shared machine: re-run idle "
+                      "for figures to quote")
     print(f"load average after: {report['load_average_after']}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "model_throughput.json"
@@ -187,4 +268,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from oresearcher import hugepages
+    hugepages.enable()  # re-executes once with huge pages for XLA's buffers (see oresearcher/hugepages.py)
     main()

@@ -126,4 +126,6 @@ def main():
 
 
 if __name__ == "__main__":
+    from oresearcher import hugepages
+    hugepages.enable()  # re-executes once with huge pages for XLA's buffers (see oresearcher/hugepages.py)
     main()
