@@ -5,9 +5,9 @@
 
 Why: XLA:CPU allocates a step's temporaries afresh on every call (gigabytes for a training step), and glibc serves
 blocks that large with new mmaps, so every step first-touches every page again: a SmolLM2 training step at
-4 x 512 tokens takes ~1.5 M page faults on 4 KB pages. glibc's `glibc.malloc.hugetlb=1` tunable makes malloc ask
-the kernel for transparent huge pages (2 MB) on those mmaps: 40x fewer faults, and that step 13.2 -> 12.0 s
-(experiments/bench/model_throughput.py). Tunables are read only when a process starts, hence the re-execution.
+4 x 512 tokens takes ~1.3 M page faults on 4 KB pages. glibc's `glibc.malloc.hugetlb=1` tunable makes malloc ask
+the kernel for transparent huge pages (2 MB) on those mmaps: ~3 k faults per step, and the step takes 12.0-12.3 s
+instead of 12.7-13.4 s on a 2-core VM. Tunables are read only when a process starts, hence the re-execution.
 
 Nothing happens where it cannot help: not Linux, the kernel's THP mode is `never` (no huge pages) or `always`
 (every large mmap gets them already), or GLIBC_TUNABLES already names the tunable (which also stops a second
