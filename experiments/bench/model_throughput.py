@@ -25,6 +25,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -164,9 +165,13 @@ def worker(side: str, model: str, args) -> None:
     print(_REPLY + json.dumps({"first_step_s": first, **info}), flush=True)
     for line in sys.stdin:  # until the parent closes the pipe
         if line.strip() == "step":
-            t0 = time.perf_counter()
+            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             loss = step()
-            print(_REPLY + json.dumps({"step_s": time.perf_counter() - t0, "loss": loss}), flush=True)
+            t, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+            # kernel time and page faults say when a step was slow for the memory it touched, not its arithmetic
+            print(_REPLY + json.dumps({"step_s": t, "loss": loss, "user_s": r1.ru_utime - r0.ru_utime,
+                                       "kernel_s": r1.ru_stime - r0.ru_stime,
+                                       "page_faults": r1.ru_minflt - r0.ru_minflt}), flush=True)
 
 
 def bench_config(model: str, args) -> ModelConfig:
@@ -184,17 +189,21 @@ def interleaved(workers: dict, rounds: int, steps: int) -> dict:
     back (10 s of kernel time against 1.4 s); a training run, where steps follow one another, never pays that."""
     times = {name: [] for name in workers}
     settle = {name: [] for name in workers}
+    usage = {name: [] for name in workers}  # every step's user/kernel seconds and page faults, in order
     losses, loads = {}, []
     for _ in range(rounds):
         for name, w in workers.items():
-            settle[name].append(w.step()["step_s"])
+            r = w.step()
+            settle[name].append(r["step_s"])
+            usage[name].append({k: r[k] for k in ("step_s", "user_s", "kernel_s", "page_faults")})
             for _ in range(steps):
                 r = w.step()
                 times[name].append(r["step_s"])
+                usage[name].append({k: r[k] for k in ("step_s", "user_s", "kernel_s", "page_faults")})
                 losses[name] = r["loss"]
         loads.append(os.getloadavg())
     return {name: {"step_s": float(np.median(t)), "times": t, "settle_times": settle[name], "loss": losses[name],
-                   "load_average": loads} for name, t in times.items()}
+                   "usage": usage[name], "load_average": loads} for name, t in times.items()}
 
 
 def main() -> None:
@@ -247,15 +256,24 @@ def main() -> None:
             print(f"{name:>14} {side:>12}: {r['tokens_per_s']:8.1f} tok/s  {r['gflops']:7.1f} GFLOP/s  "
                   f"MFU {100 * r['mfu_vs_measured_peak']:5.1f}%  (step {r['step_s']:.3f} s, "
                   f"first {r['first_step_s']:.1f} s, loss {r['loss']:.3f})")
+            print(" " * 28 + "steps (s): " + ", ".join(
+                f"{u['step_s']:.1f}{' (untimed)' if i % (args.steps + 1) == 0 else ''} [kernel {u['kernel_s']:.1f}]"
+                for i, u in enumerate(r["usage"])))
         if "torch" in row:
+            # median steps and best steps: on a machine where some steps pay kernel time for fresh memory (the
+            # [kernel] figures above), the two can disagree; the target is called met only when both say so
             for side in sides[:-1]:
-                row[f"{side}_over_torch"] = row[side]["tokens_per_s"] / row["torch"]["tokens_per_s"]
-                print(f"{name:>14} {side} / torch tokens/s: {row[f'{side}_over_torch']:.2f}x (target >= 1: "
-                      f"{'met' if row[f'{side}_over_torch'] >= 1 else 'NOT met'})")
+                median = row[side]["tokens_per_s"] / row["torch"]["tokens_per_s"]
+                best = min(row["torch"]["times"]) / min(row[side]["times"])
+                row[f"{side}_over_torch"], row[f"{side}_over_torch_best_steps"] = median, best
+                print(f"{name:>14} {side} / torch tokens/s: {median:.2f}x by median steps, {best:.2f}x by best "
+                      f"steps (target >= 1: {'met' if min(median, best) >= 1 else 'NOT met'})")
         for side in sides[:-1] if "torch" in row else sides:
             mfu = row[side]["mfu_vs_measured_peak"]
-            print(f"{name:>14} {side} MFU {100 * mfu:.1f}% of the measured jnp.dot peak (target >= 70%: "
-                  f"{'met' if mfu >= 0.7 else 'NOT met'})")
+            best = flops / min(row[side]["times"]) / 1e9 / peak["gflops"]
+            row[side]["mfu_best_step"] = best
+            print(f"{name:>14} {side} MFU {100 * mfu:.1f}% by the median step, {100 * best:.1f}% by the best, of "
+                  f"the measured jnp.dot peak (target >= 70%: {'met' if min(mfu, best) >= 0.7 else 'NOT met'})")
         report["models"][name] = row
     report["load_average_after"] = os.getloadavg()
     report["note"] = ("medians of interleaved steps, one process per side; a shared machine: re-run idle "
