@@ -47,7 +47,7 @@ def picked_logprobs(logits: Array, targets: Array) -> Array:
 
 
 def _picked_fwd(logits, targets):
-    shift = jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
+    shift = logits.max(axis=-1, keepdims=True)
     exp = jnp.exp(logits - shift)  # kept for the backward pass: exp is the dear part, computed once
     total = exp.sum(axis=-1)
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
