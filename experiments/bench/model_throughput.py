@@ -123,7 +123,7 @@ class Worker:
 
     Each side gets a process of its own because two frameworks in one process disturb each other: measured here,
     our step right after a torch step in the same process took 17 s instead of 13 s (10 s of kernel time instead
-    of 2.5 s, all in page faults), and a separate process is how either would be run for real."""
+    of 2.5 s for the same page faults), and a separate process is how either would be run for real."""
 
     def __init__(self, side: str, model: str, args):
         cmd = [sys.executable, "-m", "experiments.bench.model_throughput", f"--worker={side}", f"--models={model}",
@@ -184,26 +184,26 @@ def interleaved(workers: dict, rounds: int, steps: int) -> dict:
     load on the machine hits all of them alike (one side runs at a time; the others wait idle). Medians, with the
     load average after each round.
 
-    The first step of a side's turn is run but not timed (kept as "settle_times"): it pays for the memory the
-    other process has just used. Measured here, our step right after a torch step took 16.5 s against 12 s back to
-    back (10 s of kernel time against 1.4 s); a training run, where steps follow one another, never pays that."""
-    times = {name: [] for name in workers}
-    settle = {name: [] for name in workers}
-    usage = {name: [] for name in workers}  # every step's user/kernel seconds and page faults, in order
+    The first step of a side's turn is run but not timed: it pays for the memory the other process has just used.
+    Measured here, our step right after a torch step took 16.5 s against 12 s back to back (10 s of kernel time
+    against 1.4 s, with the same number of page faults). Every step, timed or not, is kept in "steps" with its
+    user and kernel seconds and page faults."""
+    record = {name: [] for name in workers}
     losses, loads = {}, []
     for _ in range(rounds):
         for name, w in workers.items():
-            r = w.step()
-            settle[name].append(r["step_s"])
-            usage[name].append({k: r[k] for k in ("step_s", "user_s", "kernel_s", "page_faults")})
-            for _ in range(steps):
+            for i in range(steps + 1):
                 r = w.step()
-                times[name].append(r["step_s"])
-                usage[name].append({k: r[k] for k in ("step_s", "user_s", "kernel_s", "page_faults")})
+                record[name].append({"timed": i > 0, **{k: r[k] for k in ("step_s", "user_s", "kernel_s",
+                                                                             "page_faults")}})
                 losses[name] = r["loss"]
         loads.append(os.getloadavg())
-    return {name: {"step_s": float(np.median(t)), "times": t, "settle_times": settle[name], "loss": losses[name],
-                   "usage": usage[name], "load_average": loads} for name, t in times.items()}
+    out = {}
+    for name, steps_run in record.items():
+        times = [u["step_s"] for u in steps_run if u["timed"]]
+        out[name] = {"step_s": float(np.median(times)), "times": times, "loss": losses[name], "steps": steps_run,
+                     "load_average": loads}
+    return out
 
 
 def main() -> None:
@@ -257,8 +257,8 @@ def main() -> None:
                   f"MFU {100 * r['mfu_vs_measured_peak']:5.1f}%  (step {r['step_s']:.3f} s, "
                   f"first {r['first_step_s']:.1f} s, loss {r['loss']:.3f})")
             print(" " * 28 + "steps (s): " + ", ".join(
-                f"{u['step_s']:.1f}{' (untimed)' if i % (args.steps + 1) == 0 else ''} [kernel {u['kernel_s']:.1f}]"
-                for i, u in enumerate(r["usage"])))
+                f"{u['step_s']:.1f}{'' if u['timed'] else ' (untimed)'} [kernel {u['kernel_s']:.1f}]"
+                for u in r["steps"]))
         if "torch" in row:
             # median steps and best steps: on a machine where some steps pay kernel time for fresh memory (the
             # [kernel] figures above), the two can disagree; the target is called met only when both say so
@@ -270,10 +270,10 @@ def main() -> None:
                       f"steps (target >= 1: {'met' if min(median, best) >= 1 else 'NOT met'})")
         for side in sides[:-1] if "torch" in row else sides:
             mfu = row[side]["mfu_vs_measured_peak"]
-            best = flops / min(row[side]["times"]) / 1e9 / peak["gflops"]
+            best = flops / min(row[side]["times"]) / 1e9 / peak["gflops"]  # never below the median's
             row[side]["mfu_best_step"] = best
-            print(f"{name:>14} {side} MFU {100 * mfu:.1f}% by the median step, {100 * best:.1f}% by the best, of "
-                  f"the measured jnp.dot peak (target >= 70%: {'met' if min(mfu, best) >= 0.7 else 'NOT met'})")
+            print(f"{name:>14} {side} MFU {100 * mfu:.1f}% by the median step ({100 * best:.1f}% by the best) of "
+                  f"the measured jnp.dot peak (target >= 70% by the median: {'met' if mfu >= 0.7 else 'NOT met'})")
         report["models"][name] = row
     report["load_average_after"] = os.getloadavg()
     report["note"] = ("medians of interleaved steps, one process per side; a shared machine: re-run idle "
