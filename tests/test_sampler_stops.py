@@ -103,27 +103,74 @@ def test_per_layer_weights_are_made_once_per_parameter_version():
     parameters change, and freed with the parameters they came from (no second copy held through training)."""
     import gc
 
-    import jax.numpy as jnp
     from flax import nnx
 
     from oresearcher.model.config import PRESETS
     from oresearcher.model.decoder import Decoder
 
     model = Decoder(PRESETS["tiny"], rngs=nnx.Rngs(0))
-    sampler = Sampler(model, eos_ids=())
+    sampler = Sampler(model, eos_ids=(), weight_blocks=0)
     params = SamplingParams(temperature=0.0, max_new_tokens=4, stop=())
     first = sampler.generate([[1, 2, 3]], params)[0].tokens
-    layers = sampler.layers()
+    weights = sampler.weights()
     assert sampler.generate([[1, 2, 3]], params)[0].tokens == first
-    assert sampler.layers() is layers                               # same parameters: the same copy
-    np.testing.assert_array_equal(layers[1]["wq"], model.layers.wq[...][1])
+    assert sampler.weights() is weights                             # same parameters: the same copy
+    np.testing.assert_array_equal(weights["layers"][1]["wq"], model.layers.wq[...][1])
 
     model.layers.wq.value = model.layers.wq[...] * 3.0              # a training step replaces the arrays
     gc.collect()
-    assert not sampler._layers                                      # the old copy went with the old arrays
+    assert not sampler._weights                                     # the old copy went with the old arrays
     changed = sampler.generate([[1, 2, 3]], params)[0].tokens
-    assert sampler.layers() is not layers
-    np.testing.assert_array_equal(sampler.layers()[1]["wq"], model.layers.wq[...][1])
-    fresh = Sampler(model, eos_ids=()).generate([[1, 2, 3]], params)[0].tokens
+    assert sampler.weights() is not weights
+    np.testing.assert_array_equal(sampler.weights()["layers"][1]["wq"], model.layers.wq[...][1])
+    fresh = Sampler(model, eos_ids=(), weight_blocks=0).generate([[1, 2, 3]], params)[0].tokens
     assert changed == fresh                                         # sampled at the new weights
-    assert jnp.asarray(layers[0]["wq"]).shape == model.layers.wq[...].shape[1:]
+    assert weights["layers"][0]["wq"].shape == model.layers.wq[...].shape[1:]
+
+    model.embed.value = model.embed[...] * 2.0                      # the unembedding is part of the version too
+    gc.collect()
+    assert not sampler._weights
+
+
+def test_transposed_blocks_layout_samples_what_the_decoders_own_layout_does():
+    """The CPU layout (q/k/v and gate/up fused, every matrix transposed into row blocks, a tied unembedding
+    transposed) holds the same weights: every block count gives the same greedy tokens and logprobs as the
+    decoder's own layout, for a tied Llama and an untied Qwen2 with q/k/v biases; the blocks stack back to the
+    fused matrices exactly."""
+    import dataclasses
+
+    from flax import nnx
+
+    from oresearcher.model.config import PRESETS
+    from oresearcher.model.decoder import FUSED, Decoder, transposed_blocks
+
+    tiny = PRESETS["tiny"]
+    for cfg in (dataclasses.replace(tiny, tie_embeddings=True),
+                dataclasses.replace(tiny, family="qwen2", attention_bias=True, tie_embeddings=False),
+                dataclasses.replace(tiny, family="qwen3", qk_norm=True)):
+        model = Decoder(cfg, rngs=nnx.Rngs(3))
+        rng = np.random.default_rng(0)
+        for name in ("bq", "bk", "bv", "q_norm", "k_norm"):      # initialised to constants: make them count
+            if hasattr(model.layers, name):
+                w = getattr(model.layers, name)
+                w.value = w[...] + 0.3 * rng.standard_normal(w[...].shape).astype(np.float32)
+        prompts = [[5, 9, 17, 3, 22], [7, 1]]
+        params = SamplingParams(temperature=0.0, max_new_tokens=12, stop=())
+        ref = Sampler(model, eos_ids=(), weight_blocks=0).generate(prompts, params)
+        for blocks in (1, 2, 3):
+            sampler = Sampler(model, eos_ids=(), weight_blocks=blocks)
+            outs = sampler.generate(prompts, params)
+            for o, r in zip(outs, ref):
+                assert o.tokens == r.tokens
+                np.testing.assert_allclose(o.logprobs, r.logprobs, atol=1e-5)
+            layer = sampler.weights()["layers"][1]
+            assert set(FUSED) <= set(layer) and not {"wq", "w_gate", "w_down"} & set(layer)
+            assert all(len(layer[name]) == blocks for name in FUSED)
+        p = {name: w[1] for name, w in model.layers.arrays().items()}
+        t = transposed_blocks(p, 2)
+        d = cfg.hidden_size
+        np.testing.assert_array_equal(np.concatenate(t["qkv_t"]).T, np.concatenate(
+            [p["wq"].reshape(d, -1), p["wk"].reshape(d, -1), p["wv"].reshape(d, -1)], axis=1))
+        np.testing.assert_array_equal(np.concatenate(t["wo_t"]).T, p["wo"].reshape(-1, d))
+        np.testing.assert_array_equal(np.concatenate(t["gate_up_t"]).T, np.concatenate([p["w_gate"], p["w_up"]], 1))
+        np.testing.assert_array_equal(np.concatenate(t["w_down_t"]).T, p["w_down"])

@@ -1,10 +1,12 @@
-"""A lower bound for one decode step of a decoder at a given batch: its weight products alone.
+"""A lower bound for one decode step of a sampler at a given batch: its weight products alone.
 
-Every layer matrix and the vocabulary projection, [B, din] @ [din, dout], in one jitted program and nothing else
-(no attention, norms, sampling or cache). A sampler whose matmuls are XLA:CPU's fp32 dots needs at least this
-long per token step, so B / this time bounds its tokens/s; a target ratio above floor / peer is out of reach
-without other matmul kernels or other numerics (e.g. bf16 weights). At small batches these products stream every
-weight from memory once per step, so the figure is close to what memory bandwidth allows.
+Every layer's matrices and the unembedding, in the layout the sampler keeps them in (`Sampler.weights()`: on CPU
+the decoder's transposed blocks, decoder.transposed_blocks), each product fed by the one before as in a step
+(q/k/v -> output projection -> gate/up -> down, layer after layer, then the vocabulary projection): products that
+depend on each other cannot overlap, so timing them independently would understate a step. Nothing else runs (no
+attention, norms, rotary, sampling or cache), so a step of this sampler cannot take less; B / this time bounds
+its tokens/s. At small batches these products stream every weight from memory once per step, so the figure is
+close to what memory bandwidth allows.
 """
 from __future__ import annotations
 
@@ -12,32 +14,48 @@ import statistics
 import time
 
 
-def weight_products(model, batch: int, repeats: int = 20) -> dict:
+def weight_products(sampler, batch: int, repeats: int = 20) -> dict:
     import jax
     import jax.numpy as jnp
 
-    d = model.cfg.hidden_size
-    shapes = {"wq": (d, -1), "wk": (d, -1), "wv": (d, -1), "wo": (-1, d), "w_gate": (d, -1), "w_up": (d, -1),
-              "w_down": (-1, d)}
-    mats = [w[i].reshape(shapes[name]) for name, w in model.layers.arrays().items() if name in shapes
-            for i in range(w.shape[0])]
-    tied = model.cfg.tie_embeddings
-    mats.append(model.embed[...] if tied else model.lm_head[...])   # tied: [vocab, d], contracted on d in the jit
+    from oresearcher.model.decoder import dense, dense_t
+
+    model = sampler.model
+    cfg = model.cfg
+    weights = sampler.weights()
+    head = weights["head"]
+    if head is None:
+        head = model.lm_head[...] if not cfg.tie_embeddings else model.embed[...].T
+    nq = cfg.num_heads * cfg.head_dim
 
     @jax.jit
-    def products(ms, seed):
-        *layers, head = ms
-        x = jnp.full((batch, d), seed, head.dtype)
-        return sum(jnp.sum(jnp.full((batch, m.shape[0]), seed, m.dtype) @ m) for m in layers) + jnp.sum(
-            x @ (head.T if tied else head))
+    def products(layers, head, seed):
+        x = jnp.full((batch, cfg.hidden_size), seed, head.dtype)
+        for p in layers:
+            if "qkv_t" in p:
+                a = dense_t(x, p["qkv_t"])[:, :nq]
+                x = dense_t(a, p["wo_t"])
+                gate, up = jnp.split(dense_t(x, p["gate_up_t"]), 2, axis=-1)
+                x = dense_t(gate * up, p["w_down_t"])
+            else:   # k and v feed nothing here: a sum of each keeps XLA from dropping their products
+                a = dense(x, p["wq"]).reshape(batch, -1) + jnp.sum(dense(x, p["wk"])) + jnp.sum(dense(x, p["wv"]))
+                x = dense(a, p["wo"].reshape(nq, -1))
+                x = dense(dense(x, p["w_gate"]) * dense(x, p["w_up"]), p["w_down"])
+        return jnp.sum(x @ head)
 
-    products(mats, 1.0).block_until_ready()
+    layers = weights["layers"]
+    products(layers, head, 1.0).block_until_ready()
     times = []
     for i in range(repeats):
         t0 = time.perf_counter()
-        products(mats, float(i)).block_until_ready()
+        products(layers, head, float(i)).block_until_ready()
         times.append(time.perf_counter() - t0)
     step = statistics.median(times)
-    mbytes = sum(m.size * m.dtype.itemsize for m in mats) / 1e6
+    matrices = [w for p in layers for name in MATRICES for w in jax.tree.leaves(p.get(name))] + [head]
+    mbytes = sum(w.size * w.dtype.itemsize for w in matrices) / 1e6
     return {"weight_products_per_step_s": step, "weights_mb": mbytes, "floor_tokens_per_s": batch / step,
-            "implied_gb_s": mbytes / 1e3 / step}
+            "implied_gb_s": mbytes / 1e3 / step, "layout": "transposed blocks" if "qkv_t" in layers[0] else "own"}
+
+
+# the matrices of a layer, in either layout (norms and biases are not streamed products)
+MATRICES = ("qkv_t", "wo_t", "gate_up_t", "w_down_t", "wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")

@@ -96,7 +96,7 @@ def main():
                "ours_s": ours, "transformers_s": theirs, "load_average": loads}
         row["speedup"] = row["ours_tok_s"] / row["transformers_tok_s"]
         # the most a sampler of this model with XLA:CPU's fp32 matmuls could reach here: its weight products alone
-        row["weight_products_floor"] = floor = weight_products(model, b)
+        row["weight_products_floor"] = floor = weight_products(sampler, b)
         row["floor_over_transformers"] = floor["floor_tokens_per_s"] / row["transformers_tok_s"]
         if ours_default:
             row["ours_default_session_tok_s"] = b * args.new / statistics.median(ours_default)

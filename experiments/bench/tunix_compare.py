@@ -180,7 +180,7 @@ class Ours:
     def decode_floor(self) -> dict:
         """The decode step's weight products alone (experiments/bench/decode_floor.py): a floor per token step."""
         from experiments.bench.decode_floor import weight_products
-        floor = weight_products(self.sampler.model, DECODE_BATCH)
+        floor = weight_products(self.sampler, DECODE_BATCH)
         return {**floor, "floor_s": floor["weight_products_per_step_s"] * NEW}
 
     def decode(self) -> dict:

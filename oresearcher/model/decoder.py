@@ -131,6 +131,37 @@ def dense(x: Array, w: Array) -> Array:
     return y.reshape(*x.shape[:-1], *w.shape[1:])
 
 
+# The layout of the sampler's per-layer weights on CPU: q/k/v fused into one matrix and gate/up into one, every
+# matrix stored transposed ([dout, din], as torch stores a Linear) and cut into row blocks. A decode step multiplies
+# a few rows by every weight; XLA:CPU streams W [dout, din] @ x^T faster than x @ W for those shapes, and two
+# independent blocks run on two cores at once, where one dot's own threading does not keep pace with memory
+# (SmolLM2 at batch 8, the weight products of one token step: 44 ms as x @ W, 26 ms as two blocks W_i @ x^T).
+FUSED = {"qkv_t": ("wq", "wk", "wv"), "wo_t": ("wo",), "gate_up_t": ("w_gate", "w_up"), "w_down_t": ("w_down",)}
+FEW_ROWS = 32   # up to this many rows, a block's product is W_i @ x^T; beyond, x @ W_i^T (a plain GEMM)
+
+
+def transposed_blocks(p: dict[str, Array], blocks: int) -> dict:
+    """One layer's parameters (no layer axis) in the transposed-blocks layout: FUSED's names map to tuples of
+    `blocks` arrays [dout_i, din] whose rows stacked are the fused matrix transposed; norms and biases as they are."""
+    # as [din, dout]: wo [H, hd, D] reads its first two axes, every other matrix its first
+    matrix = lambda n: p[n].reshape(-1, p[n].shape[-1]) if n == "wo" else p[n].reshape(p[n].shape[0], -1)
+    out = {n: w for n, w in p.items() if not any(n in parts for parts in FUSED.values())}
+    for name, parts in FUSED.items():
+        w = jnp.concatenate([matrix(n) for n in parts], axis=1).T
+        out[name] = tuple(jnp.array_split(w, blocks, axis=0))
+    return out
+
+
+def dense_t(x: Array, blocks) -> Array:
+    """x [..., din] @ W -> [..., dout], W given as row blocks of W^T (transposed_blocks)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] <= FEW_ROWS:
+        y = jnp.concatenate([w @ x2.T for w in blocks], axis=0).T
+    else:
+        y = jnp.concatenate([x2 @ w.T for w in blocks], axis=1)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 def attention(q: Array, k: Array, v: Array, mask: Array, *, kv_heads_first: bool = False) -> Array:
     """Grouped-query attention. q [B, T, H, hd], k/v [B, S, K, hd] (or [B, K, S, hd] with kv_heads_first, the
     KV cache's layout), mask bool [B, T, S] -> [B, T, H, hd].
@@ -191,11 +222,14 @@ class Decoder(nnx.Module):
         """Final-normed hidden states [B, T, D] in the compute dtype."""
         return self._forward(input_ids, positions, segment_ids, None)[0]
 
-    def unembed(self, hidden: Array) -> Array:
-        """[B, T, D] -> float32 logits [B, T, V]."""
+    def unembed(self, hidden: Array, head: Array | None = None) -> Array:
+        """[B, T, D] -> float32 logits [B, T, V]. head: the unembedding as [D, V] (the sampler's copy of a tied
+        embedding, transposed once) instead of the model's own parameter."""
         cdt = jnp.dtype(self.cfg.compute_dtype)
         h = hidden.reshape(-1, hidden.shape[-1])  # one 2-D matmul (see `dense`)
-        if self.cfg.tie_embeddings:
+        if head is not None:
+            logits = jnp.einsum("nd,dv->nv", h, head.astype(cdt), preferred_element_type=jnp.float32)
+        elif self.cfg.tie_embeddings:
             logits = jnp.einsum("nd,vd->nv", h, self.embed[...].astype(cdt), preferred_element_type=jnp.float32)
         else:
             logits = jnp.einsum("nd,dv->nv", h, self.lm_head[...].astype(cdt), preferred_element_type=jnp.float32)
@@ -275,9 +309,16 @@ class Decoder(nnx.Module):
         kv_heads = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")
 
         def layer(x, p, kv_cache):
-            p = {n: w.astype(cdt) for n, w in p.items()}
+            p = jax.tree.map(lambda w: w.astype(cdt), p)
             h = rms_norm(x, p["attn_norm"], eps)
-            q, k, v = dense(h, p["wq"]), dense(h, p["wk"]), dense(h, p["wv"])
+            if "qkv_t" in p:      # the sampler's transposed-blocks layout (transposed_blocks)
+                nq, nk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+                q, k, v = jnp.split(dense_t(h, p["qkv_t"]), [nq, nq + nk], axis=-1)
+                q = q.reshape(*h.shape[:-1], cfg.num_heads, cfg.head_dim)
+                k = k.reshape(*h.shape[:-1], cfg.num_kv_heads, cfg.head_dim)
+                v = v.reshape(*h.shape[:-1], cfg.num_kv_heads, cfg.head_dim)
+            else:
+                q, k, v = dense(h, p["wq"]), dense(h, p["wk"]), dense(h, p["wv"])
             if cfg.attention_bias:
                 q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
             if cfg.qk_norm:
@@ -299,14 +340,19 @@ class Decoder(nnx.Module):
                                                rules=self.rules, block=cfg.attention_block)
             else:
                 o = attention(q, k, v, mask, kv_heads_first=kv_cache is not None)
-            o = dense(o.reshape(*o.shape[:2], -1), p["wo"].reshape(-1, x.shape[-1]))
+            o = o.reshape(*o.shape[:2], -1)
+            o = dense_t(o, p["wo_t"]) if "wo_t" in p else dense(o, p["wo"].reshape(-1, x.shape[-1]))
             o = checkpoint_name(o, "attention_out")
             x = self._constrain(x + o, act)
 
             h = rms_norm(x, p["mlp_norm"], eps)
-            gate, up = dense(h, p["w_gate"]), dense(h, p["w_up"])
+            if "gate_up_t" in p:
+                gate, up = jnp.split(dense_t(h, p["gate_up_t"]), 2, axis=-1)
+            else:
+                gate, up = dense(h, p["w_gate"]), dense(h, p["w_up"])
             m = self._constrain(jax.nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-            m = checkpoint_name(dense(m, p["w_down"]), "mlp_out")
+            m = dense_t(m, p["w_down_t"]) if "w_down_t" in p else dense(m, p["w_down"])
+            m = checkpoint_name(m, "mlp_out")
             return self._constrain(x + m, act), new_kv
 
         return layer
