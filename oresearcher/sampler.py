@@ -21,15 +21,16 @@ questions thus prefill the system prompt once instead of G x Q times (share_pref
 
 Shapes are bucketed so one compiled program serves many requests: the batch to a power of two, each prefill chunk
 to a power of two (at least 16, at most `prefill_chunk`; longer inputs are prefilled chunk by chunk, the last
-chunk only as long as the bucket of what is left), the decode buffer to a power of two, the cache to a multiple
-of 128. Attention reads only a window of the cache: the first `window` slots, a power of two (at least 128)
-covering every slot this call can write, so a session sized for a long episode (32K tokens on a GPU preset) does
-not read 32K slots per token while its rows are short. The cache keeps one spare block of 128 slots that no
-window reaches, so attention always reads a proper slice of the updated cache: when the window was the whole
-cache, XLA:CPU fused the cache update into attention as a second update and copied every layer's cache four
-times per decode step (SmolLM2, B1: 27.5 -> 25.2 ms per token without those copies). The decode loop is a
-`lax.while_loop` that exits as soon as every row has stopped; temperature, top-p, top-k and the step budget are
-runtime values, not compile keys.
+chunk only as long as the bucket of what is left), the decode buffer to a power of two, the cache's slots to a
+power of two (at least 128, at most max_len rounded up to 128). The cache holds only the slots its rows can
+reach so far and grows (doubling, copied once) when a call may write past them, so a session sized for a long
+episode (32K tokens on a GPU preset) neither holds nor reads 32K slots per token while its rows are short, and
+attention reads the cache in place: reading a window of a larger cache copies that window for every layer at
+every token (SmolLM2 at batch 32: a fifth of a decode step). One exception, batch 1: there XLA:CPU rewrites the
+cache update into a dynamic-update-slice and duplicates it into attention's fusion, copying every layer's cache
+four times per token; a spare block of 128 slots that attention never reads keeps the update single (attention
+then reads a slice). The decode loop is a `lax.while_loop` that exits as soon as every row has stopped;
+temperature, top-p, top-k and the step budget are runtime values, not compile keys.
 
 Stop strings are matched on the generated *bytes*, also when a stop string spans several tokens or ends inside
 one: an Aho-Corasick automaton over the stop strings' bytes is folded into a table
@@ -78,8 +79,13 @@ class Session:
     tokens: list[list[int]]
     cache: dict
     written: np.ndarray                # [B_bucket] int: tokens of each row already in the cache
-    max_len: int                       # tokens per row (the cache holds SPARE_SLOTS more slots)
-    window: int = 0                    # cache slots the last step's attention read (0 before the first step)
+    max_len: int                       # tokens per row
+
+    @property
+    def window(self) -> int:
+        """Cache slots attention reads: all of the cache but the batch-1 spare block (see the module docstring).
+        Grows with the rows, up to max_len rounded up to 128."""
+        return self.cache["segment_ids"].shape[1] - _spare(len(self.written))
 
 
 # ------------------------------------------------------------------------------------------ stop automaton
@@ -320,13 +326,22 @@ def _bucket(n: int, lo: int) -> int:
     return max(lo, 1 << max(0, (n - 1)).bit_length())
 
 
-SPARE_SLOTS = 128   # cache slots past every window (see the module docstring)
+SPARE_SLOTS = 128   # cache slots past the window at batch 1 (see the module docstring)
 
 
-def _window(slots: int, reach: int) -> int:
-    """Cache slots attention reads when the furthest slot written is reach - 1: a power of two >= 128, short of
-    the spare block."""
-    return min(slots - SPARE_SLOTS, _bucket(reach, 128))
+def _spare(batch: int) -> int:
+    return SPARE_SLOTS if batch == 1 else 0
+
+
+def _window(max_len: int, reach: int) -> int:
+    """Cache slots attention reads when the furthest slot written is reach - 1: a power of two >= 128, at most
+    max_len rounded up to a multiple of 128."""
+    return min(-(-max_len // 128) * 128, _bucket(reach, 128))
+
+
+def _grow(small: dict, big: dict) -> dict:
+    """`big` (an empty cache with more slots; donated) with all of `small`'s slots copied to its front."""
+    return jax.tree.map(lambda b, s: jax.lax.dynamic_update_slice(b, s, (0,) * b.ndim), big, small)
 
 
 def _chunks(length: int, most: int, least: int):
@@ -387,6 +402,7 @@ class Sampler:
         self._decode = jax.jit(_decode, static_argnums=0, donate_argnums=3,
                                static_argnames=("out_len", "use_filter", "window"))
         self._unstack = jax.jit(_unstack, static_argnames=("blocks", "tied"))
+        self._grow = jax.jit(_grow, donate_argnums=1)
         self._copy_row = jax.jit(_copy_row, donate_argnums=0)
         self._weights: dict = {}    # {"of": weakrefs to the parameters, "weights": their per-layer copy}
 
@@ -426,8 +442,7 @@ class Sampler:
             raise ValueError(f"Sampler.start: a prompt of {longest} tokens leaves no room under max_len={max_len}; "
                              f"raise max_len or shorten the prompt")
         b = _bucket(len(prompts), 1)
-        slots = -(-max_len // 128) * 128 + SPARE_SLOTS
-        cache = init_cache(self.model, b, slots)
+        cache = init_cache(self.model, b, _window(max_len, longest) + _spare(b))
         session = Session([list(p) for p in prompts], cache, np.zeros((b,), np.int64), max_len)
         n = common_prefix(prompts) if self.share_prefix and len(prompts) > 1 else 0
         if n >= self.min_bucket:
@@ -438,8 +453,7 @@ class Sampler:
         """Prefill the first n tokens (common to every row) for one row, then copy that row's K/V entries and
         segment ids into every row of the session's cache: the same computation at the same positions, so equal
         to prefilling each row up to float rounding."""
-        slots = session.cache["segment_ids"].shape[1]
-        window = _window(slots, n)
+        slots, window = session.cache["segment_ids"].shape[1], session.window
         prefix = session.tokens[0][:n]
         one = init_cache(self.model, 1, slots)
         graphdef, state = nnx.split(self.model)
@@ -478,15 +492,17 @@ class Sampler:
                                  f"session's max_len={session.max_len}; stop this row instead of continuing it")
         graphdef, state = nnx.split(self.model)
         weights = self.weights()
-        slots = session.cache["segment_ids"].shape[1]
         # budgets: every row stops by the session's max_len, and by its own max_new_tokens
         room = np.array([session.max_len - len(session.tokens[r]) if active[r] else 0 for r in range(b)])
         limit = np.zeros((b,), np.int64)
         limit[rows] = params.max_new_tokens if max_new_tokens is None else np.asarray(max_new_tokens)
         budget = np.minimum(room, limit)
-        # attention window: every slot this call writes (prefill and decode) lies below it
+        # every slot this call may write (prefill and decode) must lie in the window: grow the cache if not
         reach = max(len(session.tokens[r]) + int(budget[r]) for r in rows)
-        window = session.window = _window(slots, reach)
+        need = _window(session.max_len, reach)
+        if need > session.window:
+            session.cache = self._grow(session.cache, init_cache(self.model, b, need + _spare(b)))
+        slots, window = session.cache["segment_ids"].shape[1], session.window
 
         # prefill, chunk by chunk, each row from its first unseen token
         pending = [session.tokens[r][session.written[r]:] if active[r] else [] for r in range(b)]

@@ -80,9 +80,9 @@ def test_logprobs_and_continuation_match_a_full_forward(tiny_llama):
 
 
 def test_attention_window_grows_with_the_rows(tiny_llama):
-    """A session sized for 2000 tokens attends over a window of its cache that covers what the call can write:
-    here 128, then 256, then 512 slots as row 0 grows over three turns. Every sampled token's logprob equals a
-    from-scratch forward of the whole row."""
+    """A session sized for 2000 tokens holds (and attends over) only the cache slots its calls can write: 128,
+    then 256, then 512 slots as row 0 grows over three turns, the earlier slots carried over each time the cache
+    grows. Every sampled token's logprob equals a from-scratch forward of the whole row."""
     _, model = tiny_llama
     sampler = Sampler(model, eos_ids=(), prefill_chunk=64)
     session = sampler.start([list(range(3, 60)), [7, 8]], max_len=2000)
@@ -97,12 +97,30 @@ def test_attention_window_grows_with_the_rows(tiny_llama):
             pieces[r].append((before[r], out))
             session.tokens[r].extend(observation)
     assert len(session.tokens[0]) == 57 + 3 * (60 + 30)
-    assert windows == [128, 256, 512] and session.cache["segment_ids"].shape[1] == 2048 + 128
+    assert windows == [128, 256, 512] and session.cache["k"][0].shape[2] == 512
     for r, row in pieces.items():
         logp = jax.nn.log_softmax(model(jnp.asarray([session.tokens[r]]))[0], axis=-1)
         for start, out in row:
             want = [float(logp[start - 1 + i, t]) for i, t in enumerate(out.tokens)]
             np.testing.assert_allclose(out.logprobs, want, atol=2e-4)
+
+
+def test_a_single_row_session_grows_its_cache_with_the_spare_block(tiny_llama):
+    """Batch 1 keeps 128 spare slots past the window (see the sampler's docstring): 128 + 128 slots for a short
+    row of a 2000-token session, 256 + 128 once a step may write past slot 128; the continuation's logprobs still
+    equal a from-scratch forward."""
+    _, model = tiny_llama
+    sampler = Sampler(model, eos_ids=())
+    session = sampler.start([list(range(3, 60))], max_len=2000)
+    assert (session.window, session.cache["k"][0].shape[2]) == (128, 256)
+    first = sampler.step(session, [0], SamplingParams(temperature=1.0, max_new_tokens=50, stop=(), seed=1))[0]
+    assert (session.window, session.cache["k"][0].shape[2]) == (128, 256)
+    second = sampler.step(session, [0], SamplingParams(temperature=1.0, max_new_tokens=60, stop=(), seed=2))[0]
+    assert (session.window, session.cache["k"][0].shape[2]) == (256, 384)
+    logp = jax.nn.log_softmax(model(jnp.asarray([session.tokens[0]]))[0], axis=-1)
+    for start, out in ((57, first), (57 + 50, second)):
+        want = [float(logp[start - 1 + i, t]) for i, t in enumerate(out.tokens)]
+        np.testing.assert_allclose(out.logprobs, want, atol=2e-4)
 
 
 def test_shared_prefix_is_prefilled_once_and_generates_what_row_by_row_prefill_does(tiny_llama):
@@ -119,8 +137,8 @@ def test_shared_prefix_is_prefilled_once_and_generates_what_row_by_row_prefill_d
     assert not np.asarray(s_shared.cache["segment_ids"])[3].any()
     out_shared, out_plain = shared.step(s_shared, range(3), params), plain.step(s_plain, range(3), params)
     assert [o.tokens for o in out_shared] == [o.tokens for o in out_plain]
-    # a 128-token session: 128 slots plus the spare block, of which attention reads the first 128
-    assert s_shared.cache["segment_ids"].shape[1] == 256 and s_shared.window == 128
+    # a 128-token session: 128 slots
+    assert s_shared.window == 128 and s_shared.cache["k"][0].shape[2] == 128
     for a, b in zip(out_shared, out_plain):
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
     for a, b in zip(jax.tree.leaves(s_shared.cache), jax.tree.leaves(s_plain.cache)):
