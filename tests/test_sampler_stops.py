@@ -157,7 +157,7 @@ def test_transposed_blocks_layout_samples_what_the_decoders_own_layout_does():
         prompts = [[5, 9, 17, 3, 22], [7, 1]]
         params = SamplingParams(temperature=0.0, max_new_tokens=12, stop=())
         ref = Sampler(model, eos_ids=(), weight_blocks=0).generate(prompts, params)
-        for blocks in (1, 2, 3):
+        for blocks in (2, 3):          # 3: blocks of unequal size
             sampler = Sampler(model, eos_ids=(), weight_blocks=blocks)
             outs = sampler.generate(prompts, params)
             for o, r in zip(outs, ref):

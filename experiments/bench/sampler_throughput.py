@@ -14,8 +14,9 @@ slows down far more than XLA does, so the ratio there overstates ours: quote fig
 `--session-len N` sizes our sessions for N tokens (as a rollout sized for a long episode does; transformers' cache
 grows as it goes, so it has no such size): attention reads only a window of the cache covering the tokens there
 are, so the figures should not move with N (the run also times ours at the default session size, interleaved).
-Each batch also times the decode step's weight products alone (experiments/bench/decode_floor.py): a step
-cannot take less, so with XLA:CPU's fp32 matmuls `floor_over_transformers` is the largest ratio within reach.
+Each batch also times the decode step's weight products alone, in the sampler's own weight layout and chained as
+in a step (experiments/bench/decode_floor.py): a step cannot take less, so with XLA:CPU's fp32 matmuls
+`floor_over_transformers` is the largest ratio within reach.
 Targets: >= 2x transformers at batch 1, >= 3x at batch 8. Writes experiments/bench/results/sampler_throughput.json
 (sampler_throughput_session{N}.json with --session-len).
 """

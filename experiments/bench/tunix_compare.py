@@ -13,8 +13,9 @@ tunix.models.qwen2.Qwen2.
           train step (jit_train_and_eval_step, what PeftTrainer.train calls). tokens/s = 4096 / seconds per step.
   decode  batch 8, a 64-token prompt, 128 new tokens, greedy, EOS never hit. Ours: oresearcher.sampler.Sampler.
           generate; tunix: tunix.generate.sampler.Sampler.__call__. tokens/s = 8 x 128 / seconds of the whole
-          call (prefill included). Also timed: the step's weight products alone ([8, din] @ every weight matrix,
-          48 MB of fp32 weights streamed per token), a floor for any fp32 decoder of this shape on this machine;
+          call (prefill included). Also timed: the step's weight products alone (every weight matrix in the
+          sampler's layout, chained as in a step: 48 MB of fp32 weights streamed per token), a floor for our
+          fp32 sampler of this shape on this machine;
           where tunix is already within 2x of that floor, a 2x decode ratio is out of reach without changing the
           numerics (e.g. bf16 weights).
   GRPO    one step of 2 prompts x group 4, 64 new tokens at temperature 1, reward = fraction of even ids in the
