@@ -26,11 +26,12 @@ power of two (at least 128, at most max_len rounded up to 128). The cache holds 
 reach so far and grows (doubling, copied once) when a call may write past them, so a session sized for a long
 episode (32K tokens on a GPU preset) neither holds nor reads 32K slots per token while its rows are short, and
 attention reads the cache in place: reading a window of a larger cache copies that window for every layer at
-every token (SmolLM2 at batch 32: a fifth of a decode step). One exception, batch 1: there XLA:CPU rewrites the
-cache update into a dynamic-update-slice and duplicates it into attention's fusion, copying every layer's cache
-four times per token; a spare block of 128 slots that attention never reads keeps the update single (attention
-then reads a slice). The decode loop is a `lax.while_loop` that exits as soon as every row has stopped;
-temperature, top-p, top-k and the step budget are runtime values, not compile keys.
+every token (SmolLM2 at batch 32: 23 ms of thread time per token; 244 -> 274-284 tok/s without the copies).
+One exception, batch 1: there XLA:CPU rewrites the cache update into a dynamic-update-slice and duplicates it
+into attention's fusion, copying every layer's cache four times per token; a spare block of 128 slots that
+attention never reads keeps the update single (attention then reads a slice). The decode loop is a
+`lax.while_loop` that exits as soon as every row has stopped; temperature, top-p, top-k and the step budget are
+runtime values, not compile keys.
 
 Stop strings are matched on the generated *bytes*, also when a stop string spans several tokens or ends inside
 one: an Aho-Corasick automaton over the stop strings' bytes is folded into a table
