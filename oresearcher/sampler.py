@@ -415,12 +415,12 @@ class Sampler:
         model = self.model
         tied = model.cfg.tie_embeddings
         head = model.embed[...] if tied else model.lm_head[...]
-        params = [*model.layers.arrays().values(), head]
+        stacked = model.layers.arrays()
+        params = [*stacked.values(), head]
         of = self._weights.get("of")
         if of is None or len(of) != len(params) or any(r() is not a for r, a in zip(of, params)):
             self._weights.clear()
-            self._weights["weights"] = self._unstack(model.layers.arrays(), head, blocks=self.weight_blocks,
-                                                     tied=tied)
+            self._weights["weights"] = self._unstack(stacked, head, blocks=self.weight_blocks, tied=tied)
             self._weights["of"] = of = [weakref.ref(a) for a in params]
             for a in params:
                 weakref.finalize(a, _forget, self._weights, of)

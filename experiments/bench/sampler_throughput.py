@@ -12,8 +12,8 @@ On an idle machine the default run takes a few minutes. On an oversubscribed one
 core count) torch's OpenMP worker threads wait on each other at every small op of a decode step and `generate`
 slows down far more than XLA does, so the ratio there overstates ours: quote figures from an idle machine.
 `--session-len N` sizes our sessions for N tokens (as a rollout sized for a long episode does; transformers' cache
-grows as it goes, so it has no such size): attention reads only a window of the cache covering the tokens there
-are, so the figures should not move with N (the run also times ours at the default session size, interleaved).
+grows as it goes, so it has no such size): our cache holds only the slots the rows reach and grows with them, so
+the figures should not move with N (the run also times ours at the default session size, interleaved).
 Each batch also times the decode step's weight products alone, in the sampler's own weight layout and chained as
 in a step (experiments/bench/decode_floor.py): a step cannot take less, so with XLA:CPU's fp32 matmuls
 `floor_over_transformers` is the largest ratio within reach.
