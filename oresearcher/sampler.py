@@ -201,9 +201,9 @@ def _sample(logits, key, temperature, top_p, top_k, use_filter: bool):
 # arrays (`Sampler.weights`: made once per parameter version, not per call or per token) and one K/V buffer per
 # layer, then runs the decoder's own layer function (`Decoder._layer_fn`) layer by layer: the same maths as
 # `model(ids, positions=, cache=)`, whose outputs the parity tests compare against transformers. On CPU the copy
-# is made in the decoder's transposed-blocks layout (decoder.transposed_blocks), which a decode step streams
-# faster (SmolLM2, greedy, 128 tokens: 164 -> 198 tokens/s at batch 8, 214 -> 241 at batch 32; batch 1 unchanged),
-# and a tied unembedding is kept transposed to [D, V] (x @ W reads it faster than x @ E^T).
+# is made in a decode layout (decoder.decode_layout) that a decode step streams faster: packed for the
+# panel_matmul kernel where it is built, the unembedding included, else XLA's transposed blocks with a tied
+# unembedding kept transposed to [D, V] (x @ W reads it faster than x @ E^T).
 
 def init_cache(model, batch: int, slots: int) -> dict:
     """{"k", "v": tuple of L arrays [B, K, S, hd], "segment_ids": [B, S] (0 = slot never written)}, placed per
@@ -224,18 +224,23 @@ def init_cache(model, batch: int, slots: int) -> dict:
             "segment_ids": seg}
 
 
-def _unstack(stacked: dict, head, *, blocks: int, tied: bool) -> dict:
+def _unstack(stacked: dict, head, *, layout: str, blocks: int, tied: bool) -> dict:
     """{name: [L, ...]} -> {"layers": L dicts {name: [...]}, each layer's own arrays (a copy; jitted once),
-    "head": None}; with blocks > 0, each layer in the transposed-blocks layout and, for tied embeddings, "head"
-    the unembedding as [D, V] (head: the embedding [V, D] if tied, else lm_head [D, V])."""
-    from oresearcher.model.decoder import transposed_blocks
+    "head": None}; with layout "panels" or "blocks", each layer in that decode layout (decoder.decode_layout) and
+    "head" the unembedding as the layout reads it (head: the embedding [V, D] if tied, else lm_head [D, V])."""
+    from oresearcher.model import cpu_kernels
+    from oresearcher.model.decoder import decode_layout
     n = next(iter(stacked.values())).shape[0]
     layers = tuple({name: w[i] for name, w in stacked.items()} for i in range(n))
-    if not blocks:
+    if layout == "own":
         return {"layers": layers, "head": None}
-    # the unembedding as [D, V] in one piece: x @ W streams it as fast as blocks do, and keeps the logits [B, V]
-    # without a transpose (an untied lm_head already is [D, V]: no copy)
-    return {"layers": tuple(transposed_blocks(p, blocks) for p in layers), "head": head.T if tied else None}
+    layers = tuple(decode_layout(p, layout, blocks) for p in layers)
+    head = head.T if tied else head      # [D, V]
+    if layout == "panels" and cpu_kernels.packable(head):
+        return {"layers": layers, "head": cpu_kernels.pack(head)}
+    # otherwise [D, V] in one piece: x @ W streams it as fast as blocks do and keeps the logits [B, V] without a
+    # transpose; an untied lm_head already is [D, V], and None keeps the sampler from holding on to it
+    return {"layers": layers, "head": head if tied else None}
 
 
 def _cached_forward(model, layers: list[dict], cache: dict, tokens, positions, window: int):
@@ -252,7 +257,10 @@ def _cached_forward(model, layers: list[dict], cache: dict, tokens, positions, w
     segments = cache["segment_ids"].at[rows, positions].set(1, mode="drop")
     slots = jnp.arange(window)
     mask = (slots[None, None, :] <= positions[:, :, None]) & (segments[:, None, :window] == 1)
-    layer = model._layer_fn(positions, mask, rope_frequencies(cfg), window=window)
+    # weights packed for the CPU kernels: a decode step (one token per row) attends with the kernel too
+    packed = "fused_qkv" in layers[0] and not isinstance(layers[0]["fused_qkv"], tuple)
+    layer = model._layer_fn(positions, mask, rope_frequencies(cfg), window=window,
+                            cpu_attention=packed and tokens.shape[1] == 1)
     ks, vs = [], []
     for p, k, v in zip(layers, cache["k"], cache["v"]):
         x, (k, v) = layer(x, p, (k, v))
@@ -369,20 +377,39 @@ def _copy_row(big, one, rows):
     return jnp.where(rows.reshape((-1,) + (1,) * (big.ndim - 1)), one, big)
 
 
+def _default_layout(model) -> str:
+    devices = model.embed[...].devices()
+    if next(iter(devices)).platform != "cpu":
+        return "own"
+    from oresearcher.model import cpu_kernels
+    fp32 = jnp.dtype(model.cfg.compute_dtype) == jnp.float32 and model.embed[...].dtype == jnp.float32
+    # the kernel is one custom call per product: it runs on one device, so a sharded model keeps XLA's dots
+    return "panels" if fp32 and len(devices) == 1 and cpu_kernels.available() else "blocks"
+
+
 class Sampler:
     """Generation for one model and tokenizer. `model` may be sharded (sharding.shard_model); the cache then
     follows the model's mesh and rules. Parameters are read from the model at every call, so a model being
     trained in place is always sampled at its current weights."""
 
     def __init__(self, model, tokenizer=None, *, eos_ids: Sequence[int] | None = None, prefill_chunk: int = 512,
-                 min_bucket: int = 16, share_prefix: bool = True, weight_blocks: int | None = None):
+                 min_bucket: int = 16, share_prefix: bool = True, weight_layout: str | None = None,
+                 weight_blocks: int = 2):
         """`tokenizer` supplies the token bytes for stop strings and the EOS ids (tokenizer.stop_ids); without
         one, only `eos_ids` (default: the model config's eos_token_id) stop a row. Pass eos_ids=() to never stop
         on EOS. share_prefix: prefill the prompts' common prefix once per session (see the module docstring).
-        weight_blocks: the per-layer copy in the decoder's transposed-blocks layout, in this many blocks per
-        matrix (0: the decoder's own layout); default 2 where the model's parameters are on CPU, else 0."""
-        if weight_blocks is None:
-            weight_blocks = 2 if next(iter(model.embed[...].devices())).platform == "cpu" else 0
+        weight_layout: the layout of the per-layer weight copy (decoder.decode_layout): "panels" (packed for
+        the panel_matmul kernel), "blocks" (transposed, `weight_blocks` row blocks per matrix) or "own" (the
+        decoder's training layout). Default: "panels" for an fp32 model on one CPU device where the kernel is
+        built, "blocks" for other CPU models, "own" on accelerators."""
+        self.weight_layout = weight_layout or _default_layout(model)
+        if self.weight_layout not in ("panels", "blocks", "own"):
+            raise ValueError(f"Sampler: weight_layout must be 'panels', 'blocks' or 'own', got {weight_layout!r}")
+        if self.weight_layout == "panels":
+            from oresearcher.model import cpu_kernels
+            if not cpu_kernels.available():
+                raise RuntimeError(f"Sampler: weight_layout='panels' needs the CPU kernels, which are "
+                                   f"unavailable: {cpu_kernels.unavailable_reason()}")
         self.weight_blocks = weight_blocks
         self.model = model
         self.tokenizer = tokenizer
@@ -402,7 +429,7 @@ class Sampler:
         self._prefill = jax.jit(_prefill, static_argnums=0, donate_argnums=3, static_argnames=("window",))
         self._decode = jax.jit(_decode, static_argnums=0, donate_argnums=3,
                                static_argnames=("out_len", "use_filter", "window"))
-        self._unstack = jax.jit(_unstack, static_argnames=("blocks", "tied"))
+        self._unstack = jax.jit(_unstack, static_argnames=("layout", "blocks", "tied"))
         self._grow = jax.jit(_grow, donate_argnums=1)
         self._copy_row = jax.jit(_copy_row, donate_argnums=0)
         self._weights: dict = {}    # {"of": weakrefs to the parameters, "weights": their per-layer copy}
@@ -420,7 +447,8 @@ class Sampler:
         of = self._weights.get("of")
         if of is None or len(of) != len(params) or any(r() is not a for r, a in zip(of, params)):
             self._weights.clear()
-            self._weights["weights"] = self._unstack(stacked, head, blocks=self.weight_blocks, tied=tied)
+            self._weights["weights"] = self._unstack(stacked, head, layout=self.weight_layout,
+                                                     blocks=self.weight_blocks, tied=tied)
             self._weights["of"] = of = [weakref.ref(a) for a in params]
             for a in params:
                 weakref.finalize(a, _forget, self._weights, of)

@@ -109,7 +109,7 @@ def test_per_layer_weights_are_made_once_per_parameter_version():
     from oresearcher.model.decoder import Decoder
 
     model = Decoder(PRESETS["tiny"], rngs=nnx.Rngs(0))
-    sampler = Sampler(model, eos_ids=(), weight_blocks=0)
+    sampler = Sampler(model, eos_ids=(), weight_layout="own")
     params = SamplingParams(temperature=0.0, max_new_tokens=4, stop=())
     first = sampler.generate([[1, 2, 3]], params)[0].tokens
     weights = sampler.weights()
@@ -123,7 +123,7 @@ def test_per_layer_weights_are_made_once_per_parameter_version():
     changed = sampler.generate([[1, 2, 3]], params)[0].tokens
     assert sampler.weights() is not weights
     np.testing.assert_array_equal(sampler.weights()["layers"][1]["wq"], model.layers.wq[...][1])
-    fresh = Sampler(model, eos_ids=(), weight_blocks=0).generate([[1, 2, 3]], params)[0].tokens
+    fresh = Sampler(model, eos_ids=(), weight_layout="own").generate([[1, 2, 3]], params)[0].tokens
     assert changed == fresh                                         # sampled at the new weights
     assert weights["layers"][0]["wq"].shape == model.layers.wq[...].shape[1:]
 
@@ -132,18 +132,20 @@ def test_per_layer_weights_are_made_once_per_parameter_version():
     assert not sampler._weights
 
 
-def test_transposed_blocks_layout_samples_what_the_decoders_own_layout_does():
-    """The CPU layout (q/k/v and gate/up fused, every matrix transposed into row blocks, a tied unembedding
-    transposed) holds the same weights: every block count gives the same greedy tokens and logprobs as the
-    decoder's own layout, for a tied Llama and an untied Qwen2 with q/k/v biases; the blocks stack back to the
-    fused matrices exactly."""
+def test_decode_layouts_sample_what_the_decoders_own_layout_does():
+    """The CPU decode layouts (q/k/v and gate/up fused; either packed in panels for the CPU kernels, attention by
+    the kernel too, or every matrix transposed into row blocks) hold the same weights: each gives the same greedy
+    tokens and logprobs as the decoder's own layout, for a tied Llama, an untied Qwen2 with q/k/v biases and a
+    Qwen3 with q/k norms; the blocks and the panels give back the fused matrices exactly."""
     import dataclasses
 
     from flax import nnx
 
+    from oresearcher.model import cpu_kernels
     from oresearcher.model.config import PRESETS
-    from oresearcher.model.decoder import FUSED, Decoder, transposed_blocks
+    from oresearcher.model.decoder import FUSED, Decoder, decode_layout
 
+    assert cpu_kernels.available(), cpu_kernels.unavailable_reason()
     tiny = PRESETS["tiny"]
     for cfg in (dataclasses.replace(tiny, tie_embeddings=True),
                 dataclasses.replace(tiny, family="qwen2", attention_bias=True, tie_embeddings=False),
@@ -156,21 +158,28 @@ def test_transposed_blocks_layout_samples_what_the_decoders_own_layout_does():
                 w.value = w[...] + 0.3 * rng.standard_normal(w[...].shape).astype(np.float32)
         prompts = [[5, 9, 17, 3, 22], [7, 1]]
         params = SamplingParams(temperature=0.0, max_new_tokens=12, stop=())
-        ref = Sampler(model, eos_ids=(), weight_blocks=0).generate(prompts, params)
-        for blocks in (2, 3):          # 3: blocks of unequal size
-            sampler = Sampler(model, eos_ids=(), weight_blocks=blocks)
+        ref = Sampler(model, eos_ids=(), weight_layout="own").generate(prompts, params)
+        for layout, blocks in (("blocks", 2), ("blocks", 3), ("panels", 2)):     # 3: blocks of unequal size
+            sampler = Sampler(model, eos_ids=(), weight_layout=layout, weight_blocks=blocks)
             outs = sampler.generate(prompts, params)
             for o, r in zip(outs, ref):
                 assert o.tokens == r.tokens
                 np.testing.assert_allclose(o.logprobs, r.logprobs, atol=1e-5)
             layer = sampler.weights()["layers"][1]
             assert set(FUSED) <= set(layer) and not {"wq", "w_gate", "w_down"} & set(layer)
-            assert all(len(layer[name]) == blocks for name in FUSED)
+            if layout == "blocks":
+                assert all(len(layer[name]) == blocks for name in FUSED)
+            else:
+                assert all(layer[name].ndim == 3 and layer[name].shape[2] == cpu_kernels.PANEL for name in FUSED)
+                assert sampler.weights()["head"].ndim == 3
         p = {name: w[1] for name, w in model.layers.arrays().items()}
-        t = transposed_blocks(p, 2)
         d = cfg.hidden_size
-        np.testing.assert_array_equal(np.concatenate(t["qkv_t"]).T, np.concatenate(
-            [p["wq"].reshape(d, -1), p["wk"].reshape(d, -1), p["wv"].reshape(d, -1)], axis=1))
-        np.testing.assert_array_equal(np.concatenate(t["wo_t"]).T, p["wo"].reshape(-1, d))
-        np.testing.assert_array_equal(np.concatenate(t["gate_up_t"]).T, np.concatenate([p["w_gate"], p["w_up"]], 1))
-        np.testing.assert_array_equal(np.concatenate(t["w_down_t"]).T, p["w_down"])
+        fused = {"fused_qkv": np.concatenate([p["wq"].reshape(d, -1), p["wk"].reshape(d, -1),
+                                              p["wv"].reshape(d, -1)], axis=1),
+                 "fused_o": p["wo"].reshape(-1, d), "fused_gate_up": np.concatenate([p["w_gate"], p["w_up"]], 1),
+                 "fused_down": p["w_down"]}
+        blocks, panels = decode_layout(p, "blocks", 2), decode_layout(p, "panels")
+        for name, w in fused.items():
+            np.testing.assert_array_equal(np.concatenate(blocks[name]).T, w)
+            unpacked = np.asarray(panels[name]).transpose(1, 0, 2).reshape(w.shape[0], -1)
+            np.testing.assert_array_equal(unpacked, w)

@@ -15,8 +15,8 @@ slows down far more than XLA does, so the ratio there overstates ours: quote fig
 grows as it goes, so it has no such size): our cache holds only the slots the rows reach and grows with them, so
 the figures should not move with N (the run also times ours at the default session size, interleaved).
 Each batch also times the decode step's weight products alone, in the sampler's own weight layout and chained as
-in a step (experiments/bench/decode_floor.py): a step cannot take less, so with XLA:CPU's fp32 matmuls
-`floor_over_transformers` is the largest ratio within reach.
+in a step (experiments/bench/decode_floor.py): a step cannot take less, so `floor_over_transformers` is the
+largest ratio within reach for the sampler's layout (on CPU the cpu_kernels matmul where it is built).
 Targets: >= 2x transformers at batch 1, >= 3x at batch 8. Writes experiments/bench/results/sampler_throughput.json
 (sampler_throughput_session{N}.json with --session-len).
 """
@@ -91,12 +91,16 @@ def main():
                 theirs.append(time.perf_counter() - t)
             assert hf_out.shape[1] == ids.shape[1] + args.new
             loads.append(os.getloadavg())
+        # the same computation on both sides: how far their greedy tokens agree (fp32 rounding may split them late)
+        theirs_tokens = hf_out[0, len(prompt):].tolist()
+        agree = next((i for i, (a, c) in enumerate(zip(outs[0].tokens, theirs_tokens)) if a != c), args.new)
         row = {"batch": b, "new_tokens": args.new, "prompt_tokens": len(prompt), "session_len": args.session_len,
                "ours_tok_s": b * args.new / statistics.median(ours),
                "transformers_tok_s": b * args.new / statistics.median(theirs),
-               "ours_s": ours, "transformers_s": theirs, "load_average": loads}
+               "ours_s": ours, "transformers_s": theirs, "load_average": loads,
+               "greedy_tokens_equal_for": agree}
         row["speedup"] = row["ours_tok_s"] / row["transformers_tok_s"]
-        # the most a sampler of this model with XLA:CPU's fp32 matmuls could reach here: its weight products alone
+        # the most a sampler of this model in this weight layout could reach here: its weight products alone
         row["weight_products_floor"] = floor = weight_products(sampler, b)
         row["floor_over_transformers"] = floor["floor_tokens_per_s"] / row["transformers_tok_s"]
         if ours_default:
@@ -107,13 +111,15 @@ def main():
         print(f"batch {b:>3}: ours {row['ours_tok_s']:8.1f} tok/s | transformers {row['transformers_tok_s']:8.1f} "
               f"tok/s | {row['speedup']:.2f}x (load {loads[-1][0]:.1f}) | weight products alone "
               f"{floor['floor_tokens_per_s']:.1f} tok/s = {row['floor_over_transformers']:.2f}x transformers "
-              f"({floor['weights_mb']:.0f} MB at {floor['implied_gb_s']:.1f} GB/s)", flush=True)
+              f"({floor['weights_mb']:.0f} MB at {floor['implied_gb_s']:.1f} GB/s) | greedy tokens equal to "
+              f"transformers' for the first {agree} of {args.new}", flush=True)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"benchmark": "sampler_throughput", "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised, fp32)",
            "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "machine": platform.machine(),
            "torch_threads": torch.get_num_threads(), "jax": jax.__version__, "torch": torch.__version__,
-           "transformers": transformers.__version__, "targets": {"1": 2.0, "8": 3.0}, "rows": rows,
+           "transformers": transformers.__version__, "weight_layout": sampler.weight_layout,
+           "targets": {"1": 2.0, "8": 3.0}, "rows": rows,
            "load_average_before": load_before, "load_average_after": os.getloadavg(),
            "note": "medians of interleaved repetitions; a shared machine: re-run idle for figures to quote"}
     name = f"sampler_throughput{'' if args.session_len is None else f'_session{args.session_len}'}.json"

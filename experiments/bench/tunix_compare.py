@@ -13,11 +13,10 @@ tunix.models.qwen2.Qwen2.
           train step (jit_train_and_eval_step, what PeftTrainer.train calls). tokens/s = 4096 / seconds per step.
   decode  batch 8, a 64-token prompt, 128 new tokens, greedy, EOS never hit. Ours: oresearcher.sampler.Sampler.
           generate; tunix: tunix.generate.sampler.Sampler.__call__. tokens/s = 8 x 128 / seconds of the whole
-          call (prefill included). Also timed: the step's weight products alone (every weight matrix in the
-          sampler's layout, chained as in a step: 48 MB of fp32 weights streamed per token), a floor for our
-          fp32 sampler of this shape on this machine;
-          where tunix is already within 2x of that floor, a 2x decode ratio is out of reach without changing the
-          numerics (e.g. bf16 weights).
+          call (prefill included; ours in its default CPU layout, the cpu_kernels matmul and attention where
+          they are built, recorded as weight_layout). Also timed: the step's weight products alone (every weight
+          matrix in the sampler's layout, chained as in a step: 48 MB of fp32 weights streamed per token), a
+          floor for our fp32 sampler of this shape on this machine.
   GRPO    one step of 2 prompts x group 4, 64 new tokens at temperature 1, reward = fraction of even ids in the
           completion, group-normalised advantages, clipped surrogate, token-mean, no KL, one AdamW update over
           the 8 episodes. Ours: Sampler.generate -> grpo_advantages -> rollout.to_batch -> rl.train._update
@@ -176,7 +175,8 @@ class Ours:
         self.greedy = SamplingParams(temperature=0.0, max_new_tokens=NEW, stop=())
         t0 = time.perf_counter()
         out = self.sampler.generate(self.prompts, self.greedy)
-        return {"compile_s": time.perf_counter() - t0, "generated": [len(o.tokens) for o in out]}
+        return {"compile_s": time.perf_counter() - t0, "generated": [len(o.tokens) for o in out],
+                "weight_layout": self.sampler.weight_layout}
 
     def decode_floor(self) -> dict:
         """The decode step's weight products alone (experiments/bench/decode_floor.py): a floor per token step."""

@@ -131,34 +131,44 @@ def dense(x: Array, w: Array) -> Array:
     return y.reshape(*x.shape[:-1], *w.shape[1:])
 
 
-# The layout of the sampler's per-layer weights on CPU: q/k/v fused into one matrix and gate/up into one, every
-# matrix stored transposed ([dout, din], as torch stores a Linear) and cut into row blocks. A decode step multiplies
-# a few rows by every weight; XLA:CPU streams W [dout, din] @ x^T faster than x @ W for those shapes, and two
-# independent blocks run on two cores at once, where one dot's own threading does not keep pace with memory
-# (SmolLM2 at batch 8, the weight products of one token step: 44 ms as x @ W, 26 ms as two blocks W_i @ x^T).
-FUSED = {"qkv_t": ("wq", "wk", "wv"), "wo_t": ("wo",), "gate_up_t": ("w_gate", "w_up"), "w_down_t": ("w_down",)}
+# The layouts of the sampler's per-layer weights on CPU: q/k/v fused into one matrix and gate/up into one, then
+# either (a) packed in panels for panel_matmul, an FFI kernel that streams the weights at close to memory speed,
+# or (b) where it is not built, stored transposed ([dout, din], as torch stores a Linear) and cut into row blocks:
+# XLA:CPU streams W [dout, din] @ x^T faster than x @ W for a few rows, and two independent blocks run on two cores
+# at once. SmolLM2 at batch 8, the weight products of one token step: 44 ms as x @ W, 26-29 ms as two blocks,
+# 18.5 ms in panels (experiments/bench/decode_floor.py).
+FUSED = {"fused_qkv": ("wq", "wk", "wv"), "fused_o": ("wo",), "fused_gate_up": ("w_gate", "w_up"),
+         "fused_down": ("w_down",)}
 FEW_ROWS = 32   # up to this many rows, a block's product is W_i @ x^T; beyond, x @ W_i^T (a plain GEMM)
 
 
-def transposed_blocks(p: dict[str, Array], blocks: int) -> dict:
-    """One layer's parameters (no layer axis) in the transposed-blocks layout: FUSED's names map to tuples of
-    `blocks` arrays [dout_i, din] whose rows stacked are the fused matrix transposed; norms and biases as they are."""
+def decode_layout(p: dict[str, Array], layout: str = "blocks", blocks: int = 2) -> dict:
+    """One layer's parameters (no layer axis) in a decode layout: FUSED's names map to the fused matrix, as a
+    panel_matmul-packed array (layout "panels", where its shape allows) or as a tuple of `blocks` arrays
+    [dout_i, din] whose rows stacked are the fused matrix transposed; norms and biases as they are."""
+    from oresearcher.model import cpu_kernels
     # as [din, dout]: wo [H, hd, D] reads its first two axes, every other matrix its first
     matrix = lambda n: p[n].reshape(-1, p[n].shape[-1]) if n == "wo" else p[n].reshape(p[n].shape[0], -1)
     out = {n: w for n, w in p.items() if not any(n in parts for parts in FUSED.values())}
     for name, parts in FUSED.items():
-        w = jnp.concatenate([matrix(n) for n in parts], axis=1).T
-        out[name] = tuple(jnp.array_split(w, blocks, axis=0))
+        w = jnp.concatenate([matrix(n) for n in parts], axis=1)
+        if layout == "panels" and cpu_kernels.packable(w):
+            out[name] = cpu_kernels.pack(w)
+        else:
+            out[name] = tuple(jnp.array_split(w.T, blocks, axis=0))
     return out
 
 
-def dense_t(x: Array, blocks) -> Array:
-    """x [..., din] @ W -> [..., dout], W given as row blocks of W^T (transposed_blocks)."""
+def dense_fused(x: Array, w) -> Array:
+    """x [..., din] @ W -> [..., dout], W in a decode layout (decode_layout): row blocks of W^T, or packed."""
+    if not isinstance(w, tuple):
+        from oresearcher.model import cpu_kernels
+        return cpu_kernels.matmul(x, w)
     x2 = x.reshape(-1, x.shape[-1])
     if x2.shape[0] <= FEW_ROWS:
-        y = jnp.concatenate([w @ x2.T for w in blocks], axis=0).T
+        y = jnp.concatenate([b @ x2.T for b in w], axis=0).T
     else:
-        y = jnp.concatenate([x2 @ w.T for w in blocks], axis=1)
+        y = jnp.concatenate([x2 @ b.T for b in w], axis=1)
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -223,11 +233,14 @@ class Decoder(nnx.Module):
         return self._forward(input_ids, positions, segment_ids, None)[0]
 
     def unembed(self, hidden: Array, head: Array | None = None) -> Array:
-        """[B, T, D] -> float32 logits [B, T, V]. head: the unembedding as [D, V] (the sampler's copy of a tied
-        embedding, transposed once) instead of the model's own parameter."""
+        """[B, T, D] -> float32 logits [B, T, V]. head: the sampler's copy of the unembedding instead of the
+        model's own parameter, as [D, V] (a tied embedding transposed once) or packed for panel_matmul."""
         cdt = jnp.dtype(self.cfg.compute_dtype)
         h = hidden.reshape(-1, hidden.shape[-1])  # one 2-D matmul (see `dense`)
-        if head is not None:
+        if head is not None and head.ndim == 3:
+            from oresearcher.model import cpu_kernels
+            logits = cpu_kernels.matmul(h, head)
+        elif head is not None:
             logits = jnp.einsum("nd,dv->nv", h, head.astype(cdt), preferred_element_type=jnp.float32)
         elif self.cfg.tie_embeddings:
             logits = jnp.einsum("nd,vd->nv", h, self.embed[...].astype(cdt), preferred_element_type=jnp.float32)
@@ -297,10 +310,11 @@ class Decoder(nnx.Module):
             return x, None
         return x, {"k": new_kv[0], "v": new_kv[1], "segment_ids": kv_segments}
 
-    def _layer_fn(self, positions, mask, inv_freq, segment_ids=None, window=None):
+    def _layer_fn(self, positions, mask, inv_freq, segment_ids=None, window=None, cpu_attention=False):
         """One pre-norm layer: (x [B,T,D], per-layer params, optional (k_cache, v_cache)) -> (x, new K/V).
         With `mask` None, attention is cfg.attention (blockwise, from `segment_ids`) instead of dense. With a
-        cache and a `window`, attention reads only the cache's first `window` slots (mask is [B, T, window])."""
+        cache and a `window`, attention reads only the cache's first `window` slots (mask is [B, T, window]);
+        cpu_attention: over the cache with cpu_kernels.attention (the same maths, read in place)."""
         cfg = self.cfg
         cdt = jnp.dtype(cfg.compute_dtype)
         eps = cfg.rms_norm_eps
@@ -311,9 +325,9 @@ class Decoder(nnx.Module):
         def layer(x, p, kv_cache):
             p = jax.tree.map(lambda w: w.astype(cdt), p)
             h = rms_norm(x, p["attn_norm"], eps)
-            if "qkv_t" in p:      # the sampler's transposed-blocks layout (transposed_blocks)
+            if "fused_qkv" in p:      # the sampler's decode layout (decode_layout)
                 nq, nk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-                q, k, v = jnp.split(dense_t(h, p["qkv_t"]), [nq, nq + nk], axis=-1)
+                q, k, v = jnp.split(dense_fused(h, p["fused_qkv"]), [nq, nq + nk], axis=-1)
                 q = q.reshape(*h.shape[:-1], cfg.num_heads, cfg.head_dim)
                 k = k.reshape(*h.shape[:-1], cfg.num_kv_heads, cfg.head_dim)
                 v = v.reshape(*h.shape[:-1], cfg.num_kv_heads, cfg.head_dim)
@@ -335,23 +349,26 @@ class Decoder(nnx.Module):
                 k, v = k_all[:, :, :window].astype(cdt), v_all[:, :, :window].astype(cdt)
             else:
                 new_kv = None
-            if mask is None:
+            if cpu_attention and kv_cache is not None:
+                from oresearcher.model import cpu_kernels
+                o = cpu_kernels.attention(q, *new_kv, mask)
+            elif mask is None:
                 o = context_parallel.attention(q, k, v, segment_ids, implementation=cfg.attention, mesh=self.mesh,
                                                rules=self.rules, block=cfg.attention_block)
             else:
                 o = attention(q, k, v, mask, kv_heads_first=kv_cache is not None)
             o = o.reshape(*o.shape[:2], -1)
-            o = dense_t(o, p["wo_t"]) if "wo_t" in p else dense(o, p["wo"].reshape(-1, x.shape[-1]))
+            o = dense_fused(o, p["fused_o"]) if "fused_o" in p else dense(o, p["wo"].reshape(-1, x.shape[-1]))
             o = checkpoint_name(o, "attention_out")
             x = self._constrain(x + o, act)
 
             h = rms_norm(x, p["mlp_norm"], eps)
-            if "gate_up_t" in p:
-                gate, up = jnp.split(dense_t(h, p["gate_up_t"]), 2, axis=-1)
+            if "fused_gate_up" in p:
+                gate, up = jnp.split(dense_fused(h, p["fused_gate_up"]), 2, axis=-1)
             else:
                 gate, up = dense(h, p["w_gate"]), dense(h, p["w_up"])
             m = self._constrain(jax.nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-            m = dense_t(m, p["w_down_t"]) if "w_down_t" in p else dense(m, p["w_down"])
+            m = dense_fused(m, p["fused_down"]) if "fused_down" in p else dense(m, p["w_down"])
             m = checkpoint_name(m, "mlp_out")
             return self._constrain(x + m, act), new_kv
 

@@ -1,0 +1,269 @@
+// CPU kernels for decoding, as XLA FFI custom calls (built and registered by cpu_kernels.py, whose docstring has
+// the why and the measurements):
+//   PanelMatmul      y [M, J] = x [M, K] @ W [K, J], W packed in panels of 32 columns
+//   DecodeAttention  grouped-query attention of a few query positions over a KV cache
+// Work is shared out to XLA's intra-op thread pool in chunks taken from an atomic counter; the calling thread
+// takes chunks too, so a call never waits on a task that has not started (when the pool is busy it only runs on
+// fewer threads, it cannot deadlock).
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kPanel = 32;  // columns per panel: two vectors of 16 floats
+constexpr int kRows = 8;        // rows of x per tile
+typedef float Vec __attribute__((vector_size(64), aligned(4)));  // GCC/Clang lower it to the machine's vectors
+
+inline Vec Load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// ------------------------------------------------------------------------------------------- panel matmul
+// Packed layout: w[p, k, c] = W[k, 32 p + c], shape [J / 32, K, 32]. One panel is read front to back, once per
+// 8 rows of x: a tile keeps 8 rows x 32 columns of y in 16 vector accumulators, and each step over k loads two
+// vectors of W and broadcasts 8 scalars of x. With a few rows (a decode step) the weights stream from memory at
+// close to the machine's read bandwidth, which is what bounds decoding; with many rows (prefill) the tile is
+// compute bound and runs about as fast as XLA's own GEMM.
+
+// y[m, j0 + c] for m < R, c < min(32, J - j0), from R rows of x and one panel w [K, 32].
+template <int R>
+void Tile(const float* x, int64_t K, const float* w, float* y, int64_t J, int64_t j0) {
+  Vec acc[R][2];
+  for (int m = 0; m < R; ++m) acc[m][0] = acc[m][1] = Vec{};
+  for (int64_t k = 0; k < K; ++k) {
+    const Vec w0 = Load(w + k * kPanel), w1 = Load(w + k * kPanel + 16);
+    for (int m = 0; m < R; ++m) {
+      const float s = x[m * K + k];
+      acc[m][0] += s * w0;
+      acc[m][1] += s * w1;
+    }
+  }
+  const int64_t n = std::min<int64_t>(kPanel, J - j0);
+  for (int m = 0; m < R; ++m) {
+    float out[kPanel];
+    std::memcpy(out, &acc[m][0], sizeof(Vec));
+    std::memcpy(out + 16, &acc[m][1], sizeof(Vec));
+    std::memcpy(y + m * J + j0, out, n * sizeof(float));
+  }
+}
+
+void Panel(const float* x, int64_t M, int64_t K, const float* w, float* y, int64_t J, int64_t p) {
+  for (int64_t m0 = 0; m0 < M; m0 += kRows) {
+    const float* xm = x + m0 * K;
+    float* ym = y + m0 * J;
+    const int64_t j0 = p * kPanel;
+    switch (std::min<int64_t>(kRows, M - m0)) {
+      case 8: Tile<8>(xm, K, w, ym, J, j0); break;
+      case 7: Tile<7>(xm, K, w, ym, J, j0); break;
+      case 6: Tile<6>(xm, K, w, ym, J, j0); break;
+      case 5: Tile<5>(xm, K, w, ym, J, j0); break;
+      case 4: Tile<4>(xm, K, w, ym, J, j0); break;
+      case 3: Tile<3>(xm, K, w, ym, J, j0); break;
+      case 2: Tile<2>(xm, K, w, ym, J, j0); break;
+      default: Tile<1>(xm, K, w, ym, J, j0); break;
+    }
+  }
+}
+
+inline void Pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// fn(i) for i in [0, n), on up to the pool's threads; `work` is the call's size (multiply-adds), below which
+// waking a thread costs more than it saves.
+template <typename F>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t work, F fn) {
+  if (n <= 0) return;
+  const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const int64_t threads = work < (int64_t{1} << 16) ? 1 : std::max<int64_t>(1, std::min({pool.num_threads(), cores, n}));
+  if (threads == 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  // about 8 chunks per thread: fine enough to even out, few enough that the counter costs nothing. The state is
+  // shared with the helpers: one that starts after the call returned finds no chunk left and drops its reference.
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+    int64_t per_chunk, chunks, n;
+    F fn;
+    State(F f) : fn(std::move(f)) {}
+    void Work() {
+      for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
+        for (int64_t i = c * per_chunk, end = std::min(n, (c + 1) * per_chunk); i < end; ++i) fn(i);
+        done.fetch_add(1, std::memory_order_release);
+      }
+    }
+  };
+  auto state = std::make_shared<State>(std::move(fn));
+  state->n = n;
+  state->per_chunk = std::max<int64_t>(1, n / (8 * threads));
+  state->chunks = (n + state->per_chunk - 1) / state->per_chunk;
+  for (int64_t i = 1; i < threads; ++i) pool.Schedule([state] { state->Work(); });
+  state->Work();
+  while (state->done.load(std::memory_order_acquire) < state->chunks) Pause();
+}
+
+ffi::Error PanelMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                           ffi::ResultBuffer<ffi::F32> y) {
+  const auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  if (xd.size() == 0 || yd.size() == 0 || wd.size() != 3 || wd[2] != kPanel)
+    return ffi::Error::InvalidArgument("panel_matmul: the weight must be packed as [J / 32, K, 32]");
+  const int64_t K = xd.back(), J = yd.back();
+  const int64_t M = K ? static_cast<int64_t>(x.element_count()) / K : 0;
+  if (wd[1] != K || wd[0] * kPanel < J || M * J != static_cast<int64_t>(y->element_count()))
+    return ffi::Error::InvalidArgument("panel_matmul: x [M, K], packed weight [J / 32, K, 32] and y [M, J] "
+                                       "do not agree");
+  if (M == 0 || J == 0) return ffi::Error::Success();
+  const float *xp = x.typed_data(), *wp = w.typed_data();
+  float* yp = y->typed_data();
+  ParallelFor(pool, (J + kPanel - 1) / kPanel, M * K * J,
+              [=](int64_t p) { Panel(xp, M, K, wp + p * K * kPanel, yp, J, p); });
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------------- attention
+// q [B, T, H, hd], k/v caches [B, KV, S, hd] of which the first W slots are read, mask [B, T, W] (true: visible)
+// -> out [B, T, H, hd]. Query head h reads KV head h / (H / KV). Per (b, kv head), the G x T query rows sharing it
+// go over the cache together: each K row and each V row is read once. Scores and softmax in fp32, the same maths
+// as decoder.attention: q scaled by hd^-1/2 before the product, masked slots excluded, and a row with no visible
+// slot gets uniform weights over the W slots (such rows are padding; their outputs are never used).
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef float Vec4 __attribute__((vector_size(16)));
+
+// The sum of a vector's lanes by halving (a lane-by-lane sum is a 16-long dependency chain).
+inline float HSum(Vec v) {
+  Vec8 lo, hi;
+  std::memcpy(&lo, &v, sizeof lo);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+  const Vec8 s8 = lo + hi;
+  Vec4 a, b;
+  std::memcpy(&a, &s8, sizeof a);
+  std::memcpy(&b, reinterpret_cast<const char*>(&s8) + sizeof a, sizeof b);
+  const Vec4 s4 = a + b;
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+
+inline float Dot(const float* a, const float* b, int64_t n) {
+  int64_t d = 0;
+  float s = 0.f;
+  if (n >= 16) {
+    Vec acc = Load(a) * Load(b);
+    for (d = 16; d + 16 <= n; d += 16) acc += Load(a + d) * Load(b + d);
+    s = HSum(acc);
+  }
+  for (; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+ffi::Error DecodeAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                               ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::PRED> mask,
+                               ffi::ResultBuffer<ffi::F32> out) {
+  const auto qd = q.dimensions(), kd = k.dimensions(), md = mask.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || md.size() != 3 || v.dimensions().size() != 4)
+    return ffi::Error::InvalidArgument("decode_attention: need q [B, T, H, hd], k/v [B, KV, S, hd], mask [B, T, W]");
+  const int64_t B = qd[0], T = qd[1], H = qd[2], hd = qd[3], KV = kd[1], S = kd[2], W = md[2];
+  const auto vd = v.dimensions();
+  if (kd[0] != B || kd[3] != hd || KV == 0 || H % KV != 0 || vd[0] != B || vd[1] != KV || vd[2] != S ||
+      vd[3] != hd || md[0] != B || md[1] != T || W > S || W == 0)
+    return ffi::Error::InvalidArgument("decode_attention: q, k, v and mask shapes do not agree");
+  const int64_t G = H / KV, R = G * T;
+  const float* qp = q.typed_data();
+  const float* kp = k.typed_data();
+  const float* vp = v.typed_data();
+  const bool* mp = mask.typed_data();
+  float* op = out->typed_data();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  ParallelFor(pool, B * KV, B * KV * R * W * hd * 2, [=](int64_t i) {
+    const int64_t b = i / KV, kh = i % KV;
+    const float* kc = kp + (b * KV + kh) * S * hd;
+    const float* vc = vp + (b * KV + kh) * S * hd;
+    thread_local std::vector<float> qs, p, acc, mx, sum;   // reused: no allocation per call
+    qs.resize(R * hd);
+    p.resize(R * W);
+    acc.assign(R * hd, 0.f);
+    mx.assign(R, -std::numeric_limits<float>::infinity());
+    sum.assign(R, 0.f);
+    // row r = t * G + g: query head kh * G + g at position t
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t d = 0; d < hd; ++d) qs[(t * G + g) * hd + d] = qp[((b * T + t) * H + kh * G + g) * hd + d] * scale;
+    for (int64_t s = 0; s < W; ++s)
+      for (int64_t t = 0; t < T; ++t) {
+        if (!mp[(b * T + t) * W + s]) continue;
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t r = t * G + g;
+          const float sc = Dot(qs.data() + r * hd, kc + s * hd, hd);
+          p[r * W + s] = sc;
+          mx[r] = std::max(mx[r], sc);
+        }
+      }
+    for (int64_t t = 0; t < T; ++t) {
+      const bool* m = mp + (b * T + t) * W;
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t r = t * G + g;
+        float* pr = p.data() + r * W;
+        if (mx[r] == -std::numeric_limits<float>::infinity()) {   // nothing visible: uniform
+          for (int64_t s = 0; s < W; ++s) pr[s] = 1.0f;
+          sum[r] = static_cast<float>(W);
+          continue;
+        }
+        for (int64_t s = 0; s < W; ++s) {
+          pr[s] = m[s] ? std::exp(pr[s] - mx[r]) : 0.f;
+          sum[r] += pr[s];
+        }
+      }
+    }
+    for (int64_t s = 0; s < W; ++s) {
+      const float* vs = vc + s * hd;
+      for (int64_t r = 0; r < R; ++r) {
+        const float w = p[r * W + s];
+        if (w == 0.f) continue;
+        float* a = acc.data() + r * hd;
+        for (int64_t d = 0; d < hd; ++d) a[d] += w * vs[d];
+      }
+    }
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t r = t * G + g;
+        const float inv = 1.0f / sum[r];
+        float* o = op + ((b * T + t) * H + kh * G + g) * hd;
+        for (int64_t d = 0; d < hd; ++d) o[d] = acc[r * hd + d] * inv;
+      }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OresearcherPanelMatmul, PanelMatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OresearcherDecodeAttention, DecodeAttentionImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
