@@ -57,7 +57,8 @@ setup(
     description="Multi-agent distillation and agentic RL for deep-research LLMs, in JAX",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["oresearcher", "oresearcher.*", "synth", "synth.*", "experiments", "experiments.*"]),
-    package_data={"synth": ["prompts/*.txt", "prompts/*.shots.json"], "experiments": ["data/*"]},
+    package_data={"synth": ["prompts/*.txt", "prompts/*.shots.json"], "experiments": ["data/*"],
+                  "oresearcher": ["model/*.cc"]},  # the CPU kernels, compiled on first use
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
 )

@@ -160,91 +160,105 @@ inline float HSum(Vec v) {
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
-inline float Dot(const float* a, const float* b, int64_t n) {
-  int64_t d = 0;
-  float s = 0.f;
-  if (n >= 16) {
-    Vec acc = Load(a) * Load(b);
-    for (d = 16; d + 16 <= n; d += 16) acc += Load(a + d) * Load(b + d);
-    s = HSum(acc);
+// One query row q [hd] (unscaled) over the cache rows k/v [W, hd] with mask m [W]: softmax(q k^T / sqrt(hd))
+// into p [W], then the weighted sum of v into out [hd]. N: hd / 16 when hd is a multiple of 16 (then q and the
+// sums live in registers), 0 for any hd.
+template <int N>
+void AttendRow(const float* q, const float* kc, const float* vc, const bool* m, int64_t W, int64_t hd,
+               float scale, float* p, float* out) {
+  constexpr float kNone = -std::numeric_limits<float>::infinity();
+  float mx = kNone;
+  if constexpr (N > 0) {
+    Vec qv[N];
+    for (int j = 0; j < N; ++j) qv[j] = Load(q + 16 * j) * scale;
+    for (int64_t s = 0; s < W; ++s) {
+      if (!m[s]) continue;
+      const float* k = kc + s * 16 * N;
+      Vec acc = qv[0] * Load(k);
+      for (int j = 1; j < N; ++j) acc += qv[j] * Load(k + 16 * j);
+      p[s] = HSum(acc);
+      mx = std::max(mx, p[s]);
+    }
+  } else {
+    thread_local std::vector<float> qs;
+    qs.resize(hd);
+    for (int64_t d = 0; d < hd; ++d) qs[d] = q[d] * scale;
+    for (int64_t s = 0; s < W; ++s) {
+      if (!m[s]) continue;
+      float sc = 0.f;
+      for (int64_t d = 0; d < hd; ++d) sc += qs[d] * kc[s * hd + d];
+      p[s] = sc;
+      mx = std::max(mx, sc);
+    }
   }
-  for (; d < n; ++d) s += a[d] * b[d];
-  return s;
+  float sum = 0.f;
+  if (mx == kNone) {                    // nothing visible: uniform weights over the W slots
+    for (int64_t s = 0; s < W; ++s) p[s] = 1.f;
+    sum = static_cast<float>(W);
+  } else {
+    for (int64_t s = 0; s < W; ++s) {
+      p[s] = m[s] ? std::exp(p[s] - mx) : 0.f;
+      sum += p[s];
+    }
+  }
+  const float inv = 1.f / sum;
+  if constexpr (N > 0) {
+    Vec acc[N];
+    for (int j = 0; j < N; ++j) acc[j] = Vec{};
+    for (int64_t s = 0; s < W; ++s) {
+      if (p[s] == 0.f) continue;
+      const float w = p[s];
+      const float* v = vc + s * 16 * N;
+      for (int j = 0; j < N; ++j) acc[j] += w * Load(v + 16 * j);
+    }
+    for (int j = 0; j < N; ++j) {
+      const Vec o = acc[j] * inv;
+      std::memcpy(out + 16 * j, &o, sizeof o);
+    }
+  } else {
+    for (int64_t d = 0; d < hd; ++d) out[d] = 0.f;
+    for (int64_t s = 0; s < W; ++s)
+      if (p[s] != 0.f)
+        for (int64_t d = 0; d < hd; ++d) out[d] += p[s] * vc[s * hd + d];
+    for (int64_t d = 0; d < hd; ++d) out[d] *= inv;
+  }
 }
 
 ffi::Error DecodeAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                                ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::PRED> mask,
                                ffi::ResultBuffer<ffi::F32> out) {
-  const auto qd = q.dimensions(), kd = k.dimensions(), md = mask.dimensions();
-  if (qd.size() != 4 || kd.size() != 4 || md.size() != 3 || v.dimensions().size() != 4)
+  const auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), md = mask.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || md.size() != 3 || vd.size() != 4)
     return ffi::Error::InvalidArgument("decode_attention: need q [B, T, H, hd], k/v [B, KV, S, hd], mask [B, T, W]");
   const int64_t B = qd[0], T = qd[1], H = qd[2], hd = qd[3], KV = kd[1], S = kd[2], W = md[2];
-  const auto vd = v.dimensions();
   if (kd[0] != B || kd[3] != hd || KV == 0 || H % KV != 0 || vd[0] != B || vd[1] != KV || vd[2] != S ||
       vd[3] != hd || md[0] != B || md[1] != T || W > S || W == 0)
     return ffi::Error::InvalidArgument("decode_attention: q, k, v and mask shapes do not agree");
-  const int64_t G = H / KV, R = G * T;
-  const float* qp = q.typed_data();
-  const float* kp = k.typed_data();
-  const float* vp = v.typed_data();
+  const int64_t G = H / KV;
+  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   const bool* mp = mask.typed_data();
   float* op = out->typed_data();
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  ParallelFor(pool, B * KV, B * KV * R * W * hd * 2, [=](int64_t i) {
+  auto row = &AttendRow<0>;
+  switch (hd) {
+    case 16: row = &AttendRow<1>; break;
+    case 32: row = &AttendRow<2>; break;
+    case 64: row = &AttendRow<4>; break;
+    case 128: row = &AttendRow<8>; break;
+    case 256: row = &AttendRow<16>; break;
+    default: break;
+  }
+  // one task per (row b, KV head): its G x T query rows read the same cache rows, which stay in cache between them
+  ParallelFor(pool, B * KV, B * KV * G * T * W * hd * 2, [=](int64_t i) {
     const int64_t b = i / KV, kh = i % KV;
     const float* kc = kp + (b * KV + kh) * S * hd;
     const float* vc = vp + (b * KV + kh) * S * hd;
-    thread_local std::vector<float> qs, p, acc, mx, sum;   // reused: no allocation per call
-    qs.resize(R * hd);
-    p.resize(R * W);
-    acc.assign(R * hd, 0.f);
-    mx.assign(R, -std::numeric_limits<float>::infinity());
-    sum.assign(R, 0.f);
-    // row r = t * G + g: query head kh * G + g at position t
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t g = 0; g < G; ++g)
-        for (int64_t d = 0; d < hd; ++d) qs[(t * G + g) * hd + d] = qp[((b * T + t) * H + kh * G + g) * hd + d] * scale;
-    for (int64_t s = 0; s < W; ++s)
-      for (int64_t t = 0; t < T; ++t) {
-        if (!mp[(b * T + t) * W + s]) continue;
-        for (int64_t g = 0; g < G; ++g) {
-          const int64_t r = t * G + g;
-          const float sc = Dot(qs.data() + r * hd, kc + s * hd, hd);
-          p[r * W + s] = sc;
-          mx[r] = std::max(mx[r], sc);
-        }
-      }
-    for (int64_t t = 0; t < T; ++t) {
-      const bool* m = mp + (b * T + t) * W;
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t r = t * G + g;
-        float* pr = p.data() + r * W;
-        if (mx[r] == -std::numeric_limits<float>::infinity()) {   // nothing visible: uniform
-          for (int64_t s = 0; s < W; ++s) pr[s] = 1.0f;
-          sum[r] = static_cast<float>(W);
-          continue;
-        }
-        for (int64_t s = 0; s < W; ++s) {
-          pr[s] = m[s] ? std::exp(pr[s] - mx[r]) : 0.f;
-          sum[r] += pr[s];
-        }
-      }
-    }
-    for (int64_t s = 0; s < W; ++s) {
-      const float* vs = vc + s * hd;
-      for (int64_t r = 0; r < R; ++r) {
-        const float w = p[r * W + s];
-        if (w == 0.f) continue;
-        float* a = acc.data() + r * hd;
-        for (int64_t d = 0; d < hd; ++d) a[d] += w * vs[d];
-      }
-    }
+    thread_local std::vector<float> p;
+    p.resize(W);
     for (int64_t t = 0; t < T; ++t)
       for (int64_t g = 0; g < G; ++g) {
-        const int64_t r = t * G + g;
-        const float inv = 1.0f / sum[r];
-        float* o = op + ((b * T + t) * H + kh * G + g) * hd;
-        for (int64_t d = 0; d < hd; ++d) o[d] = acc[r * hd + d] * inv;
+        const int64_t at = ((b * T + t) * H + kh * G + g) * hd;    // query head kh * G + g at position t
+        row(qp + at, kc, vc, mp + (b * T + t) * W, W, hd, scale, p.data(), op + at);
       }
   });
   return ffi::Error::Success();
