@@ -42,11 +42,13 @@ def test_panel_matmul_rejects_what_it_cannot_pack():
         cpu_kernels.matmul(jnp.ones((2, 9)), cpu_kernels.pack(jnp.ones((8, 64), jnp.float32)))
 
 
-@pytest.mark.parametrize("t", [1, 3])
-def test_decode_attention_equals_decoder_attention(t):
-    b, kv, g, hd, s, window = 3, 2, 3, 64, 40, 24
-    rng = np.random.default_rng(t)
-    q = rng.standard_normal((b, t, kv * g, hd)).astype(np.float32)
+@pytest.mark.parametrize("t,g,hd", [(1, 3, 64), (3, 3, 64), (1, 7, 128), (2, 2, 16), (1, 2, 48)])
+def test_decode_attention_equals_decoder_attention(t, g, hd):
+    """Every path of the kernel: query heads grouped per KV head (hd 64 or 128), row by row (hd 16, a multiple of
+    16; hd 48 with T = 1 and any hd), several positions per row; visible counts not a multiple of 16."""
+    b, kv, s, window = 3, 2, 40, 37
+    rng = np.random.default_rng(t * 1000 + g * 10 + hd)
+    q = 3 * rng.standard_normal((b, t, kv * g, hd)).astype(np.float32)    # peaked and flat softmaxes both
     k = rng.standard_normal((b, kv, s, hd)).astype(np.float32)
     v = rng.standard_normal((b, kv, s, hd)).astype(np.float32)
     mask = rng.random((b, t, window)) < 0.6
@@ -56,7 +58,7 @@ def test_decode_attention_equals_decoder_attention(t):
                      jnp.asarray(mask), kv_heads_first=True)
     got = jax.jit(cpu_kernels.attention)(q, k, v, mask)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
-    for bad in (k[:, :, :, :32], k[:1]):
+    for bad in (k[..., : hd // 2], k[:1]):
         with pytest.raises(ValueError, match="do not fit"):
             cpu_kernels.attention(q, bad, bad, mask)
 

@@ -160,55 +160,92 @@ inline float HSum(Vec v) {
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
-// One query row q [hd] (unscaled) over the cache rows k/v [W, hd] with mask m [W]: softmax(q k^T / sqrt(hd))
-// into p [W], then the weighted sum of v into out [hd]. N: hd / 16 when hd is a multiple of 16 (then q and the
-// sums live in registers), 0 for any hd.
+typedef int32_t VecI __attribute__((vector_size(64)));
+
+// e^x for x <= 0 (softmax weights), 16 lanes at a time: x = k ln2 + r with |r| <= ln2 / 2, e^r by its Taylor
+// series to r^7 (relative error below 1e-7, as close as expf), 2^k put in the exponent bits. Below -87, where
+// e^x leaves the normal floats, it gives about 1e-38 instead of a denormal or 0 (a weight that adds nothing).
+inline Vec Exp(Vec x) {
+  x = x < -87.f ? Vec{} - 87.f : x;
+  const Vec kf = (x * 1.44269504f + 12582912.f) - 12582912.f;      // round(x / ln2), via the float mantissa
+  const Vec r = (x - kf * 0.693145752f) - kf * 1.42860677e-6f;      // ln2 in two parts: r exact enough
+  Vec e = Vec{} + 1.f / 5040.f;
+  e = e * r + 1.f / 720.f;
+  e = e * r + 1.f / 120.f;
+  e = e * r + 1.f / 24.f;
+  e = e * r + 1.f / 6.f;
+  e = e * r + 0.5f;
+  e = e * r + 1.f;
+  e = e * r + 1.f;
+  const VecI bits = (__builtin_convertvector(kf, VecI) + 127) << 23;
+  Vec scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return e * scale;
+}
+
+// p[i] = e^(p[i] - mx) for i < n; returns their sum.
+inline float ExpShifted(float* p, int64_t n, float mx) {
+  Vec sum = Vec{};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const Vec e = Exp(Load(p + i) - mx);
+    std::memcpy(p + i, &e, sizeof e);
+    sum += e;
+  }
+  float total = HSum(sum);
+  if (i < n) {                          // the tail through a padded vector (padding: e^-87, not stored)
+    float tail[16];
+    for (int j = 0; j < 16; ++j) tail[j] = i + j < n ? p[i + j] - mx : -87.f;
+    const Vec e = Exp(Load(tail));
+    std::memcpy(tail, &e, sizeof e);
+    for (int64_t j = 0; i + j < n; ++j) {
+      p[i + j] = tail[j];
+      total += tail[j];
+    }
+  }
+  return total;
+}
+
+// One query row q [hd] (unscaled) over the cache rows k/v [S, hd] whose slots are listed in vis [n] (the visible
+// ones; W slots in the window): softmax(q k^T / sqrt(hd)) over them into p [n], then the weighted sum of their v
+// rows into out [hd]. N: hd / 16 when hd is a multiple of 16 (then q and the sums live in registers), 0 for any hd.
 template <int N>
-void AttendRow(const float* q, const float* kc, const float* vc, const bool* m, int64_t W, int64_t hd,
-               float scale, float* p, float* out) {
-  constexpr float kNone = -std::numeric_limits<float>::infinity();
-  float mx = kNone;
+void AttendRow(const float* q, const float* kc, const float* vc, const int32_t* vis, int64_t n, int64_t W,
+               int64_t hd, float scale, float* p, float* out) {
+  if (n == 0) {                         // nothing visible: uniform weights over the window, as decoder.attention
+    for (int64_t d = 0; d < hd; ++d) out[d] = 0.f;
+    for (int64_t s = 0; s < W; ++s)
+      for (int64_t d = 0; d < hd; ++d) out[d] += vc[s * hd + d];
+    for (int64_t d = 0; d < hd; ++d) out[d] /= static_cast<float>(W);
+    return;
+  }
+  float mx = -std::numeric_limits<float>::infinity();
   if constexpr (N > 0) {
     Vec qv[N];
     for (int j = 0; j < N; ++j) qv[j] = Load(q + 16 * j) * scale;
-    for (int64_t s = 0; s < W; ++s) {
-      if (!m[s]) continue;
-      const float* k = kc + s * 16 * N;
+    for (int64_t i = 0; i < n; ++i) {
+      const float* k = kc + vis[i] * 16 * N;
       Vec acc = qv[0] * Load(k);
       for (int j = 1; j < N; ++j) acc += qv[j] * Load(k + 16 * j);
-      p[s] = HSum(acc);
-      mx = std::max(mx, p[s]);
+      p[i] = HSum(acc);
+      mx = std::max(mx, p[i]);
     }
   } else {
-    thread_local std::vector<float> qs;
-    qs.resize(hd);
-    for (int64_t d = 0; d < hd; ++d) qs[d] = q[d] * scale;
-    for (int64_t s = 0; s < W; ++s) {
-      if (!m[s]) continue;
+    for (int64_t i = 0; i < n; ++i) {
+      const float* k = kc + vis[i] * hd;
       float sc = 0.f;
-      for (int64_t d = 0; d < hd; ++d) sc += qs[d] * kc[s * hd + d];
-      p[s] = sc;
+      for (int64_t d = 0; d < hd; ++d) sc += (q[d] * scale) * k[d];
+      p[i] = sc;
       mx = std::max(mx, sc);
     }
   }
-  float sum = 0.f;
-  if (mx == kNone) {                    // nothing visible: uniform weights over the W slots
-    for (int64_t s = 0; s < W; ++s) p[s] = 1.f;
-    sum = static_cast<float>(W);
-  } else {
-    for (int64_t s = 0; s < W; ++s) {
-      p[s] = m[s] ? std::exp(p[s] - mx) : 0.f;
-      sum += p[s];
-    }
-  }
-  const float inv = 1.f / sum;
+  const float inv = 1.f / ExpShifted(p, n, mx);
   if constexpr (N > 0) {
     Vec acc[N];
     for (int j = 0; j < N; ++j) acc[j] = Vec{};
-    for (int64_t s = 0; s < W; ++s) {
-      if (p[s] == 0.f) continue;
-      const float w = p[s];
-      const float* v = vc + s * 16 * N;
+    for (int64_t i = 0; i < n; ++i) {
+      const float w = p[i];
+      const float* v = vc + vis[i] * 16 * N;
       for (int j = 0; j < N; ++j) acc[j] += w * Load(v + 16 * j);
     }
     for (int j = 0; j < N; ++j) {
@@ -217,10 +254,72 @@ void AttendRow(const float* q, const float* kc, const float* vc, const bool* m, 
     }
   } else {
     for (int64_t d = 0; d < hd; ++d) out[d] = 0.f;
-    for (int64_t s = 0; s < W; ++s)
-      if (p[s] != 0.f)
-        for (int64_t d = 0; d < hd; ++d) out[d] += p[s] * vc[s * hd + d];
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t d = 0; d < hd; ++d) out[d] += p[i] * vc[vis[i] * hd + d];
     for (int64_t d = 0; d < hd; ++d) out[d] *= inv;
+  }
+}
+
+// The G query rows of one position that share a KV head, together (hd = 16 N): each visible K and V row is loaded
+// once for all of them. Otherwise the same maths as AttendRow; p is [G, n].
+template <int N, int G>
+void AttendGroup(const float* q, const float* kc, const float* vc, const int32_t* vis, int64_t n, int64_t W,
+                 int64_t hd, float scale, float* p, float* out) {
+  if (n == 0) {
+    for (int g = 0; g < G; ++g) AttendRow<N>(q + g * hd, kc, vc, vis, 0, W, hd, scale, p, out + g * hd);
+    return;
+  }
+  Vec qv[G][N];
+  for (int g = 0; g < G; ++g)
+    for (int j = 0; j < N; ++j) qv[g][j] = Load(q + g * hd + 16 * j) * scale;
+  float mx[G];
+  for (int g = 0; g < G; ++g) mx[g] = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) {
+    Vec k[N];
+    for (int j = 0; j < N; ++j) k[j] = Load(kc + vis[i] * hd + 16 * j);
+    for (int g = 0; g < G; ++g) {
+      Vec acc = qv[g][0] * k[0];
+      for (int j = 1; j < N; ++j) acc += qv[g][j] * k[j];
+      const float sc = HSum(acc);
+      p[g * n + i] = sc;
+      mx[g] = std::max(mx[g], sc);
+    }
+  }
+  float inv[G];
+  for (int g = 0; g < G; ++g) inv[g] = 1.f / ExpShifted(p + g * n, n, mx[g]);
+  Vec acc[G][N];
+  for (int g = 0; g < G; ++g)
+    for (int j = 0; j < N; ++j) acc[g][j] = Vec{};
+  for (int64_t i = 0; i < n; ++i) {
+    Vec v[N];
+    for (int j = 0; j < N; ++j) v[j] = Load(vc + vis[i] * hd + 16 * j);
+    for (int g = 0; g < G; ++g) {
+      const float w = p[g * n + i];
+      for (int j = 0; j < N; ++j) acc[g][j] += w * v[j];
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int j = 0; j < N; ++j) {
+      const Vec o = acc[g][j] * inv[g];
+      std::memcpy(out + g * hd + 16 * j, &o, sizeof o);
+    }
+}
+
+using GroupFn = void (*)(const float*, const float*, const float*, const int32_t*, int64_t, int64_t, int64_t, float,
+                         float*, float*);
+
+template <int N>
+GroupFn GroupFor(int64_t g) {
+  switch (g) {
+    case 1: return &AttendGroup<N, 1>;
+    case 2: return &AttendGroup<N, 2>;
+    case 3: return &AttendGroup<N, 3>;
+    case 4: return &AttendGroup<N, 4>;
+    case 5: return &AttendGroup<N, 5>;
+    case 6: return &AttendGroup<N, 6>;
+    case 7: return &AttendGroup<N, 7>;
+    case 8: return &AttendGroup<N, 8>;
+    default: return nullptr;
   }
 }
 
@@ -248,18 +347,30 @@ ffi::Error DecodeAttentionImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ff
     case 256: row = &AttendRow<16>; break;
     default: break;
   }
+  // the G query heads of a KV head together where hd is 64 or 128 and G <= 8 (Llama, Qwen2, Qwen3), else row by row
+  const GroupFn group = hd == 64 ? GroupFor<4>(G) : hd == 128 ? GroupFor<8>(G) : nullptr;
   // one task per (row b, KV head): its G x T query rows read the same cache rows, which stay in cache between them
   ParallelFor(pool, B * KV, B * KV * G * T * W * hd * 2, [=](int64_t i) {
     const int64_t b = i / KV, kh = i % KV;
     const float* kc = kp + (b * KV + kh) * S * hd;
     const float* vc = vp + (b * KV + kh) * S * hd;
     thread_local std::vector<float> p;
-    p.resize(W);
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t at = ((b * T + t) * H + kh * G + g) * hd;    // query head kh * G + g at position t
-        row(qp + at, kc, vc, mp + (b * T + t) * W, W, hd, scale, p.data(), op + at);
+    thread_local std::vector<int32_t> vis;
+    p.resize(G * W);
+    vis.resize(W);
+    for (int64_t t = 0; t < T; ++t) {
+      const bool* m = mp + (b * T + t) * W;
+      int64_t n = 0;
+      for (int64_t s = 0; s < W; ++s)
+        if (m[s]) vis[n++] = static_cast<int32_t>(s);
+      const int64_t at = ((b * T + t) * H + kh * G) * hd;           // query heads kh * G + g at position t
+      if (group != nullptr) {
+        group(qp + at, kc, vc, vis.data(), n, W, hd, scale, p.data(), op + at);
+        continue;
       }
+      for (int64_t g = 0; g < G; ++g)
+        row(qp + at + g * hd, kc, vc, vis.data(), n, W, hd, scale, p.data(), op + at + g * hd);
+    }
   });
   return ffi::Error::Success();
 }
