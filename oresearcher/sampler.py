@@ -202,7 +202,7 @@ def _sample(logits, key, temperature, top_p, top_k, use_filter: bool):
 # layer, then runs the decoder's own layer function (`Decoder._layer_fn`) layer by layer: the same maths as
 # `model(ids, positions=, cache=)`, whose outputs the parity tests compare against transformers. On CPU the copy
 # is made in a decode layout (decoder.decode_layout) that a decode step streams faster: packed for the
-# panel_matmul kernel where it is built, the unembedding included, else XLA's transposed blocks with a tied
+# cpu_kernels matmul where it is built, the unembedding included, else XLA's transposed blocks with a tied
 # unembedding kept transposed to [D, V] (x @ W reads it faster than x @ E^T).
 
 def init_cache(model, batch: int, slots: int) -> dict:
@@ -399,9 +399,10 @@ class Sampler:
         one, only `eos_ids` (default: the model config's eos_token_id) stop a row. Pass eos_ids=() to never stop
         on EOS. share_prefix: prefill the prompts' common prefix once per session (see the module docstring).
         weight_layout: the layout of the per-layer weight copy (decoder.decode_layout): "panels" (packed for
-        the panel_matmul kernel), "blocks" (transposed, `weight_blocks` row blocks per matrix) or "own" (the
-        decoder's training layout). Default: "panels" for an fp32 model on one CPU device where the kernel is
-        built, "blocks" for other CPU models, "own" on accelerators."""
+        the cpu_kernels matmul; decode steps then attend with cpu_kernels.attention too), "blocks" (transposed,
+        `weight_blocks` row blocks per matrix) or "own" (the decoder's training layout). Default: "panels" for
+        an fp32 model on one CPU device where the kernels are built, "blocks" for other CPU models, "own" on
+        accelerators."""
         self.weight_layout = weight_layout or _default_layout(model)
         if self.weight_layout not in ("panels", "blocks", "own"):
             raise ValueError(f"Sampler: weight_layout must be 'panels', 'blocks' or 'own', got {weight_layout!r}")

@@ -92,7 +92,8 @@ template <typename F>
 void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t work, F fn) {
   if (n <= 0) return;
   const int64_t cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  const int64_t threads = work < (int64_t{1} << 16) ? 1 : std::max<int64_t>(1, std::min({pool.num_threads(), cores, n}));
+  const int64_t threads =
+      work < (int64_t{1} << 16) ? 1 : std::max<int64_t>(1, std::min({pool.num_threads(), cores, n}));
   if (threads == 1) {
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;

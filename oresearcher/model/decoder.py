@@ -27,6 +27,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from oresearcher import context_parallel, sharding
+from oresearcher.model import cpu_kernels
 from oresearcher.model.config import ModelConfig
 
 Array = jax.Array
@@ -132,7 +133,7 @@ def dense(x: Array, w: Array) -> Array:
 
 
 # The layouts of the sampler's per-layer weights on CPU: q/k/v fused into one matrix and gate/up into one, then
-# either (a) packed in panels for panel_matmul, an FFI kernel that streams the weights at close to memory speed,
+# either (a) packed in panels for cpu_kernels.matmul, an FFI kernel that streams them at close to memory speed,
 # or (b) where it is not built, stored transposed ([dout, din], as torch stores a Linear) and cut into row blocks:
 # XLA:CPU streams W [dout, din] @ x^T faster than x @ W for a few rows, and two independent blocks run on two cores
 # at once. SmolLM2 at batch 8, the weight products of one token step: 44 ms as x @ W, 26-29 ms as two blocks,
@@ -144,9 +145,8 @@ FEW_ROWS = 32   # up to this many rows, a block's product is W_i @ x^T; beyond, 
 
 def decode_layout(p: dict[str, Array], layout: str = "blocks", blocks: int = 2) -> dict:
     """One layer's parameters (no layer axis) in a decode layout: FUSED's names map to the fused matrix, as a
-    panel_matmul-packed array (layout "panels", where its shape allows) or as a tuple of `blocks` arrays
+    cpu_kernels-packed array (layout "panels", where its shape allows) or as a tuple of `blocks` arrays
     [dout_i, din] whose rows stacked are the fused matrix transposed; norms and biases as they are."""
-    from oresearcher.model import cpu_kernels
     # as [din, dout]: wo [H, hd, D] reads its first two axes, every other matrix its first
     matrix = lambda n: p[n].reshape(-1, p[n].shape[-1]) if n == "wo" else p[n].reshape(p[n].shape[0], -1)
     out = {n: w for n, w in p.items() if not any(n in parts for parts in FUSED.values())}
@@ -162,7 +162,6 @@ def decode_layout(p: dict[str, Array], layout: str = "blocks", blocks: int = 2) 
 def dense_fused(x: Array, w) -> Array:
     """x [..., din] @ W -> [..., dout], W in a decode layout (decode_layout): row blocks of W^T, or packed."""
     if not isinstance(w, tuple):
-        from oresearcher.model import cpu_kernels
         return cpu_kernels.matmul(x, w)
     x2 = x.reshape(-1, x.shape[-1])
     if x2.shape[0] <= FEW_ROWS:
@@ -234,11 +233,10 @@ class Decoder(nnx.Module):
 
     def unembed(self, hidden: Array, head: Array | None = None) -> Array:
         """[B, T, D] -> float32 logits [B, T, V]. head: the sampler's copy of the unembedding instead of the
-        model's own parameter, as [D, V] (a tied embedding transposed once) or packed for panel_matmul."""
+        model's own parameter, as [D, V] (a tied embedding transposed once) or packed for cpu_kernels.matmul."""
         cdt = jnp.dtype(self.cfg.compute_dtype)
         h = hidden.reshape(-1, hidden.shape[-1])  # one 2-D matmul (see `dense`)
         if head is not None and head.ndim == 3:
-            from oresearcher.model import cpu_kernels
             logits = cpu_kernels.matmul(h, head)
         elif head is not None:
             logits = jnp.einsum("nd,dv->nv", h, head.astype(cdt), preferred_element_type=jnp.float32)
@@ -350,7 +348,6 @@ class Decoder(nnx.Module):
             else:
                 new_kv = None
             if cpu_attention and kv_cache is not None:
-                from oresearcher.model import cpu_kernels
                 o = cpu_kernels.attention(q, *new_kv, mask)
             elif mask is None:
                 o = context_parallel.attention(q, k, v, segment_ids, implementation=cfg.attention, mesh=self.mesh,
