@@ -104,6 +104,7 @@ def main():
         row["weight_products_floor"] = floor = weight_products(sampler, b)
         row["floor_over_transformers"] = floor["floor_tokens_per_s"] / row["transformers_tok_s"]
         if ours_default:
+            row["ours_default_session_s"] = ours_default
             row["ours_default_session_tok_s"] = b * args.new / statistics.median(ours_default)
             print(f"batch {b:>3}: ours with a {args.session_len}-token session {row['ours_tok_s']:.1f} tok/s, with "
                   f"the default session ({len(prompt) + args.new} tokens) {row['ours_default_session_tok_s']:.1f}")
