@@ -16,7 +16,8 @@ rows in the best XLA layout, decoder's transposed blocks, against 18.5 ms here; 
 makes the kernel's read of W one front-to-back stream. With the weights that fast, attention over the cache
 became a third of a decode step (SmolLM2, batch 8: 7.5 ms per token step in XLA's batched [3, 64] x [64, 256]
 products alone, each a few microseconds of work); the attention kernel reads each cached K and V row once for
-all the query heads that share it. The tiles and the threading are described in cpu_kernels.cc.
+all the query heads that share it (head_dim 64 or 128 and up to 8 query heads per KV head, as in Llama, Qwen2 and
+Qwen3; other shapes row by row). The tiles and the threading are described in cpu_kernels.cc.
 
 Build: the C++ source beside this file is compiled with the system compiler (`c++`, or $CXX) for this machine
 (-O3 -march=native) against jaxlib's FFI headers, into $XDG_CACHE_HOME/oresearcher/kernels (~/.cache by

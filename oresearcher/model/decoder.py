@@ -344,7 +344,8 @@ class Decoder(nnx.Module):
                 k_all = kv_cache[0].at[rows, :, positions].set(k.astype(kv_cache[0].dtype), mode="drop")
                 v_all = kv_cache[1].at[rows, :, positions].set(v.astype(kv_cache[1].dtype), mode="drop")
                 new_kv = (k_all, v_all)
-                k, v = k_all[:, :, :window].astype(cdt), v_all[:, :, :window].astype(cdt)
+                if not cpu_attention:       # the kernel reads the window of the cache in place
+                    k, v = k_all[:, :, :window].astype(cdt), v_all[:, :, :window].astype(cdt)
             else:
                 new_kv = None
             if cpu_attention and kv_cache is not None:
