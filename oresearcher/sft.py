@@ -63,6 +63,8 @@ def build_model(config, mesh, rules):
         raise ValueError(f"config.model={spec!r}: use a preset ({sorted(PRESETS)}), 'gguf:embedded' or an HF "
                          "directory (config.json + safetensors + tokenizer)")
     sharding.shard_model(model, mesh, rules)
+    if jax.process_index() == 0:
+        print(metrics_lib.parameter_overview(model), flush=True)
     return model, tokenizer
 
 
@@ -227,6 +229,7 @@ def run(config) -> dict:
     peak = metrics_lib.peak_flops_per_device(float(config.peak_flops_per_device)) * jax.device_count()
     writer = metrics_lib.MetricsWriter(workdir, total_steps, start_step=start, progress=bool(config.progress))
     last, window_tokens, window_start = {}, 0, time.perf_counter()
+    window = metrics_lib.WindowMeans.empty()
     step = start
     try:
         while step < total_steps:
@@ -239,19 +242,21 @@ def run(config) -> dict:
             step += 1
             m = jax.device_get(m)
             check_finite(step, m, ("loss", "grad_norm", "param_norm"))  # before this state can be checkpointed
+            window = window.merge(metrics_lib.WindowMeans.single_from_model_output(**m))
             window_tokens += int(d.batch_size) * int(d.seq_len)
             writer.advance(step)
 
             if step % int(config.log_every) == 0 or step in (1, total_steps):  # step 1: the starting loss
                 elapsed = time.perf_counter() - window_start
                 tps = window_tokens / max(elapsed, 1e-9)
-                last = {"loss": float(m["loss"]), "tokens_per_sec": tps, "mfu": tps * flops_per_token / peak,
-                        "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"]),
+                means = {k: float(v) for k, v in window.compute().items()}   # over the window's steps
+                last = {**means, "tokens_per_sec": tps, "mfu": tps * flops_per_token / peak, "lr": float(m["lr"]),
                         "masked_fraction": float(m["masked_fraction"]), "loss_tokens": int(m["loss_tokens"])}
                 if eval_set and int(config.eval_every) and step % int(config.eval_every) == 0:
                     last["eval_loss"] = evaluate(trainer, state["params"], eval_set)
                 writer.write(step, last)
                 window_tokens, window_start = 0, time.perf_counter()
+                window = metrics_lib.WindowMeans.empty()
             if step % int(config.checkpoint_every) == 0 or step == total_steps:
                 ckpt.save(step, state, batches.get_state())
     except NonFiniteError as e:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +64,6 @@ class Tokenizer:
         self.added_tokens = {i: t.content for i, t in added.items()}
         self.special_tokens = [t.content for t in added.values() if t.special]
         self._byte_level = _is_byte_level(backend)
-        self._template = None
         self._bytes = None                      # token id -> bytes, built on first use
 
     def _id(self, token: str | None) -> int | None:
@@ -174,49 +172,23 @@ class Tokenizer:
 
     # ------------------------------------------------------------------------------------------ chat
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False, **kwargs) -> str:
-        """The chat rendered by the tokenizer's jinja template in a sandbox, with what HF passes to it
-        (messages, add_generation_prompt, the special tokens, tools/documents and any keyword arguments)."""
+        """The chat rendered by the tokenizer's jinja template, by transformers' own renderer (its sandbox,
+        filters and globals), with what HF passes to it: the special tokens, tools/documents and any keyword
+        arguments. Only the rendering is transformers'; tokens and byte offsets stay ours (the loss masks)."""
+        from transformers.utils.chat_template_utils import render_jinja_template
+
         if self.chat_template is None:
             raise ValueError("this tokenizer has no chat template: set chat_template in tokenizer_config.json "
                              "(or pass chat_template= to Tokenizer)")
-        if self._template is None:
-            self._template = _compile(self.chat_template)
         context = {"bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
-                   "pad_token": self.pad_token or "", "unk_token": "", "tools": None, "documents": None}
+                   "pad_token": self.pad_token or "", "unk_token": ""}
         context.update(kwargs)
+        tools, documents = context.pop("tools", None), context.pop("documents", None)
         plain = json.loads(json.dumps([dict(m) for m in messages]))   # templates see plain JSON data only
-        return self._template.render(messages=plain, add_generation_prompt=add_generation_prompt, **context)
-
-
-def _compile(source: str):
-    """A sandboxed jinja2 template with HF's environment: trim_blocks, lstrip_blocks, loop controls, a tojson
-    that keeps non-ASCII text, raise_exception, strftime_now; `{% generation %}` blocks render their body."""
-    import jinja2
-    from jinja2.ext import Extension, loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class Generation(Extension):
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-        def _body(self, caller):
-            return caller()
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(source)
+        rendered, _ = render_jinja_template([plain], tools=tools, documents=documents,
+                                            chat_template=self.chat_template,
+                                            add_generation_prompt=add_generation_prompt, **context)
+        return rendered[0]
 
 
 def _is_byte_level(backend) -> bool:
