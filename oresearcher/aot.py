@@ -28,6 +28,7 @@ and `gpu:h100x8`, `gpu:h100x16` (two hosts), `gpu:h200x8`, `gpu:a100x8` (any `gp
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -123,7 +124,12 @@ def _tpu_target(spec: str, name: str) -> Target:
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
-    topo = topologies.get_topology_desc(platform="tpu", topology_name=f"{gen}:{table[chips]}")
+    try:
+        topo = topologies.get_topology_desc(platform="tpu", topology_name=f"{gen}:{table[chips]}")
+    except (RuntimeError, NotImplementedError) as e:
+        if importlib.util.find_spec("libtpu") is not None:
+            raise
+        raise RuntimeError(f"--target={spec}: libtpu is not installed; pip install -e '.[aot]'") from e
     kind = topo.devices[0].device_kind
     return Target(spec, "tpu", list(topo.devices), chip["hbm"],
                   f"{len(topo.devices)} x {kind} ({gen} {table[chips]}), {chip['hbm'] / GiB:.2f} GiB HBM per chip")
@@ -146,7 +152,7 @@ def _gpu_target(spec: str, name: str, mem_fraction: float) -> Target:
                                             target_config=gpu_target_config(model))
     except NotImplementedError as e:
         raise RuntimeError(f"--target={spec}: the CUDA PJRT plugin is not installed; "
-                           f"pip install jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2") from e
+                           f"pip install -e '.[aot]'") from e
     total = GPU_SPECS[model]["memory"]
     return Target(spec, "gpu", list(topo.devices), int(total * mem_fraction),
                   f"{n} x {GPU_SPECS[model]['name']} on {hosts} host(s); {mem_fraction:.2f} of "

@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 
 from oresearcher import sft
+from oresearcher.extras import require
 from oresearcher.model import PRESETS, Decoder, to_hf_config
 
 RESULTS = Path(__file__).parent / "results"
@@ -65,7 +66,7 @@ def ours(cfg, batch_np: dict):
 
 
 def peer(cfg, batch_np: dict):
-    import torch
+    torch = require("torch", "dev")
     import transformers
 
     torch.manual_seed(0)
@@ -128,7 +129,7 @@ def main() -> None:
         step_s = float(np.median(times[name]))
         report[name] = {"step_s": step_s, "times": times[name], "tokens_per_s": args.batch * args.seq / step_s,
                         "mfu": flops / step_s / peak if peak else None, "loss": losses[name]}
-    import torch
+    torch = require("torch", "dev")
     report["torch_version"] = torch.__version__
     report["ours_over_torch"] = report["ours"]["tokens_per_s"] / report["torch"]["tokens_per_s"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from oresearcher import losses  # noqa: E402
+from oresearcher.extras import require  # noqa: E402
 from oresearcher.model import PRESETS, Decoder, ModelConfig, to_hf_config  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -93,7 +94,7 @@ def build_ours(cfg: ModelConfig, batch: int, seq: int):
 
 
 def build_torch(cfg: ModelConfig, batch: int, seq: int):
-    import torch
+    torch = require("torch", "dev")
     import transformers
 
     torch.manual_seed(0)
@@ -156,7 +157,7 @@ def worker(side: str, model: str, args) -> None:
     """The worker's side of the pipe: build, report the first step, then one timed step per "step" line."""
     cfg = bench_config(model, args)
     if side == "torch":
-        import torch
+        torch = require("torch", "dev")
         step, first = build_torch(cfg, args.batch, args.seq)
         info = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     else:

@@ -45,7 +45,9 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
 
     import jax
-    import torch
+
+    from oresearcher.extras import require
+    torch = require("torch", "dev")
     import transformers
 
     from experiments.bench.decode_floor import weight_products
