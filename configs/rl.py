@@ -14,6 +14,9 @@ Presets (each says how to run it and what it should reach):
       prompts' shared prefix is prefilled once), train 64-76 s (every group had reward variance). An earlier
       build on a slower AVX2 machine took 17:00 (generate 73-143 s); on a loaded machine (load ~8), 29 min.
       With so little training the rewards are a smoke signal, not a learning curve.
+  smollm2-v5e8        python -m oresearcher.train --config=configs/rl.py:smollm2-v5e8   (on a TPU v5e-8 VM)
+      The same job on 8 TPU chips, data parallel, bf16, 64 episodes per step, 100 steps (BUILD.md section 4).
+      AOT: python -m oresearcher.aot --config=configs/rl.py:smollm2-v5e8 --target=tpu:v5e-8
   tiny                python -m oresearcher.train --config=configs/rl.py:tiny
       Tests: a 2-layer, 64-wide decoder with the 512-token test tokenizer (tests/fixtures/tiny_tokenizer), SFT'd
       for 200 steps on 4 embedded trajectories abridged to two words per body (one tool call, no references: the
@@ -151,6 +154,24 @@ def smollm2() -> ConfigDict:
     return c
 
 
+def smollm2_v5e8() -> ConfigDict:
+    """The default job on a TPU v5e-8 (one host, 8 chips of 16 GiB): data parallel (a 135M model needs no
+    parameter sharding), bf16 compute, 8 questions x group 8 = 64 episodes per step in 4 optimizer steps of 16."""
+    c = smollm2()
+    c.workdir = "/tmp/oresearcher/rl-smollm2-v5e8"   # on a TPU VM: a gcsfuse-mounted bucket (BUILD.md, section 4)
+    c.mesh = {"data": 8}
+    c.compute_dtype = "bfloat16"
+    c.total_steps = 100
+    c.checkpoint_every = 10
+    c.questions_per_step = 8
+    c.warm_start.num_questions = 64
+    c.warm_start.steps = 200
+    c.warm_start.batch_size = 8
+    c.rollout.group_size = 8
+    c.grpo.minibatches = 4
+    return c
+
+
 def tiny() -> ConfigDict:
     c = _base()
     c.workdir = "/tmp/oresearcher/rl-tiny"
@@ -212,7 +233,7 @@ def qwen72b_v5p() -> ConfigDict:
     return c
 
 
-PRESETS = {"smollm2": smollm2, "tiny": tiny, "qwen2.5-7b-gpu8": qwen_gpu8, "qwen2.5-72b-v5p-256": qwen72b_v5p}
+PRESETS = {"smollm2": smollm2, "smollm2-v5e8": smollm2_v5e8, "tiny": tiny, "qwen2.5-7b-gpu8": qwen_gpu8, "qwen2.5-72b-v5p-256": qwen72b_v5p}
 
 
 def get_config(preset: str | None = None) -> ConfigDict:

@@ -17,9 +17,14 @@ import json
 import os
 from pathlib import Path
 
+import jinja2  # noqa: F401 - transformers renders chat templates with it but does not require it: fail on import
 import numpy as np
 
 from tokenizers import Tokenizer as Backend
+
+# transformers serves us its tokenizer loading and template renderer only; its advice that PyTorch is missing
+# (models unavailable) is not about anything we use.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 # Tokens that end an assistant turn in the common chat templates (ChatML, Llama 3, Gemma, Phi); the ones a
 # vocabulary has are added to `stop_ids` beside EOS.
@@ -75,21 +80,27 @@ class Tokenizer:
         """From an HF model directory: tokenizer.json (or a sentencepiece tokenizer.model), tokenizer_config.json
         for the special tokens and the chat template (or chat_template.jinja / chat_template.json)."""
         path = Path(path)
-        config = _read_json(path / "tokenizer_config.json")
         if (path / "tokenizer.json").exists():
-            backend = Backend.from_file(str(path / "tokenizer.json"))
+            # transformers resolves the special tokens and where the chat template lives (tokenizer_config.json,
+            # chat_template.jinja, chat_template.json, named templates); we keep its backend for the offsets.
+            from transformers import PreTrainedTokenizerFast
+
+            hf = PreTrainedTokenizerFast.from_pretrained(str(path))
+            backend, template = hf.backend_tokenizer, hf.chat_template
+            if isinstance(template, dict):  # named templates
+                template = template.get("default", next(iter(template.values()), None))
+            bos, eos, pad = hf.bos_token, hf.eos_token, hf.pad_token
         elif (path / "tokenizer.model").exists():
+            # A sentencepiece-only model: transformers would convert it to a BPE approximation (with protobuf);
+            # ours reads the model itself, so the pieces and their offsets are the model's own.
+            config = _read_json(path / "tokenizer_config.json")
             backend = SentencePieceBackend(path / "tokenizer.model", config)
+            template = config.get("chat_template")
+            if (path / "chat_template.jinja").exists():
+                template = (path / "chat_template.jinja").read_text()
+            bos, eos, pad = (_token(config.get(k)) for k in ("bos_token", "eos_token", "pad_token"))
         else:
             raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer.model; pass an HF model directory")
-        template = config.get("chat_template")
-        if (path / "chat_template.jinja").exists():
-            template = (path / "chat_template.jinja").read_text()
-        elif (path / "chat_template.json").exists():
-            template = _read_json(path / "chat_template.json").get("chat_template")
-        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
-            named = {t["name"]: t["template"] for t in template}
-            template = named.get("default", next(iter(named.values()), None))
         generation = _read_json(path / "generation_config.json").get("eos_token_id")
         extra = []
         if generation is not None:
@@ -97,8 +108,7 @@ class Tokenizer:
                 token = backend.id_to_token(int(i))
                 if token is not None:
                     extra.append(token)
-        return cls(backend, template, _token(config.get("bos_token")), _token(config.get("eos_token")),
-                   _token(config.get("pad_token")), extra_stop_tokens=extra)
+        return cls(backend, template, bos, eos, pad, extra_stop_tokens=extra)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write tokenizer.json (or tokenizer.model) and tokenizer_config.json that `from_dir` and HF read."""
