@@ -190,6 +190,39 @@ def test_released_traces_render(tmp_path):
     assert "&lt;subtask_answer&gt; missing" in "".join(client.get(f"/t/0.0.{i}").text for i in range(3))
 
 
+def test_run_agent_output_beside_the_released_traces(tmp_path):
+    """A run_agent output directory written by run_agent's own writers (the released traces as its episodes)
+    viewed beside the released file: each record is listed once, with its scores; the same question in the
+    other source is linked from the trace."""
+    import asyncio
+
+    from fastapi.testclient import TestClient
+    from experiments import run_agent
+    from experiments.view.app import create_app
+    from experiments.view.sources import Catalog
+
+    rows = [json.loads(line) for line in RELEASED.read_text().splitlines()]
+    episodes = [run_agent.Episode(str(r["id"]), r["prompt"], protocol.system_prompt(),
+                                  pieces=[("model", r["current_answer"])], turns=12, stop_reason="final report")
+                for r in rows]
+    questions = [{"id": str(r["id"]), "prompt": r["prompt"]} for r in rows]
+    scores = asyncio.run(run_agent.score_episodes(episodes, questions))
+    run_agent.write_outputs(tmp_path / "agent", episodes, questions, "o-researcher-72b-rl", scores)
+
+    client = TestClient(create_app(Catalog([RELEASED, tmp_path / "agent"])))
+    index = client.get("/", params={"outcome": "report"}).text
+    assert index.count('href="/t/1.0.') == 3 and "stop: final report" in index
+    page = client.get("/t/1.0.2").text
+    assert rows[2]["prompt"][:40] in page and "turns" in page and "R_tool" in page
+    assert 'href="/t/0.0.2"' in page                            # the same question in the released file
+
+
+def test_citation_spans():
+    text = "as shown [1], [2, 4-5] and [3](https://x.org) but not [x]"
+    assert protocol.citation_spans(text) == [(9, 12, [1]), (14, 22, [2, 4, 5])]
+    assert protocol.cited_numbers(text) == [1, 2, 4, 5]
+
+
 def test_lazy_index_of_100k_records(tmp_path):
     """A 100k-line file: the first page comes from the first block of the scan and parses only its rows; a
     record near the end is found by its offset."""

@@ -93,8 +93,9 @@ def _category(summary: Summary) -> str:
 
 # ------------------------------------------------------------------------------------------------ index
 def _source_html(source: Source) -> str:
-    counts = ", ".join(f"{part.file.path.name}: {part.file.count():,} line(s)"
-                       + ("" if part.file.indexed else " (indexing…)") for part in source.parts)
+    counts = ", ".join([f"{part.file.path.name}: {part.file.count():,} line(s)"
+                        + ("" if part.file.indexed else " (indexing…)") for part in source.parts]
+                       + (["metrics.jsonl"] if source.metrics_path else []))
     extra = ""
     if source.summary_json:
         keys = ("accepted", "rejected", "pending", "rejections_per_reason", "wall_time_s")
@@ -111,8 +112,8 @@ def _source_html(source: Source) -> str:
 
 def index_page(catalog: Catalog, text: str, category: str, start: str | None) -> str:
     rows, following = catalog.listing(text, category, start)
-    options = "".join(f'<option value="{c}"{" selected" if c == category else ""}>{c}</option>'
-                      for c in ("",) + CATEGORIES).replace('<option value="">', '<option value="">any outcome')
+    options = "".join(f'<option value="{c}"{" selected" if c == category else ""}>{c or "any outcome"}</option>'
+                      for c in ("",) + CATEGORIES)
     table = "".join(
         f'<tr><td>{escape(catalog.sources[int(r.key.split(".")[0])].path.name)}</td>'
         f'<td><a href="/t/{r.key}">{escape(r.id)}</a></td><td class="q">{escape(r.question[:300])}</td>'

@@ -44,6 +44,7 @@ def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
 def metrics_png(rows: list[dict], title: str = "") -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     entropy = sorted({k for row in rows for k in row if "entropy" in k})
     fig = Figure(figsize=(11, 6.4), dpi=96, layout="constrained")
@@ -54,6 +55,7 @@ def metrics_png(rows: list[dict], title: str = "") -> bytes:
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         drawn = 0
         for key in keys:
             steps, values = _series(rows, key)

@@ -40,13 +40,18 @@ class Evidence:
                 crawled = ()
         self._where: dict[str, list[int]] = {}
 
-    def read_in(self, url: str) -> list[int]:
-        """Numbers of the observations where `url` was read: crawls of it first, then every other mention."""
+    def read_in(self, url: str) -> tuple[list[int], list[int]]:
+        """(observations of crawls that fetched `url`, other observations that show it), by number."""
         if url not in self._where:
             crawls = [o.number for o in self.observations if url in o.crawled]
             shown = [o.number for o in self.observations if url in o.body and o.number not in crawls]
-            self._where[url] = crawls + shown
+            self._where[url] = (crawls, shown)
         return self._where[url]
+
+    def first(self, url: str) -> int | None:
+        """Where `url` was read: the first crawl of it, else the first observation that shows it."""
+        crawls, shown = self.read_in(url)
+        return (crawls + shown)[0] if crawls or shown else None
 
 
 # ------------------------------------------------------------------------------------------------ reports
@@ -68,12 +73,12 @@ def report_html(report: str, evidence: Evidence, anchor: str) -> str:
 
 
 def _reference_html(n: int, url: str, title: str, evidence: Evidence, anchor: str) -> str:
-    where = evidence.read_in(url)
-    if where:
-        read = "read in " + ", ".join(f'<a class="obs-link" href="#obs-{k}">observation {k}</a>' for k in where[:4])
-    else:
-        read = '<span class="unobserved-note">appears in no observation</span>'
-    cls = "ref" if where else "ref unobserved"
+    crawls, shown = evidence.read_in(url)
+    links = [f"{what} " + ", ".join(f'<a class="obs-link" href="#obs-{k}">observation {k}</a>' for k in numbers[:4])
+             + (f" and {len(numbers) - 4} more" if len(numbers) > 4 else "")
+             for what, numbers in (("crawled in", crawls), ("shown in", shown)) if numbers]
+    read = "; ".join(links) or '<span class="unobserved-note">appears in no observation</span>'
+    cls = "ref" if links else "ref unobserved"
     return (f'<div class="{cls}" id="{anchor}-ref-{n}">[{n}] <a href="{escape(url)}" target="_blank" '
             f'rel="noreferrer">{escape(url)}</a>{" – " + escape(title) if title else ""} · {read}</div>')
 
@@ -94,13 +99,13 @@ def _citation(n: int, references: dict[int, tuple[str, str]], evidence: Evidence
     if n not in references:
         return f'<span class="cite missing" title="no reference entry [{n}]">{n}?</span>'
     url, title = references[n]
-    where = evidence.read_in(url)
+    where = evidence.first(url)
     tip = escape(f"{title} — {url}" if title else url)
-    if not where:
+    if where is None:
         return (f'<a class="cite unobserved" href="{escape(url)}" target="_blank" rel="noreferrer" '
                 f'title="{tip} (appears in no observation)">{n}⚠</a>')
     return (f'<a class="cite" href="{escape(url)}" target="_blank" rel="noreferrer" title="{tip}">{n}</a>'
-            f'<a class="obs-link" href="#obs-{where[0]}" title="read in observation {where[0]}">↗</a>')
+            f'<a class="obs-link" href="#obs-{where}" title="read in observation {where}">↗</a>')
 
 
 # ------------------------------------------------------------------------------------------------ elements
