@@ -152,6 +152,7 @@ def test_pages_in_chromium(tmp_path):
             assert f'class="cite" href="{url}"' in report, (n, url)   # linked, and read in an observation
         assert 'class="cite unobserved"' not in report
         assert re.search(r'<a class="obs-link" href="#obs-\d+"', report)
+        assert '<mark class="cited">' + references[0][1] + "</mark>" in dom   # the URL, where it was read
         for part in ("subtask 1", "think", "plan", "sub-report", "final report"):
             assert f'<span class="tag">{part}' in dom
         assert "not_selected" in dom                    # the funnel's other candidate, beside the trace
@@ -247,6 +248,37 @@ def test_lazy_index_of_100k_records(tmp_path):
     assert 'class="cite unobserved"' in last                    # no trajectory: nothing was observed
     found = client.get("/", params={"q": "QUESTION NUMBER 77777"}).text
     assert found.count('href="/t/0.0.') == 1 and "/t/0.0.77777" in found
+
+
+def test_a_growing_file(tmp_path):
+    """A file still being written (an RL run appending episodes): appended lines appear on refresh, a half-
+    written last line does not until it is whole, a file rewritten shorter is indexed again."""
+    from experiments.view.jsonl import JsonlFile
+
+    path = tmp_path / "episodes.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n')
+    f = JsonlFile(path)
+    assert f.wait_all() == 2 and f.record(1) == {"a": 2}
+    with open(path, "a") as out:
+        out.write('{"a": 3}\n{"a": ')
+    f.refresh()
+    assert f.wait_all() == 3 and f.record(2) == {"a": 3}
+    with open(path, "a") as out:
+        out.write('4}')
+    f.refresh()
+    assert f.wait_all() == 4 and f.record(3) == {"a": 4}
+    path.write_text('{"b": 1}\n')
+    f.refresh()
+    assert f.wait_all() == 1 and f.record(0) == {"b": 1}
+    path.write_text('{"c": 1}\n{"c": 2}\n')                     # rewritten longer in place
+    f.refresh()
+    assert f.wait_all() == 2 and f.record(0) == {"c": 1}
+    (tmp_path / "new.jsonl").write_text('{"d": 1}\n{"d": 2}\n{"d": 3}\n')
+    os.replace(tmp_path / "new.jsonl", path)                      # replaced, as synth writes its outputs
+    f.refresh()
+    assert f.wait_all() == 3 and f.record(0) == {"d": 1}
+    with pytest.raises(IndexError, match="no line 4"):
+        f.raw(3)
 
 
 def test_bad_paths_are_named(tmp_path):

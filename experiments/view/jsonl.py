@@ -8,7 +8,8 @@
 A 100k-record trace file is gigabytes of JSON: parsing all of it to list it would take minutes, while finding
 its newlines with numpy runs at memory speed and the first page needs only the first block. A file that grows
 (an RL run writing episodes.jsonl) is scanned again from where the last scan stopped when `refresh()` sees it
-longer; one that shrank (a resumed run dropped the steps after its checkpoint) is scanned from the start.
+longer; one that was rewritten (a resumed run dropped the steps after its checkpoint: the last bytes scanned
+are no longer what they were) is scanned from the start.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import numpy as np
 
 BLOCK = 8 << 20   # bytes read per step of the scan
 READ = 1 << 20    # bytes read at once when walking lines in order
+SEAL = 256        # bytes compared to tell an appended file from a rewritten one
 
 
 class JsonlFile:
@@ -30,6 +32,7 @@ class JsonlFile:
         self.path = Path(path)
         self._ends = array.array("q")    # byte offset just past each complete line's "\n"
         self._scanned = 0                # bytes of the file the scan has looked at
+        self._seal = b""                 # the last bytes scanned: if they changed, the file was rewritten
         self._lock = threading.Lock()
         self._grew = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
@@ -44,14 +47,22 @@ class JsonlFile:
         return not self._scanning
 
     def refresh(self) -> None:
-        """Start a scan of what was appended since the last one (or of everything, if the file shrank)."""
-        size = os.path.getsize(self.path)
+        """Start a scan of what was appended since the last one (of everything, if the file was rewritten or
+        replaced: synth writes its outputs to a temporary file and renames it over the old one)."""
+        stat = os.stat(self.path)
         with self._lock:
             if self._scanning:
                 return
-            if size < self._scanned:
+            replaced = (stat.st_dev, stat.st_ino) != _identity(self._handle)
+            if replaced:
+                self._handle.close()
+                self._handle = open(self.path, "rb")
+            size = stat.st_size
+            if replaced or size < self._scanned or \
+                    self._read(self._scanned - len(self._seal), len(self._seal)) != self._seal:
                 self._ends = array.array("q")
                 self._scanned = 0
+                self._seal = b""
             if size == self._scanned:
                 return
             self._scanning = True
@@ -81,6 +92,7 @@ class JsonlFile:
                 if whole_tail:
                     self._ends.append(pos)   # a last line without "\n" that is whole JSON counts as a line
                 self._scanned = self._ends[-1] if len(self._ends) else 0
+                self._seal = self._read(max(0, self._scanned - SEAL), min(SEAL, self._scanned))
                 self._scanning = False
                 self._grew.notify_all()
 
@@ -93,6 +105,11 @@ class JsonlFile:
             return True
         except ValueError:
             return False
+
+    def _read(self, start: int, length: int) -> bytes:
+        """Bytes of the file (callers hold the lock: the handle is shared)."""
+        self._handle.seek(start)
+        return self._handle.read(length)
 
     def count(self) -> int:
         return len(self._ends)
@@ -172,3 +189,8 @@ def needles(text: str) -> tuple[bytes, ...]:
     text = text.lower()
     forms = {json.dumps(text, ensure_ascii=False)[1:-1].encode(), json.dumps(text)[1:-1].encode().lower()}
     return tuple(sorted(forms))
+
+
+def _identity(handle) -> tuple[int, int]:
+    stat = os.fstat(handle.fileno())
+    return stat.st_dev, stat.st_ino

@@ -43,7 +43,7 @@ details.obs{background:#fbfbfc;border:1px solid #dde1e6;border-left:4px solid #d
     margin:0 0 8px 24px;padding:4px 10px}
 details.obs summary{cursor:pointer;color:#39424c;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 details.obs pre{white-space:pre-wrap;overflow-wrap:anywhere;font-size:12.5px;max-height:560px;overflow:auto}
-.size{color:#8a949e;font-size:12px} .flash{outline:3px solid #f2b01e}
+.size{color:#8a949e;font-size:12px} .flash{outline:3px solid #f2b01e} mark.cited{background:#fff0a8}
 .subtask_answer{border-left-color:#2e8b57} .suggested_answer{border-left-color:#1859b5;border-width:1px 1px 1px 6px}
 .subtask_list ol{margin:4px 0;padding-left:22px} .free{border-left-color:#b3261e;color:#5b6672}
 .quirk{font-size:11px;background:#f8d7d7;color:#8c1d18;border-radius:3px;padding:0 5px;margin-right:4px}
@@ -55,13 +55,15 @@ a.cite{font-weight:600} a.obs-link{font-size:11px;margin-left:1px}
 pre.meta{font-size:12px;white-space:pre-wrap;overflow-wrap:anywhere}
 """
 
-# Opening the observation a link points at (a closed <details> would hide the target), and the
-# expand/collapse buttons.
+# Opening the observation a link points at (a closed <details> would hide the target; a second click on the
+# same link changes no hash, hence the click handler), and the open/close-all buttons.
 SCRIPT = """
 function openTarget(){const id=decodeURIComponent(location.hash.slice(1));const el=id&&document.getElementById(id);
  if(!el)return;if(el.tagName==='DETAILS')el.open=true;el.scrollIntoView({block:'start'});el.classList.add('flash');
  setTimeout(()=>el.classList.remove('flash'),1600);}
 window.addEventListener('hashchange',openTarget);window.addEventListener('DOMContentLoaded',openTarget);
+document.addEventListener('click',e=>{const a=e.target.closest('a[href^="#"]');
+ if(a&&a.getAttribute('href')===location.hash)setTimeout(openTarget,0);});
 function setAll(open){document.querySelectorAll('details.obs').forEach(d=>d.open=open);}
 """
 

@@ -114,6 +114,8 @@ def trajectory_html(text: str, final_report: str | None = None) -> tuple[str, li
     the text has no <suggested_answer> of its own (a record that stores the report beside the trajectory)."""
     spans = protocol.parse(text)
     evidence = Evidence(spans)
+    reports = [s.body for s in spans if s.tag in ("subtask_answer", "suggested_answer")] + [final_report or ""]
+    cited = {url for body in reports for _, url, _ in protocol.parse_references(body)}
     out, toc = [], []
     subtask = call = sub_report = observed = 0
     for s in spans:
@@ -136,7 +138,7 @@ def trajectory_html(text: str, final_report: str | None = None) -> tuple[str, li
             call += 1
             out.append(_call_html(s, call, quirks))
         elif s.tag == "observation":
-            out.append(_observation_html(evidence.observations[observed], quirks))
+            out.append(_observation_html(evidence.observations[observed], quirks, cited))
             observed += 1
         elif s.tag in ("subtask_answer", "suggested_answer"):
             if s.tag == "subtask_answer":
@@ -189,9 +191,28 @@ def _call_html(s: protocol.Span, number: int, quirks: str) -> str:
             f"{detail}</div>")
 
 
-def _observation_html(obs: Observation, quirks: str) -> str:
+def _observation_html(obs: Observation, quirks: str, cited: set[str]) -> str:
     body = obs.body.strip("\n")
     first = next((line.strip() for line in body.splitlines() if line.strip()), "(empty)")
     return (f'<details class="obs" id="obs-{obs.number}"><summary><span class="tag">observation {obs.number}'
             f'</span>{quirks} {escape(first[:120])} <span class="size">{len(body):,} chars</span></summary>'
-            f"<pre>{escape(body)}</pre></details>")
+            f"<pre>{_marked(body, cited)}</pre></details>")
+
+
+def _marked(body: str, urls: set[str]) -> str:
+    """`body` escaped, with every occurrence of a URL some report cites highlighted (the longest one where
+    two start at the same place)."""
+    hits = []
+    for url in urls:
+        at = body.find(url)
+        while at >= 0:
+            hits.append((at, at + len(url)))
+            at = body.find(url, at + 1)
+    out, pos = [], 0
+    for start, end in sorted(hits, key=lambda h: (h[0], -h[1])):
+        if start < pos:
+            continue
+        out.append(f'{escape(body[pos:start])}<mark class="cited">{escape(body[start:end])}</mark>')
+        pos = end
+    out.append(escape(body[pos:]))
+    return "".join(out)

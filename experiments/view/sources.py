@@ -132,7 +132,7 @@ class Catalog:
             return Summary(key, f"line {line + 1}", "", "unreadable", str(error), None, None)
         if row is None:
             return None
-        summary = read(row, part.role, key, line, source).summary
+        summary = read(row, key, line, source).summary
         self._summaries[key] = summary
         if len(self._summaries) > self._cache:
             self._summaries.popitem(last=False)
@@ -194,7 +194,7 @@ class Catalog:
         row = part.file.record(line)
         if row is None:
             raise KeyError(f"trace {key!r} is a blank line of {part.file.path}")
-        trace = read(row, part.role, key, line, source)
+        trace = read(row, key, line, source)
         if part.role == "trajectories":   # the candidates the funnel turned down for this question
             trace.reasons = rejections_of(source, trace.summary.id) + trace.reasons
         return source, trace
@@ -209,17 +209,16 @@ def _read_json(path: Path) -> dict:
 
 
 def rejections_of(source: Source, qid: str) -> list[str]:
-    """The reasons rejected.jsonl gives for question `qid` (rows found by their raw id, so only they parse)."""
+    """The reasons rejected.jsonl gives for question `qid` (the file is searched for the raw id, so only the
+    lines that hold it are parsed)."""
     for part in source.parts:
         if part.role != "rejected":
             continue
         part.file.wait_all()
-        needle = b'"id": ' + json.dumps(qid, ensure_ascii=False).encode()
-        for i, data in part.file.lines(0, part.file.count()):
-            if needle in data:
-                row = part.file.record(i, data) or {}
-                if str(row.get("id")) == qid:
-                    return [str(r) for r in row.get("reasons", [])]
+        for i, data in part.file.lines(0, part.file.count(), needles(qid)):
+            row = part.file.record(i, data) if data is not None else None
+            if row is not None and str(row.get("id")) == qid:
+                return [str(r) for r in row.get("reasons", [])]
     return []
 
 
@@ -249,7 +248,7 @@ def _fmt(x) -> str:
         f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
-def read(row: dict, role: str, key: str, line: int, source: Source) -> Trace:
+def read(row: dict, key: str, line: int, source: Source) -> Trace:
     """The Trace a JSONL row holds (see the module docstring for the record layouts)."""
     if "response" in row and "step" in row:
         return _episode(row, key, line)
