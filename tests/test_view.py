@@ -216,6 +216,11 @@ def test_run_agent_output_beside_the_released_traces(tmp_path):
     page = client.get("/t/1.0.2").text
     assert rows[2]["prompt"][:40] in page and "turns" in page and "R_tool" in page
     assert 'href="/t/0.0.2"' in page                            # the same question in the released file
+    assert 'href="/compare?k=1.0.2&amp;k=0.0.2"' in page
+    both = client.get("/compare", params={"k": ["1.0.2", "0.0.2"]}).text
+    assert both.count('<div class="col">') == 2 and 'id="c0-report"' in both and 'id="c1-report"' in both
+    assert 'href="#c1-obs-' in both and 'href="#obs-' not in both   # links stay inside their column
+    assert client.get("/compare", params={"k": ["9.9.9"]}).status_code == 404
 
 
 def test_citation_spans():

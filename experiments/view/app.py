@@ -1,4 +1,5 @@
-"""The viewer's web application: `/` (the index), `/t/<key>` (one trace), `/plot/<source>.png` (RL curves)."""
+"""The viewer's web application: `/` (the index), `/t/<key>` (one trace), `/compare?k=<key>&k=<key>` (traces side
+by side), `/plot/<source>.png` (an RL run's curves)."""
 from __future__ import annotations
 
 import threading
@@ -29,10 +30,16 @@ def create_app(catalog: Catalog) -> FastAPI:
         try:
             source, record = catalog.trace(key)
         except (KeyError, ValueError) as error:
-            message = error.args[0] if error.args else str(error)
-            return HTMLResponse(pages.page("not found", f"<div class=wrap><p>{pages.escape(str(message))}</p>"
-                                           '<p><a href="/">all records</a></p></div>'), status_code=404)
+            return _not_found(error)
         return pages.trace_page(catalog, source, record)
+
+    @app.get("/compare", response_class=HTMLResponse)
+    def compare(k: list[str] = Query(..., min_length=1, max_length=4)):
+        try:
+            traces = [catalog.trace(key)[1] for key in k]
+        except (KeyError, ValueError) as error:
+            return _not_found(error)
+        return pages.compare_page(catalog, traces)
 
     @app.get("/plot/{index}.png")
     def plot(index: int):
@@ -49,3 +56,9 @@ def create_app(catalog: Catalog) -> FastAPI:
         return Response(cached[1], media_type="image/png", headers={"Cache-Control": "no-cache"})
 
     return app
+
+
+def _not_found(error: Exception) -> HTMLResponse:
+    message = error.args[0] if error.args else str(error)   # a KeyError's str() would quote its message
+    return HTMLResponse(pages.page("not found", f"<div class=wrap><p>{pages.escape(str(message))}</p>"
+                                   '<p><a href="/">all records</a></p></div>'), status_code=404)

@@ -53,6 +53,8 @@ a.cite{font-weight:600} a.obs-link{font-size:11px;margin-left:1px}
 .unobserved-note{color:#b3261e;font-weight:600} .h{font-weight:700;margin-top:6px}
 .reasons li{font-size:13px;font-family:ui-monospace,monospace} .more{margin:12px 0}
 pre.meta{font-size:12px;white-space:pre-wrap;overflow-wrap:anywhere}
+.compare{display:grid;gap:14px;padding:16px 24px} .col{min-width:0} h2.col-head{font-size:15px;margin:0 0 8px}
+.panels{display:flex;flex-wrap:wrap;gap:0 8px} .panels .panel{flex:1 1 200px}
 """
 
 # Opening the observation a link points at (a closed <details> would hide the target; a second click on the
@@ -139,19 +141,23 @@ def index_page(catalog: Catalog, text: str, category: str, start: str | None) ->
 
 
 # ------------------------------------------------------------------------------------------------ trace
-def trace_page(catalog: Catalog, source: Source, trace: Trace) -> str:
+def _trace_main(trace: Trace) -> tuple[str, list[tuple[str, str]]]:
+    """The trace itself (the trajectory, or the report, or why there is none) and its table of contents."""
     s = trace.summary
-    toc: list[tuple[str, str]] = []
     if trace.text:
         main, toc = render.trajectory_html(trace.text, trace.report)
-        main = ('<div class="sub"><button onclick="setAll(true)">open all observations</button> '
-                '<button onclick="setAll(false)">close all</button></div>' + main)
-    elif trace.report:
-        main = render.report_only_html(trace.report)
-    else:
-        main = '<div class="el free"><span class="tag">no trajectory stored</span><div class="body">' + (
-            "the funnel rejected every candidate of this question; the reasons are beside it."
-            if s.category == "rejected" else escape(s.outcome)) + "</div></div>"
+        return ('<div class="sub"><button onclick="setAll(true)">open all observations</button> '
+                '<button onclick="setAll(false)">close all</button></div>' + main), toc
+    if trace.report:
+        return render.report_only_html(trace.report), [("report", "final report")]
+    why = ("the funnel rejected every candidate of this question; the reasons are beside it."
+           if s.category == "rejected" else escape(s.outcome))
+    return f'<div class="el free"><span class="tag">no trajectory stored</span><div class="body">{why}</div></div>', []
+
+
+def _score_panels(trace: Trace) -> list[tuple[str, str]]:
+    """Outcome, the judge's scores, the reward parts and the size of a trace, as (title, html) panels."""
+    s = trace.summary
     panels = [("outcome", f"<div>{_category(s)} {escape(s.outcome)}</div>")]
     if trace.judge:
         judge = {k: v for k, v in trace.judge.items() if k not in ("scores", "details")}
@@ -161,13 +167,29 @@ def trace_page(catalog: Catalog, source: Source, trace: Trace) -> str:
         panels.append(("reward parts", _table(trace.reward)))
     counts = {"tool calls": s.tool_calls, "~tokens": s.tokens}
     panels.append(("size", _table({k: v for k, v in counts.items() if v is not None})))
+    return panels
+
+
+def _panels_html(panels: list[tuple[str, str]]) -> str:
+    return "".join(f'<div class="panel"><h3>{escape(t)}</h3>{html}</div>' for t, html in panels)
+
+
+def _source_name(catalog: Catalog, key: str) -> str:
+    return catalog.sources[int(key.split(".")[0])].path.name
+
+
+def trace_page(catalog: Catalog, source: Source, trace: Trace) -> str:
+    s = trace.summary
+    main, toc = _trace_main(trace)
+    panels = _score_panels(trace)
     if toc:
         links = "".join(f'<li><a href="#{a}">{escape(label)}</a></li>' for a, label in toc)
         panels.append(("contents", f"<ul>{links}</ul>"))
     same = catalog.same_question(s.question, s.key)
     if same:
-        links = "".join(f'<li><a href="/t/{o.key}">{escape(catalog.sources[int(o.key.split(".")[0])].path.name)}'
-                        f" · {escape(o.id)}</a> {_category(o)} {escape(o.outcome)}</li>" for o in same)
+        links = "".join(f'<li><a href="/t/{o.key}">{escape(_source_name(catalog, o.key))} · {escape(o.id)}</a> '
+                        f'{_category(o)} {escape(o.outcome)} · <a class="compare-link" href="/compare?k={s.key}'
+                        f'&amp;k={o.key}">side by side</a></li>' for o in same)
         panels.append(("same question elsewhere", f"<ul>{links}</ul>"))
     if trace.reasons:
         items = "".join(f"<li>{escape(r)}</li>" for r in trace.reasons)
@@ -175,8 +197,27 @@ def trace_page(catalog: Catalog, source: Source, trace: Trace) -> str:
     if trace.meta:
         meta = escape(json.dumps(trace.meta, indent=1, ensure_ascii=False, default=str))
         panels.append(("record meta", f'<details><summary>show</summary><pre class="meta">{meta}</pre></details>'))
-    aside = "".join(f'<div class="panel"><h3>{escape(t)}</h3>{html}</div>' for t, html in panels)
     body = (f'<header><a href="/">← all records</a><h1 id="question">{escape(s.question or s.id)}</h1>'
             f'<div class="sub">{escape(source.name)} · {escape(s.id)} · {escape(s.key)}</div></header>'
-            f'<div class="layout"><main id="trace">{main}</main><aside>{aside}</aside></div>')
+            f'<div class="layout"><main id="trace">{main}</main><aside>{_panels_html(panels)}</aside></div>')
     return page(s.question[:80] or s.id, body)
+
+
+def compare_page(catalog: Catalog, traces: list[Trace]) -> str:
+    """Traces side by side (the teacher's and the policy's answers to one question, say): each column its
+    scores, then its trace. Element ids get a per-column prefix so every link stays inside its column."""
+    columns = []
+    for i, trace in enumerate(traces):
+        s = trace.summary
+        main, _ = _trace_main(trace)
+        head = (f'<h2 class="col-head"><a href="/t/{s.key}">{escape(_source_name(catalog, s.key))} · '
+                f"{escape(s.id)}</a></h2>")
+        columns.append(f'<div class="col">{head}<div class="panels">{_panels_html(_score_panels(trace))}</div>'
+                       f"{render.prefixed(main, f'c{i}-')}</div>")
+    questions = list(dict.fromkeys(t.summary.question for t in traces))
+    title = " | ".join(q or "(no question)" for q in questions)
+    body = (f'<header><a href="/">← all records</a><h1 id="question">{escape(title)}</h1>'
+            f'<div class="sub">{len(traces)} traces side by side</div></header>'
+            f'<div class="compare" style="grid-template-columns:repeat({len(traces)},minmax(0,1fr))">'
+            f'{"".join(columns)}</div>')
+    return page("compare: " + title[:80], body)

@@ -216,3 +216,10 @@ def _marked(body: str, urls: set[str]) -> str:
         pos = end
     out.append(escape(body[pos:]))
     return "".join(out)
+
+
+def prefixed(html: str, prefix: str) -> str:
+    """`html` of this module with `prefix` on every element id and every in-page link, so two traces can share
+    a page. Safe as a plain replacement: every id and href here is ours, and record text is escaped (a quote
+    in it is &quot;), so `id="` and `href="#` occur only where this module wrote them."""
+    return html.replace(' id="', f' id="{prefix}').replace(' href="#', f' href="#{prefix}')
