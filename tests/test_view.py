@@ -221,6 +221,9 @@ def test_run_agent_output_beside_the_released_traces(tmp_path):
     assert both.count('<div class="col">') == 2 and 'id="c0-report"' in both and 'id="c1-report"' in both
     assert 'href="#c1-obs-' in both and 'href="#obs-' not in both   # links stay inside their column
     assert client.get("/compare", params={"k": ["9.9.9"]}).status_code == 404
+    for bad in ("0.0.-1", "0.0.3", "x", "0.5.0"):
+        missing = client.get(f"/t/{bad}")
+        assert missing.status_code == 404 and "trace keys are &lt;source&gt;.&lt;part&gt;.&lt;line&gt;" in missing.text
 
 
 def test_citation_spans():

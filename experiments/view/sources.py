@@ -112,6 +112,8 @@ class Catalog:
     def locate(self, key: str) -> tuple[Source, int, int]:
         try:
             s, p, line = (int(x) for x in key.split("."))
+            if min(s, p, line) < 0:
+                raise ValueError(key)
             source = self.sources[s]
             source.parts[p].file.wait_for(line + 1)
             source.parts[p].file.raw(line)
