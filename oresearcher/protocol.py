@@ -335,14 +335,25 @@ def parse_references(report: str) -> list[tuple[int, str, str]]:
 def cited_numbers(report: str) -> list[int]:
     """Inline citations `[n]`, `[n, m]`, `[n-m]` in reading order (reference entries and `[n](link)` skipped)."""
     body = _REFERENCE.sub("", report)
+    return [n for m in _CITATION.finditer(body) for n in _citation_numbers(m.group(1))]
+
+
+def citation_spans(text: str) -> list[tuple[int, int, list[int]]]:
+    """Inline citations of `text` (one line of a report, say) as (start, end, numbers): the character range
+    of each bracket `[n]`, `[n, m]`, `[n-m]` and the numbers it cites. Reference entries are not skipped: pass
+    text without them (a line that `parse_references` reads as an entry is one)."""
+    return [(m.start(), m.end(), _citation_numbers(m.group(1))) for m in _CITATION.finditer(text)]
+
+
+def _citation_numbers(inside: str) -> list[int]:
+    """`1, 3-5` -> [1, 3, 4, 5] (a range wider than 50 or reversed keeps its first number only)."""
     out: list[int] = []
-    for m in _CITATION.finditer(body):
-        for part in _CITATION_COMMA.split(m.group(1)):
-            lo, _, hi = _CITATION_DASH.sub("-", part).partition("-")
-            if hi and 0 <= int(hi) - int(lo) <= 50:
-                out.extend(range(int(lo), int(hi) + 1))
-            else:
-                out.append(int(lo))
+    for part in _CITATION_COMMA.split(inside):
+        lo, _, hi = _CITATION_DASH.sub("-", part).partition("-")
+        if hi and 0 <= int(hi) - int(lo) <= 50:
+            out.extend(range(int(lo), int(hi) + 1))
+        else:
+            out.append(int(lo))
     return out
 
 
