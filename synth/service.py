@@ -9,6 +9,9 @@
     POST   /v1/judge                {"question", "report", "trajectory"?, "reference"?}
     GET    /healthz, GET /metrics (Prometheus text), GET /openapi.json
 
+A job's "overrides" may set only the funnel's workflow.* knobs, each within its range (synth/checks.py); the
+teacher, judge and tool endpoints, their key variables and the store come from the operator's config file only.
+
 Jobs live in the SQLite store (synth/store.py): on start-up every job still "running" is resumed. A bearer
 token is required on every /v1 route when the environment variable named by `service.token_env` is set.
 """
@@ -28,6 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from synth import __version__
+from synth.checks import check_overrides
 from synth.config import apply_overrides
 from synth.store import Store
 
@@ -187,7 +191,7 @@ def create_app(cfg, *, eager: bool = False) -> FastAPI:
             raise HTTPException(422, detail=f"seeds: {len(body.seeds)} > {cfg.service.max_seeds} "
                                             "(service.max_seeds); split the job")
         try:
-            apply_overrides(cfg.copy_and_resolve_references(), body.overrides)
+            apply_overrides(cfg.copy_and_resolve_references(), check_overrides(body.overrides))
         except (KeyError, ValueError, TypeError) as error:
             raise HTTPException(422, detail=f"overrides: {error}")
         job_id = store().create_job([s.model_dump() for s in body.seeds], body.overrides)

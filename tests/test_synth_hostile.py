@@ -1,0 +1,122 @@
+"""The synth service against a hostile or careless client, over real HTTP on loopback.
+
+1. A job's overrides cannot reach the operator's settings: teacher/judge/tool endpoints, key variables, the store.
+   A canary listener on loopback, offered as every endpoint, receives nothing, and the value of an environment
+   variable named in the attack appears nowhere.
+2. A job whose synthesizer cannot be built is refused and not stored; a store holding an unbuildable running job
+   (written by an older version) still starts, with that job marked failed and its reason.
+3. No token on a non-loopback address is refused at start-up (unless --insecure); the token check and the bearer
+   scheme in OpenAPI.
+4. Body size limit (413), the CLI's seed validation over HTTP, cursors out of range, non-UTF-8 seed files, and
+   4xx (never 500) for malformed requests.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from scripted_openai import LocalServer
+
+from synth.config import load_config
+from synth.service import create_app
+from synth.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "hostile-canary-secret-7f3a"
+
+
+def config(tmp_path, **overrides):
+    return load_config("configs/synth.py", {"tools.cache_dir": str(tmp_path / "cache"),
+                                            "service.store": str(tmp_path / "jobs.sqlite"),
+                                            "service.token_env": "SYNTH_TEST_TOKEN_UNSET", **overrides})
+
+
+@pytest.fixture
+def canary():
+    """A loopback listener that records every request it gets (it should get none)."""
+    app = FastAPI()
+    app.state.hits = []
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
+    async def anything(path: str, request: Request):
+        app.state.hits.append((request.method, path, dict(request.headers), await request.body()))
+        return {"choices": [{"message": {"role": "assistant", "content": "ok"}}], "organic": []}
+
+    with LocalServer(app) as server:
+        server.hits = app.state.hits
+        yield server
+
+
+@pytest.fixture
+def service(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOSTILE_SECRET", SECRET)
+    with LocalServer(create_app(config(tmp_path))) as server:
+        yield server.url
+
+
+def wait_done(url: str, job: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = httpx.get(f"{url}/v1/jobs/{job}").json()
+        if state["status"] != "running":
+            return state
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} did not finish: {state}")
+
+
+# ------------------------------------------------------------------------------ 1. overrides
+def attacks(canary_url: str) -> list[tuple[dict, str]]:
+    endpoint = {"base_url": f"{canary_url}/v1", "model": "x", "api_key_env": "HOSTILE_SECRET", "max_concurrency": 1}
+    return [
+        ({"teacher.kind": "openai", "teacher.endpoints": [endpoint]}, "teacher.kind"),
+        ({"teacher.endpoints": [endpoint]}, "teacher.endpoints"),
+        ({"judge.kind": "llm", "judge.endpoints": [endpoint]}, "judge.kind"),
+        ({"judge.endpoints": [endpoint]}, "judge.endpoints"),
+        ({"tools.search.backend": "serper"}, "tools.search.backend"),
+        ({"tools.search.serper_url": f"{canary_url}/search"}, "tools.search.serper_url"),
+        ({"tools.search.serper_key_envs": ["HOSTILE_SECRET"]}, "tools.search.serper_key_envs"),
+        ({"tools.crawl.backend": "http", "tools.crawl.allow": ["127.0.0.1"]}, "tools.crawl"),
+        ({"tools.cache_dir": "/tmp"}, "tools.cache_dir"),
+        ({"service.token_env": "HOSTILE_SECRET"}, "service.token_env"),
+        ({"service.store": "/tmp/elsewhere.sqlite"}, "service.store"),
+        ({"preset": "openai"}, "preset"),
+        ({"workflow": {"candidates": 2}}, "workflow"),
+        ({"workflow.processes": 64}, "workflow.processes"),
+        ({"workflow.question_concurrency": 4096}, "workflow.question_concurrency"),
+        ({"workflow.candidates": 1000}, "workflow.candidates"),
+        ({"workflow.candidates": 0}, "workflow.candidates"),
+        ({"workflow.candidates": -3}, "workflow.candidates"),
+        ({"workflow.candidates": "3"}, "workflow.candidates"),
+        ({"workflow.candidates": 2.5}, "workflow.candidates"),
+        ({"workflow.candidates": True}, "workflow.candidates"),
+        ({"workflow.step_budget": 10 ** 9}, "workflow.step_budget"),
+        ({"workflow.mode": "everything"}, "workflow.mode"),
+        ({"workflow.role_chats": "yes"}, "workflow.role_chats"),
+        ({"workflow.nope": 1}, "workflow.nope"),
+    ]
+
+
+def test_overrides_never_reach_the_operators_settings(service, canary, tmp_path):
+    seeds = [{"id": "v1", "question": "How do volcanoes form?"}]
+    for overrides, key in attacks(canary.url):
+        r = httpx.post(f"{service}/v1/jobs", json={"seeds": seeds, "overrides": overrides})
+        assert 400 <= r.status_code < 500, (overrides, r.status_code, r.text)
+        assert key in r.json()["detail"], (overrides, r.text)
+        assert SECRET not in r.text
+    assert Store(tmp_path / "jobs.sqlite").jobs() == [], "a refused job must not be stored"
+
+    # the allowed knobs still work, and the job they make calls nothing outside the process
+    allowed = {"workflow.candidates": 1, "workflow.step_budget": 6, "workflow.mode": "sequential",
+               "workflow.min_subtasks": 3, "workflow.max_subtasks": 4, "workflow.role_chats": False}
+    r = httpx.post(f"{service}/v1/jobs", json={"seeds": seeds, "overrides": allowed})
+    assert r.status_code == 201, r.text
+    state = wait_done(service, r.json()["id"])
+    assert state["status"] == "done" and state["accepted"] == 1
+    stream = httpx.get(f"{service}/v1/trajectories", params={"job": state["id"]}).text
+    assert '"candidates": 1' in stream and SECRET not in stream
+    assert canary.hits == [], f"the canary was called: {canary.hits[:1]}"
