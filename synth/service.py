@@ -12,14 +12,17 @@
 A job's "overrides" may set only the funnel's workflow.* knobs, each within its range (synth/checks.py); the
 teacher, judge and tool endpoints, their key variables and the store come from the operator's config file only.
 
-Jobs live in the SQLite store (synth/store.py): on start-up every job still "running" is resumed. A bearer
-token is required on every /v1 route when the environment variable named by `service.token_env` is set.
+Jobs live in the SQLite store (synth/store.py): a job's synthesizer is built before the job is stored, and on
+start-up every job still "running" is resumed, or marked "failed" with its reason ("error") when its synthesizer
+can no longer be built. A bearer token is required on every /v1 route when the environment variable named by
+`service.token_env` is set.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import json
+import logging
 import os
 import pathlib
 import time
@@ -34,6 +37,9 @@ from synth import __version__
 from synth.checks import check_overrides
 from synth.config import apply_overrides
 from synth.store import Store
+
+log = logging.getLogger(__name__)
+BUILD_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError)
 
 
 class WebSearchBody(BaseModel):
@@ -131,20 +137,32 @@ def create_app(cfg, *, eager: bool = False) -> FastAPI:
         fields = ", ".join(p["field"] for p in problems)
         return JSONResponse({"error": f"invalid request field(s): {fields}", "detail": problems}, status_code=422)
 
-    def start_job(job_id: str) -> None:
-        job = store().job(job_id)
-        synth = synthesizer()
-        if job["overrides"]:
-            synth = Synthesizer.from_config(apply_overrides(cfg.copy_and_resolve_references(), job["overrides"]),
-                                            tools=synth.tools)
+    def build(overrides: dict):
+        """The synthesizer of a job with these overrides, built now: the checks and the build raise BUILD_ERRORS
+        naming the problem, before anything is stored or started."""
+        base = synthesizer()
+        if not overrides:
+            return base
+        job_cfg = apply_overrides(cfg.copy_and_resolve_references(), check_overrides(overrides))
+        return Synthesizer.from_config(job_cfg, tools=base.tools)
+
+    def start_job(job_id: str, synth) -> None:
         task = asyncio.create_task(run_job(store(), job_id, synth, concurrency=cfg.workflow.question_concurrency))
         state["tasks"][job_id] = task
         task.add_done_callback(lambda _: state["tasks"].pop(job_id, None))
 
     @app.on_event("startup")
     async def resume() -> None:
+        synthesizer()   # the operator's config must build: an error here names the key and stops the start
         for job_id in store().jobs("running"):
-            start_job(job_id)
+            try:
+                synth = build(store().job(job_id)["overrides"])
+            except BUILD_ERRORS as error:   # e.g. overrides stored by an older version that no check refuses now
+                reason = f"its synthesizer cannot be built again: {error}"
+                log.error("job %s marked failed: %s", job_id, reason)
+                store().fail(job_id, reason)
+                continue
+            start_job(job_id, synth)
 
     @app.on_event("shutdown")
     async def close() -> None:
@@ -191,11 +209,15 @@ def create_app(cfg, *, eager: bool = False) -> FastAPI:
             raise HTTPException(422, detail=f"seeds: {len(body.seeds)} > {cfg.service.max_seeds} "
                                             "(service.max_seeds); split the job")
         try:
-            apply_overrides(cfg.copy_and_resolve_references(), check_overrides(body.overrides))
-        except (KeyError, ValueError, TypeError) as error:
+            synthesizer()
+        except BUILD_ERRORS as error:
+            raise HTTPException(503, detail=f"the service's config cannot build a synthesizer: {error}")
+        try:
+            synth = build(body.overrides)   # before the job is stored: a job that cannot run is never accepted
+        except BUILD_ERRORS as error:
             raise HTTPException(422, detail=f"overrides: {error}")
         job_id = store().create_job([s.model_dump() for s in body.seeds], body.overrides)
-        start_job(job_id)
+        start_job(job_id, synth)
         return store().job(job_id)
 
     def existing(job_id: str) -> dict:

@@ -28,6 +28,7 @@ from synth.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "hostile-canary-secret-7f3a"
+http = httpx.Client(timeout=120)   # a job's first request builds the tools (the corpus index): slow on a busy machine
 
 
 def config(tmp_path, **overrides):
@@ -62,7 +63,7 @@ def service(tmp_path, monkeypatch):
 def wait_done(url: str, job: str, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = httpx.get(f"{url}/v1/jobs/{job}").json()
+        state = http.get(f"{url}/v1/jobs/{job}").json()
         if state["status"] != "running":
             return state
         time.sleep(0.2)
@@ -104,7 +105,7 @@ def attacks(canary_url: str) -> list[tuple[dict, str]]:
 def test_overrides_never_reach_the_operators_settings(service, canary, tmp_path):
     seeds = [{"id": "v1", "question": "How do volcanoes form?"}]
     for overrides, key in attacks(canary.url):
-        r = httpx.post(f"{service}/v1/jobs", json={"seeds": seeds, "overrides": overrides})
+        r = http.post(f"{service}/v1/jobs", json={"seeds": seeds, "overrides": overrides})
         assert 400 <= r.status_code < 500, (overrides, r.status_code, r.text)
         assert key in r.json()["detail"], (overrides, r.text)
         assert SECRET not in r.text
@@ -113,10 +114,77 @@ def test_overrides_never_reach_the_operators_settings(service, canary, tmp_path)
     # the allowed knobs still work, and the job they make calls nothing outside the process
     allowed = {"workflow.candidates": 1, "workflow.step_budget": 6, "workflow.mode": "sequential",
                "workflow.min_subtasks": 3, "workflow.max_subtasks": 4, "workflow.role_chats": False}
-    r = httpx.post(f"{service}/v1/jobs", json={"seeds": seeds, "overrides": allowed})
+    r = http.post(f"{service}/v1/jobs", json={"seeds": seeds, "overrides": allowed})
     assert r.status_code == 201, r.text
     state = wait_done(service, r.json()["id"])
     assert state["status"] == "done" and state["accepted"] == 1
-    stream = httpx.get(f"{service}/v1/trajectories", params={"job": state["id"]}).text
+    stream = http.get(f"{service}/v1/trajectories", params={"job": state["id"]}).text
     assert '"candidates": 1' in stream and SECRET not in stream
     assert canary.hits == [], f"the canary was called: {canary.hits[:1]}"
+
+
+# ------------------------------------------------------------------------------ 2. build before storing, resume
+def test_a_job_that_cannot_be_built_is_refused_and_not_stored(service, tmp_path):
+    seeds = [{"id": "b1", "question": "How do glaciers shape valleys?"}]
+    # each knob is in range, but together they cannot build a workflow
+    r = http.post(f"{service}/v1/jobs", json={"seeds": seeds, "overrides": {"workflow.min_subtasks": 6,
+                                                                             "workflow.max_subtasks": 3}})
+    assert r.status_code == 422 and "workflow.min_subtasks" in r.json()["detail"], r.text
+    assert Store(tmp_path / "jobs.sqlite").jobs() == []
+    assert http.get(f"{service}/healthz").json()["jobs_running"] == 0
+
+
+def test_a_service_whose_config_cannot_build_refuses_jobs_without_storing_them(tmp_path):
+    app = create_app(config(tmp_path, **{"teacher.kind": "openai"}))   # no teacher endpoints configured
+    with LocalServer(app) as server:
+        r = http.post(f"{server.url}/v1/jobs", json={"seeds": [{"question": "What is jazz?"}]})
+        assert r.status_code == 503 and "endpoints" in r.json()["detail"], r.text
+    assert Store(tmp_path / "jobs.sqlite").jobs() == []
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_command(tmp_path, port: int, *extra: str, host: str = "127.0.0.1") -> list[str]:
+    return [sys.executable, "-m", "synth", "serve", "--config=configs/synth.py", "--host", host, "--port", str(port),
+            f"--config.tools.cache_dir={tmp_path / 'cache'}", f"--config.service.store={tmp_path / 'jobs.sqlite'}",
+            *extra]
+
+
+def wait_up(proc: subprocess.Popen, url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"service exited with {proc.returncode}: {proc.stdout.read()[-3000:]}"
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError("service did not start")
+
+
+def test_a_store_with_an_unbuildable_running_job_starts_and_marks_it_failed(tmp_path):
+    store = Store(tmp_path / "jobs.sqlite")   # as an older version stored them: any override was taken
+    bad = store.create_job([{"id": "x1", "question": "What is the Silk Road?"}],
+                           {"teacher.kind": "openai", "teacher.endpoints": [{"base_url": "http://127.0.0.1:9/v1",
+                                                                             "model": "m"}]})
+    good = store.create_job([{"id": "g1", "question": "How do volcanoes form?"}], {"workflow.candidates": 1})
+    store.close()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(serve_command(tmp_path, port), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "SYNTH_TOKEN": ""})
+    try:
+        wait_up(proc, url)
+        failed = http.get(f"{url}/v1/jobs/{bad}").json()
+        assert failed["status"] == "failed" and "teacher.kind" in failed["error"], failed
+        assert wait_done(url, good)["status"] == "done"
+        lines = http.get(f"{url}/v1/trajectories", params={"job": bad}).text.splitlines()
+        assert [json.loads(line) for line in lines] == [{"cursor": 0, "done": True}]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -33,7 +33,9 @@ def service(tmp_path):
 
 
 def test_tools_and_judge_endpoints(service):
-    r = httpx.post(f"{service}/v1/tools/web_search", json={"queries": ["photosynthesis chlorophyll"], "num": 3})
+    # the first call builds the tools (the corpus index): seconds on a busy machine, beyond httpx's 5 s default
+    r = httpx.post(f"{service}/v1/tools/web_search", json={"queries": ["photosynthesis chlorophyll"], "num": 3},
+                   timeout=120)
     assert r.status_code == 200
     body = r.json()
     assert body["ok"] and body["error"] is None and len(body["hits"]) == 3
