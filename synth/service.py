@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -31,6 +33,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from synth import __version__
@@ -125,10 +128,16 @@ def create_app(cfg, *, eager: bool = False) -> FastAPI:
     if eager:
         synthesizer()
 
-    async def authorize(request: Request) -> None:
-        if token and request.headers.get("authorization", "") != f"Bearer {token}":
+    bearer = HTTPBearer(auto_error=False, description=f"the value of ${cfg.service.token_env or 'SYNTH_TOKEN'} "
+                        "on the server; required when it is set")
+
+    async def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        given = credentials.credentials if credentials else ""
+        # compare_digest: the time taken does not tell a client how much of its guess was right
+        if token and not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, detail="missing or wrong bearer token: send 'Authorization: Bearer <token>' "
-                                            f"(the value of ${cfg.service.token_env})")
+                                            f"(the value of ${cfg.service.token_env})",
+                                headers={"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, error: RequestValidationError):
@@ -275,6 +284,27 @@ def create_app(cfg, *, eager: bool = False) -> FastAPI:
         return metrics.render({"synth_jobs_running": len(state["tasks"])})
 
     return app
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1); any other name or address is not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_refusal(cfg, host: str, insecure: bool = False) -> str | None:
+    """Why serving on `host` is refused (no token on a non-loopback address, without --insecure), else None."""
+    env = cfg.service.token_env
+    if insecure or is_loopback(host) or (env and os.environ.get(env)):
+        return None
+    return (f"--host {host}: refusing to serve every /v1 route without a token on a non-loopback address; set "
+            f"{env or 'SYNTH_TOKEN'} (the variable named by service.token_env) to a secret, e.g. "
+            f"`export {env or 'SYNTH_TOKEN'}=$(openssl rand -hex 32)`, and send 'Authorization: Bearer <token>', or "
+            "pass --insecure to serve without one")
 
 
 def serve(cfg, host: str, port: int) -> None:

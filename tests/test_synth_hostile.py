@@ -188,3 +188,45 @@ def test_a_store_with_an_unbuildable_running_job_starts_and_marks_it_failed(tmp_
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# ------------------------------------------------------------------------------ 3. token, bind address, OpenAPI
+def test_a_non_loopback_address_without_a_token_is_refused(tmp_path):
+    port = free_port()
+    env = {**os.environ, "SYNTH_TOKEN": ""}
+    refused = subprocess.run(serve_command(tmp_path, port, host="0.0.0.0"), cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "SYNTH_TOKEN" in refused.stderr and "--insecure" in refused.stderr and "0.0.0.0" in refused.stderr
+    # with a token it serves, and the token is needed; loopback needs none; --insecure is the explicit escape
+    for host, extra, token in (("0.0.0.0", (), "tok-1"), ("localhost", (), ""), ("0.0.0.0", ("--insecure",), "")):
+        port = free_port()
+        proc = subprocess.Popen(serve_command(tmp_path, port, *extra, host=host), cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env={**env, "SYNTH_TOKEN": token})
+        try:
+            wait_up(proc, f"http://127.0.0.1:{port}")
+            r = http.get(f"http://127.0.0.1:{port}/v1/jobs/none")
+            assert r.status_code == (401 if token else 404), (host, extra, r.status_code)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_bearer_token_is_checked_and_declared_in_openapi(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYNTH_TEST_TOKEN", "s3cret-token")
+    with LocalServer(create_app(config(tmp_path, **{"service.token_env": "SYNTH_TEST_TOKEN"}))) as server:
+        url = f"{server.url}/v1/jobs/none"
+        for header in (None, b"Bearer", b"Bearer s3cret", b"Bearer s3cret-token-and-more",
+                       b"Basic s3cret-token", b"Bearer \xe9\xff x", b"s3cret-token"):
+            r = http.get(url, headers={"Authorization": header} if header is not None else {})
+            assert r.status_code == 401, (header, r.status_code)
+            assert "s3cret" not in r.text and r.headers["www-authenticate"] == "Bearer"
+        assert http.get(url, headers={"Authorization": "Bearer s3cret-token"}).status_code == 404
+        assert http.get(url, headers={"Authorization": "bearer s3cret-token"}).status_code == 404   # RFC 7235
+        spec = http.get(f"{server.url}/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert [s["scheme"] for s in schemes.values() if s["type"] == "http"] == ["bearer"]
+    name = next(iter(schemes))
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            assert (operation.get("security") == [{name: []}]) == path.startswith("/v1"), (method, path)
