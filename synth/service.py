@@ -218,6 +218,10 @@ def create_app(cfg, *, eager: bool = False) -> FastAPI:
             raise HTTPException(422, detail=f"seeds: {len(body.seeds)} > {cfg.service.max_seeds} "
                                             "(service.max_seeds); split the job")
         try:
+            check_overrides(body.overrides)   # cheap, before the first job builds the tools
+        except ValueError as error:
+            raise HTTPException(422, detail=f"overrides: {error}")
+        try:
             synthesizer()
         except BUILD_ERRORS as error:
             raise HTTPException(503, detail=f"the service's config cannot build a synthesizer: {error}")

@@ -81,7 +81,8 @@ def test_bearer_token(tmp_path, monkeypatch):
         assert httpx.post(f"{server.url}/v1/tools/web_search", json=body).status_code == 401
         wrong = httpx.post(f"{server.url}/v1/tools/web_search", json=body, headers={"Authorization": "Bearer no"})
         assert wrong.status_code == 401 and "s3cret" not in wrong.text
-        ok = httpx.post(f"{server.url}/v1/tools/web_search", json=body, headers={"Authorization": "Bearer s3cret"})
+        ok = httpx.post(f"{server.url}/v1/tools/web_search", json=body, headers={"Authorization": "Bearer s3cret"},
+                        timeout=120)   # the first call builds the tools
         assert ok.status_code == 200
         assert httpx.get(f"{server.url}/v1/jobs/x", headers={"Authorization": "Bearer s3cret"}).status_code == 404
         assert httpx.get(f"{server.url}/healthz").status_code == 200
