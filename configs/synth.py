@@ -74,6 +74,7 @@ def _base() -> ConfigDict:
         token_env="SYNTH_TOKEN",        # bearer token read from this environment variable; unset = no auth
         max_question_chars=20000,
         max_seeds=100000,
+        max_body_bytes=32 << 20,        # a larger request body is refused (413) before it is read whole
     ))
     return c
 

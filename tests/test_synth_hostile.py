@@ -230,3 +230,132 @@ def test_bearer_token_is_checked_and_declared_in_openapi(tmp_path, monkeypatch):
     for path, methods in spec["paths"].items():
         for method, operation in methods.items():
             assert (operation.get("security") == [{name: []}]) == path.startswith("/v1"), (method, path)
+
+
+# ------------------------------------------------------------------------------ 4. bad input, 4xx not 500
+@pytest.fixture
+def small(tmp_path):
+    """A service with a 64 KiB body limit."""
+    with LocalServer(create_app(config(tmp_path, **{"service.max_body_bytes": 65536}))) as server:
+        yield server.url
+
+
+def test_a_body_over_the_limit_is_refused_with_413(small):
+    seeds = [{"id": f"s{i}", "question": "What is known about the honey bee? " * 20} for i in range(2000)]
+    body = json.dumps({"seeds": seeds}).encode()
+    assert len(body) > 10 * 65536
+    sized = http.post(f"{small}/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert sized.status_code == 413 and "service.max_body_bytes" in sized.json()["detail"], sized.text
+
+    def chunks():   # no Content-Length: the limit counts the bytes as they arrive
+        for start in range(0, len(body), 16384):
+            yield body[start:start + 16384]
+    chunked = http.post(f"{small}/v1/jobs", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413, chunked.text
+    assert http.post(f"{small}/v1/judge", json={"question": "q", "report": "r" * 70000}).status_code == 413
+    assert http.get(f"{small}/healthz").json()["jobs_running"] == 0
+
+
+@pytest.mark.parametrize("seeds,named", [
+    ([{"question": "   \n\t "}], "seeds.0.question"),
+    ([{"id": "a", "question": "How do volcanoes form?"}, {"id": "a", "question": "What is jazz?"}], "seeds.1.id"),
+    ([{"id": "a", "question": "What is jazz?"}, {"id": 7, "question": " "}], "seeds.1.question"),
+    ([{"question": "q" * 20001}], "seeds.0.question"),
+])
+def test_seeds_are_checked_as_the_cli_checks_them(service, tmp_path, seeds, named):
+    r = http.post(f"{service}/v1/jobs", json={"seeds": seeds})
+    assert r.status_code == 422 and named in r.text, r.text
+    from synth.cli import read_seeds   # the same seeds as a file: the same problems, named by line
+    path = tmp_path / "seeds.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in seeds))
+    _, errors = read_seeds(str(path), 20000)
+    line = int(named.split(".")[1]) + 1
+    assert [e.split(":")[0] for e in errors] == [f"seeds.jsonl line {line}"]
+    problem = errors[0].split(": ", 1)[1].split(" at ")[0]   # the same words, where aside
+    assert problem in r.json()["detail"], (problem, r.text)
+
+
+def test_a_repeated_seed_is_synthesized_once_as_in_the_cli(service):
+    seed = {"id": "r1", "question": "How do honey bees pollinate flowers?"}
+    r = http.post(f"{service}/v1/jobs", json={"seeds": [seed, dict(seed)], "overrides": {"workflow.candidates": 1}})
+    assert r.status_code == 201 and r.json()["total"] == 1
+    state = wait_done(service, r.json()["id"])
+    ids = [json.loads(line)["record"]["id"] for line in
+           http.get(f"{service}/v1/trajectories", params={"job": state["id"]}).text.splitlines()[:-1]]
+    assert ids == ["r1"] * state["accepted"] and state["accepted"] <= 1
+
+
+MALFORMED = [
+    ("post", "/v1/jobs", {"content": b"{not json", "headers": {"content-type": "application/json"}}),
+    ("post", "/v1/jobs", {"content": b"\xff\xfe\x00garbage", "headers": {"content-type": "application/json"}}),
+    ("post", "/v1/jobs", {"json": []}),
+    ("post", "/v1/jobs", {"json": {"seeds": "What is jazz?"}}),
+    ("post", "/v1/jobs", {"json": {"seeds": []}}),
+    ("post", "/v1/jobs", {"json": {"seeds": [None]}}),
+    ("post", "/v1/jobs", {"json": {"seeds": [{"question": 5}]}}),
+    ("post", "/v1/jobs", {"json": {"seeds": [{"question": "What is jazz?", "id": {"a": 1}}]}}),
+    ("post", "/v1/jobs", {"json": {"seeds": [{"question": "What is jazz?"}], "overrides": []}}),
+    ("post", "/v1/jobs", {"json": {"seeds": [{"question": "What is jazz?"}], "overrides": {"workflow.candidates": None}}}),
+    ("post", "/v1/jobs", {"json": {"seeds": [{"question": "What is jazz?"}], "overrides": {"": 1}}}),
+    ("post", "/v1/jobs", {"content": b'{"seeds": [{"question": "x"}]}', "headers": {"content-type": "text/plain"}}),
+    ("post", "/v1/tools/web_search", {"json": {"queries": ["a"], "num": 2 ** 70}}),
+    ("post", "/v1/tools/web_search", {"json": {"queries": [None]}}),
+    ("post", "/v1/tools/web_search", {"json": {"queries": ["x" * 5000]}}),
+    ("post", "/v1/tools/crawl_page", {"json": {"urls": "https://example.org"}}),
+    ("post", "/v1/tools/crawl_page", {"json": {"urls": ["u" * 9000]}}),
+    ("post", "/v1/judge", {"json": {"question": "q", "report": "r", "trajectory": 5}}),
+    ("post", "/v1/judge", {"json": {"question": "q", "report": "r", "trajectory": {"messages": "x"}}}),
+    ("post", "/v1/judge", {"json": {"question": "q", "report": "r",
+                                    "trajectory": [{"role": "assistant", "content": 5}]}}),
+    ("post", "/v1/judge", {"json": {"question": "q", "report": None}}),
+    ("get", "/v1/trajectories", {"params": {"job": "x", "after": "99999999999999999999"}}),
+    ("get", "/v1/trajectories", {"params": {"job": "x", "after": "-1"}}),
+    ("get", "/v1/trajectories", {"params": {"job": "x", "after": "1e3"}}),
+    ("get", "/v1/trajectories", {"params": {"after": "0"}}),
+    ("get", "/v1/trajectories", {"params": {"job": "x", "follow": "maybe"}}),
+    ("get", "/v1/trajectories", {"params": {"job": "no-such-job"}}),
+    ("get", "/v1/jobs/%00%ff", {}),
+    ("delete", "/v1/jobs/no-such-job", {}),
+    ("put", "/v1/jobs", {"json": {}}),
+]
+
+
+def test_every_malformed_request_gets_a_4xx(service):
+    for method, path, kwargs in MALFORMED:
+        r = http.request(method, f"{service}{path}", **kwargs)
+        assert 400 <= r.status_code < 500, (method, path, kwargs, r.status_code, r.text[:300])
+
+
+def test_a_cursor_out_of_range_is_refused_before_the_stream_starts(service):
+    job = http.post(f"{service}/v1/jobs", json={"seeds": [{"question": "What is the Silk Road?"}],
+                                                "overrides": {"workflow.candidates": 1}}).json()["id"]
+    r = http.get(f"{service}/v1/trajectories", params={"job": job, "after": "99999999999999999999"})
+    assert r.status_code == 422 and "after" in r.text and "application/x-ndjson" not in r.headers["content-type"]
+    wait_done(service, job)
+    top = http.get(f"{service}/v1/trajectories", params={"job": job, "after": str(2 ** 63 - 1)})
+    assert top.status_code == 200 and json.loads(top.text.splitlines()[-1])["done"] is True
+
+
+def test_the_cli_names_file_and_line_of_bytes_that_are_not_utf8(tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_bytes(b'\xef\xbb\xbf{"id": "ok", "question": "How do volcanoes form?"}\n'
+                      b'{"id": "bad", "question": "caf\xe9 culture?"}\n')
+    cmd = [sys.executable, "-m", "synth", "run", "--config=configs/synth.py", f"--seeds={seeds}",
+           f"--out={tmp_path / 'out'}", f"--config.tools.cache_dir={tmp_path / 'cache'}",
+           "--config.workflow.candidates=1", "--no-progress"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert "seeds.jsonl line 2: not UTF-8 (byte 0xe9 at byte 31)" in done.stderr, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["questions"] == 1 and len(summary["seed_errors"]) == 1
+    records = [json.loads(line) for line in (tmp_path / "out" / "trajectories.jsonl").read_text().splitlines()]
+    assert all("\ufffd" not in r["question"] for r in records) and [r["id"] for r in records] in ([], ["ok"])
+
+
+def test_the_cli_refuses_a_workflow_out_of_range(tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps({"question": "What is jazz?"}) + "\n")
+    cmd = [sys.executable, "-m", "synth", "run", "--config=configs/synth.py", f"--seeds={seeds}",
+           f"--out={tmp_path / 'out'}", f"--config.tools.cache_dir={tmp_path / 'cache'}",
+           "--config.workflow.candidates=0"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "workflow.candidates=0" in done.stderr, done.stderr[-2000:]
