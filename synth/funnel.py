@@ -98,6 +98,10 @@ class Synthesizer:
 
     async def aclose(self) -> None:
         await self.tools.aclose()
+        await self.aclose_clients()
+
+    async def aclose_clients(self) -> None:
+        """Close the teacher's and judge's LLM clients only (a job's own synthesizer shares the service's tools)."""
         for client in (getattr(self.teacher, "llm", None), getattr(self.judge, "llm", None)):
             if client is not None:
                 await client.aclose()

@@ -225,7 +225,14 @@ def create_app(cfg, *, eager: bool = False) -> FastAPI:
         return Synthesizer.from_config(job_cfg, tools=base.tools)
 
     def start_job(job_id: str, synth) -> None:
-        task = asyncio.create_task(run_job(store(), job_id, synth, concurrency=cfg.workflow.question_concurrency))
+        async def run() -> None:
+            try:
+                await run_job(store(), job_id, synth, concurrency=cfg.workflow.question_concurrency)
+            finally:
+                if synth is not state["synth"]:   # built for this job's overrides: its own LLM clients
+                    await synth.aclose_clients()
+
+        task = asyncio.create_task(run())
         state["tasks"][job_id] = task
         task.add_done_callback(lambda _: state["tasks"].pop(job_id, None))
 

@@ -123,6 +123,29 @@ def test_overrides_never_reach_the_operators_settings(service, canary, tmp_path)
     assert canary.hits == [], f"the canary was called: {canary.hits[:1]}"
 
 
+
+def test_a_jobs_calls_go_only_to_the_operators_endpoint_with_the_operators_key(tmp_path, canary, monkeypatch):
+    """The operator's teacher is an LLM endpoint: a job with allowed overrides (its own synthesizer) calls that
+    endpoint with the operator's key, and nothing else; its LLM clients are closed when it ends."""
+    from scripted_openai import ScriptedOpenAI
+    monkeypatch.setenv("OPERATOR_KEY", "operator-key-1")
+    monkeypatch.setenv("HOSTILE_SECRET", SECRET)
+    with ScriptedOpenAI(["not a plan"]) as teacher:
+        cfg = config(tmp_path, **{"teacher.kind": "openai", "teacher.max_retries": 0, "teacher.endpoints": [
+            {"base_url": teacher.base_url, "model": "scripted-model", "api_key_env": "OPERATOR_KEY"}]})
+        with LocalServer(create_app(cfg)) as server:
+            seeds = [{"id": "o1", "question": "How do volcanoes form?"}]
+            for overrides, key in attacks(canary.url):
+                refused = http.post(f"{server.url}/v1/jobs", json={"seeds": seeds, "overrides": overrides})
+                assert refused.status_code == 422, (key, refused.text)
+            r = http.post(f"{server.url}/v1/jobs", json={"seeds": seeds, "overrides": {"workflow.candidates": 2}})
+            assert r.status_code == 201, r.text
+            state = wait_done(server.url, r.json()["id"])
+    assert state["status"] == "done" and state["total"] == 1
+    assert teacher.headers and set(teacher.headers) == {"Bearer operator-key-1"}
+    assert canary.hits == []
+
+
 # ------------------------------------------------------------------------------ 2. build before storing, resume
 def test_a_job_that_cannot_be_built_is_refused_and_not_stored(service, tmp_path):
     seeds = [{"id": "b1", "question": "How do glaciers shape valleys?"}]
@@ -295,7 +318,8 @@ MALFORMED = [
     ("post", "/v1/jobs", {"json": {"seeds": [{"question": 5}]}}),
     ("post", "/v1/jobs", {"json": {"seeds": [{"question": "What is jazz?", "id": {"a": 1}}]}}),
     ("post", "/v1/jobs", {"json": {"seeds": [{"question": "What is jazz?"}], "overrides": []}}),
-    ("post", "/v1/jobs", {"json": {"seeds": [{"question": "What is jazz?"}], "overrides": {"workflow.candidates": None}}}),
+    ("post", "/v1/jobs", {"json": {"seeds": [{"question": "What is jazz?"}],
+                                   "overrides": {"workflow.candidates": None}}}),
     ("post", "/v1/jobs", {"json": {"seeds": [{"question": "What is jazz?"}], "overrides": {"": 1}}}),
     ("post", "/v1/jobs", {"content": b'{"seeds": [{"question": "x"}]}', "headers": {"content-type": "text/plain"}}),
     ("post", "/v1/tools/web_search", {"json": {"queries": ["a"], "num": 2 ** 70}}),
