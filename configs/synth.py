@@ -71,9 +71,11 @@ def _base() -> ConfigDict:
     ))
     c.service = ConfigDict(dict(
         store="",                       # job store (SQLite); "" -> <cache_dir>/synth_jobs.sqlite
-        token_env="SYNTH_TOKEN",        # bearer token read from this environment variable; unset = no auth
+        token_env="SYNTH_TOKEN",        # bearer token read from this environment variable; unset = no auth, and
+                                        # then `serve` refuses a non-loopback --host unless --insecure
         max_question_chars=20000,
         max_seeds=100000,
+        max_body_bytes=32 << 20,        # a larger request body is refused (413) before it is read whole
     ))
     return c
 

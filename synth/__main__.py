@@ -41,7 +41,8 @@ SERVE_HELP = """\
 Serve the HTTP API (OpenAPI document at /openapi.json): POST /v1/jobs, GET /v1/jobs/{id},
 GET /v1/trajectories?job=ID&after=CURSOR (NDJSON), POST /v1/tools/web_search, POST /v1/tools/crawl_page,
 POST /v1/judge, GET /healthz, GET /metrics. Jobs survive restarts (service.store); a bearer token is required
-when the environment variable named by service.token_env (SYNTH_TOKEN) is set."""
+when the environment variable named by service.token_env (SYNTH_TOKEN) is set, and a --host other than a
+loopback address is refused without it (unless --insecure)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", default=DEFAULT, help=config_help)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8700, help="port to listen on (default: %(default)s)")
+    serve.add_argument("--insecure", action="store_true",
+                       help="serve on a non-loopback --host without a token (refused otherwise: set SYNTH_TOKEN)")
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for item in rest:
@@ -76,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        from synth.service import serve as serve_app
+        from synth.service import bind_refusal, serve as serve_app
+        refusal = bind_refusal(cfg, args.host, args.insecure)
+        if refusal:
+            print(f"error: {refusal}", file=sys.stderr)
+            return 2
         try:
             serve_app(cfg, args.host, args.port)
         except (ValueError, KeyError, FileNotFoundError) as error:

@@ -14,7 +14,6 @@ never synthesizes a seed twice. It writes
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import os
 import pathlib
@@ -23,50 +22,39 @@ import sqlite3
 import sys
 import time
 
+from synth.checks import check_seeds
 from synth.funnel import run_async, run_job
 from synth.pool import make_synthesizer
 from synth.store import Store
 
 
 def read_seeds(path: str, max_chars: int) -> tuple[list[dict], list[str]]:
-    """(seeds, errors): every line that is not a JSON object with a non-empty string "question" of at most
-    max_chars characters becomes an error naming its line number and the fix. A seed without an "id" is named
-    by its question ("q" + 12 hex of its sha256), so inserting or reordering lines never renames a seed; a
-    repeated seed is skipped, an id given to two different questions is an error."""
-    seeds, errors = [], []
+    """(seeds, errors): every line that is not UTF-8, not JSON, or not a seed as synth.checks.check_seeds wants
+    it (the checks of the HTTP service) becomes an error naming its line number and the fix; the other lines
+    are kept. A seed without an "id" is named by its question, so inserting or reordering lines never renames a
+    seed; a repeated seed is kept once, an id given to two different questions is an error."""
     name = pathlib.Path(path).name
-    first_line: dict[str, tuple[int, str]] = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    items, errors, numbers = [], [], {}
+    with open(path, "rb") as f:   # bytes: a line that is not UTF-8 is reported, never silently altered
+        for number, raw in enumerate(f, 1):
             where = f"{name} line {number}"
             try:
-                item = json.loads(line)
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                errors.append((number, f"{where}: not UTF-8 (byte 0x{raw[error.start]:02x} at byte "
+                                       f"{error.start + 1}); save the file as UTF-8"))
+                continue
+            if not line.strip():
+                continue
+            try:
+                items.append((where, json.loads(line)))
+                numbers[where] = number
             except json.JSONDecodeError as error:
-                errors.append(f"{where}: not valid JSON ({error.msg} at column {error.colno}); write one JSON "
-                              "object per line")
-                continue
-            if not isinstance(item, dict) or not isinstance(item.get("question"), str) or not item["question"].strip():
-                errors.append(f"{where}: missing 'question' (a non-empty string); e.g. "
-                              '{"id": "q1", "question": "..."}')
-                continue
-            if len(item["question"]) > max_chars:
-                errors.append(f"{where}: 'question' has {len(item['question'])} characters, more than "
-                              f"{max_chars} (service.max_question_chars); shorten it")
-                continue
-            question = item["question"].strip()
-            qid = item.get("id")
-            qid = str(qid) if qid not in (None, "") else "q" + hashlib.sha256(question.encode()).hexdigest()[:12]
-            if qid in first_line:
-                seen_at, seen_question = first_line[qid]
-                if seen_question != question:
-                    errors.append(f"{where}: id {qid!r} was already given to another question on line {seen_at}; "
-                                  "give each question its own id")
-                continue   # the same seed twice: synthesized once
-            first_line[qid] = (number, question)
-            seeds.append({"id": qid, "question": question})
-    return seeds, errors
+                errors.append((number, f"{where}: not valid JSON ({error.msg} at column {error.colno}); write one "
+                                       "JSON object per line"))
+    seeds, problems = check_seeds(items, max_chars)
+    errors += [(numbers[where], f"{where}: {problem}") for where, _, problem in problems]
+    return seeds, [message for _, message in sorted(errors, key=lambda e: e[0])]
 
 
 def reason_name(reason: str) -> str:

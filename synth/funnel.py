@@ -24,6 +24,7 @@ import time
 
 from oresearcher import protocol
 from synth import __version__
+from synth.checks import check_workflow
 from synth.config import config_hash
 from synth.llm import Accounting, LLMError
 from synth.teachers import ACCOUNTING, TeacherError, make_teacher
@@ -81,6 +82,7 @@ class Synthesizer:
     """Teacher + tools + judge + funnel settings for one config."""
 
     def __init__(self, cfg, tools, teacher, judge):
+        check_workflow(cfg.workflow)   # the CLI, the service and a job's overrides share the ranges
         self.cfg, self.tools, self.teacher, self.judge = cfg, tools, teacher, judge
         w = cfg.workflow
         self.workflow = Workflow(teacher, tools, step_budget=w.step_budget, mode=w.mode,
@@ -96,6 +98,10 @@ class Synthesizer:
 
     async def aclose(self) -> None:
         await self.tools.aclose()
+        await self.aclose_clients()
+
+    async def aclose_clients(self) -> None:
+        """Close the teacher's and judge's LLM clients only (a job's own synthesizer shares the service's tools)."""
         for client in (getattr(self.teacher, "llm", None), getattr(self.judge, "llm", None)):
             if client is not None:
                 await client.aclose()

@@ -6,7 +6,8 @@ the work and the commit) a no-op, so there is exactly one accepted trajectory pe
 job whose status is still "running" has its "pending" questions run again.
 
 Tables
-  jobs(id, created, status running|done|cancelled, config JSON overrides, total)
+  jobs(id, created, status running|done|cancelled|failed, config JSON overrides, total, error)
+       error: why a job failed (its synthesizer could not be built again on start-up), else NULL
   questions(job, idx, qid, question, state pending|accepted|rejected, reasons JSON)
   trajectories(cursor INTEGER PRIMARY KEY AUTOINCREMENT, job, idx, record JSON)  -- cursor grows monotonically
   rejections(job, idx, reason)  -- every rejected candidate and every rejected question, with its reason
@@ -21,7 +22,8 @@ import time
 import uuid
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created REAL, status TEXT, overrides TEXT, total INTEGER);
+CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created REAL, status TEXT, overrides TEXT, total INTEGER,
+    error TEXT);
 CREATE TABLE IF NOT EXISTS questions (job TEXT, idx INTEGER, qid TEXT, question TEXT, state TEXT,
     reasons TEXT, PRIMARY KEY (job, idx));
 CREATE TABLE IF NOT EXISTS trajectories (cursor INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT, idx INTEGER,
@@ -42,6 +44,8 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: durable across process kills
         self._db.executescript(SCHEMA)
+        if "error" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN error TEXT")   # a store written before the column
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -68,7 +72,7 @@ class Store:
         job_id = job_id or uuid.uuid4().hex[:16]
         if self._read("SELECT 1 FROM jobs WHERE id=?", (job_id,)):
             return job_id
-        statements = [("INSERT INTO jobs VALUES (?,?,?,?,?)",
+        statements = [("INSERT INTO jobs (id, created, status, overrides, total) VALUES (?,?,?,?,?)",
                        (job_id, time.time(), "running", json.dumps(overrides or {}), len(seeds)))]
         for i, seed in enumerate(seeds):
             statements.append(("INSERT INTO questions VALUES (?,?,?,?,?,?)",
@@ -101,14 +105,14 @@ class Store:
         return added, errors
 
     def job(self, job_id: str) -> dict | None:
-        rows = self._read("SELECT id, created, status, overrides, total FROM jobs WHERE id=?", (job_id,))
+        rows = self._read("SELECT id, created, status, overrides, total, error FROM jobs WHERE id=?", (job_id,))
         if not rows:
             return None
-        jid, created, status, overrides, total = rows[0]
+        jid, created, status, overrides, total, error = rows[0]
         counts = dict(self._read("SELECT state, COUNT(*) FROM questions WHERE job=? GROUP BY state", (job_id,)))
         return {"id": jid, "created": created, "status": status, "overrides": json.loads(overrides),
                 "total": total, "pending": counts.get("pending", 0), "accepted": counts.get("accepted", 0),
-                "rejected": counts.get("rejected", 0)}
+                "rejected": counts.get("rejected", 0), "error": error}
 
     def jobs(self, status: str | None = None) -> list[str]:
         if status:
@@ -117,6 +121,10 @@ class Store:
 
     def set_status(self, job_id: str, status: str) -> None:
         self._write([("UPDATE jobs SET status=? WHERE id=?", (status, job_id))])
+
+    def fail(self, job_id: str, reason: str) -> None:
+        """Mark a job failed with its reason: it is not resumed again; its accepted trajectories stay."""
+        self._write([("UPDATE jobs SET status='failed', error=? WHERE id=?", (reason, job_id))])
 
     def pending(self, job_id: str) -> list[tuple[int, str, str]]:
         """[(idx, qid, question)] of the questions not yet decided."""

@@ -33,7 +33,9 @@ def service(tmp_path):
 
 
 def test_tools_and_judge_endpoints(service):
-    r = httpx.post(f"{service}/v1/tools/web_search", json={"queries": ["photosynthesis chlorophyll"], "num": 3})
+    # the first call builds the tools (the corpus index): seconds on a busy machine, beyond httpx's 5 s default
+    r = httpx.post(f"{service}/v1/tools/web_search", json={"queries": ["photosynthesis chlorophyll"], "num": 3},
+                   timeout=120)
     assert r.status_code == 200
     body = r.json()
     assert body["ok"] and body["error"] is None and len(body["hits"]) == 3
@@ -79,7 +81,8 @@ def test_bearer_token(tmp_path, monkeypatch):
         assert httpx.post(f"{server.url}/v1/tools/web_search", json=body).status_code == 401
         wrong = httpx.post(f"{server.url}/v1/tools/web_search", json=body, headers={"Authorization": "Bearer no"})
         assert wrong.status_code == 401 and "s3cret" not in wrong.text
-        ok = httpx.post(f"{server.url}/v1/tools/web_search", json=body, headers={"Authorization": "Bearer s3cret"})
+        ok = httpx.post(f"{server.url}/v1/tools/web_search", json=body, headers={"Authorization": "Bearer s3cret"},
+                        timeout=120)   # the first call builds the tools
         assert ok.status_code == 200
         assert httpx.get(f"{server.url}/v1/jobs/x", headers={"Authorization": "Bearer s3cret"}).status_code == 404
         assert httpx.get(f"{server.url}/healthz").status_code == 200
