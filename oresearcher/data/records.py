@@ -182,9 +182,9 @@ def _stream(url: str, retries: int = 5, timeout_s: float = 60.0):
     """NDJSON trajectories from the synth service; a dropped connection resumes after the last cursor."""
     import httpx
 
-    headers = {}
-    if os.environ.get("SYNTH_TOKEN"):
-        headers["Authorization"] = f"Bearer {os.environ['SYNTH_TOKEN']}"
+    from oresearcher import synth_client
+
+    headers = synth_client.auth_headers()
     cursor = dict(parse_qsl(urlsplit(url).query)).get("after")
     failures, n = 0, 0
     while True:
