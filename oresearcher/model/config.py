@@ -191,6 +191,20 @@ def from_hf_config(hf: Mapping[str, Any], *, param_dtype: str = "float32", compu
     return ModelConfig(**fields)
 
 
+def overrides_from(values: Mapping[str, Any] | None) -> dict:
+    """ModelConfig fields to replace, from a config's `model_overrides` (configs.common.model_overrides: every
+    field, None where the preset's own value stays)."""
+    out = {}
+    for key, value in dict(values or {}).items():
+        if value is None:
+            continue
+        if key not in ModelConfig.__dataclass_fields__:
+            raise ValueError(f"model_overrides.{key}: ModelConfig has no field {key!r}; fields: "
+                             f"{sorted(ModelConfig.__dataclass_fields__)}")
+        out[key] = value.to_dict() if hasattr(value, "to_dict") else value
+    return out
+
+
 def _first_id(value):
     if isinstance(value, (list, tuple)):
         return value[0] if value else None
