@@ -12,7 +12,7 @@ whole table stays printable in workdir/config.json.
 """
 from __future__ import annotations
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 # Mesh axis sizes (data, fsdp, tensor, sequence; a missing axis is 1, one axis may be -1 = the rest).
 MESHES = {
@@ -65,4 +65,25 @@ def base_config() -> ConfigDict:
     c.mesh = dict(MESHES["cpu"])
     c.rules = None               # None = oresearcher.sharding.RULES; else a table from `rules(...)`
     c.peak_flops_per_device = 0.0  # for MFU; 0 = the device kind's known peak (see oresearcher.metrics)
+    return c
+
+
+def model_overrides(**values) -> ConfigDict:
+    """Every field of oresearcher.model.ModelConfig as an optional override of a preset model (None = the preset's
+    own), so --config.model_overrides.FIELD=VALUE works for any field; `values` sets some of them."""
+    import dataclasses
+    import typing
+
+    from oresearcher.model.config import ModelConfig   # the fields themselves, so this list never goes stale
+
+    hints = typing.get_type_hints(ModelConfig)
+    c = ConfigDict()
+    for field in dataclasses.fields(ModelConfig):
+        kind = hints[field.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if typing.get_origin(kind) is not None and args:      # X | None
+            kind = args[0]
+        kind = typing.get_origin(kind) or kind
+        c[field.name] = config_dict.placeholder(dict if kind not in (int, float, bool, str) else kind)
+    c.update(values)
     return c

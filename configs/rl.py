@@ -58,7 +58,7 @@ def _base() -> ConfigDict:
     c.attention = "flash"               # the update's attention: blockwise, no [T, T] score matrices ("" = the
                                         # model's own, dense); the sampler's cached attention is always dense
     c.tokenizer = ""                    # for a preset model: "gguf:embedded" or an HF directory
-    c.model_overrides = ConfigDict()    # ModelConfig fields replaced on a preset model (e.g. vocab_size)
+    c.model_overrides = common.model_overrides()  # any ModelConfig field, replaced on a preset model
     c.init_checkpoint = ""              # an SFT result: HF directory (save_hf export) or SFT workdir
     c.export_dir = ""                   # write the final policy here in HF layout (save_hf), if set
 

@@ -42,7 +42,7 @@ def _base() -> ConfigDict:
     c.progress = True            # tqdm bar on stderr
 
     c.model = "tiny"
-    c.model_overrides = ConfigDict()  # ModelConfig fields to change on a preset (e.g. vocab_size)
+    c.model_overrides = common.model_overrides()  # any ModelConfig field, changed on a preset model
     c.tokenizer = "gguf:embedded"     # for a preset model: an HF tokenizer directory or "gguf:embedded"
     c.param_dtype = ""                # "" = float32 for checkpoints, the preset's own for presets; "bfloat16"
     c.compute_dtype = ""              # "" = as param_dtype's default; "bfloat16" = bf16 matmuls (fp32 softmax/norms)

@@ -35,7 +35,7 @@ from typing import Protocol
 
 import httpx
 
-from oresearcher import protocol
+from oresearcher import protocol, synth_client
 
 CLOSERS = {s: s for s in protocol.STOP_STRINGS}
 
@@ -175,8 +175,8 @@ class HttpTools:
 
     def __init__(self, base_url: str, client: httpx.AsyncClient | None = None, token: str | None = None):
         self.base_url = base_url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = client or httpx.AsyncClient(timeout=300.0, headers=headers)
+        # token None: $SYNTH_TOKEN, as every client of the synth service in this project
+        self.client = client or synth_client.async_client(token, timeout=300.0)
 
     async def run(self, call) -> tuple[str, bool]:
         if isinstance(call, protocol.WebSearch):

@@ -360,7 +360,7 @@ def model_config_for(config, out=print, attention: str = ""):
     import json
     from pathlib import Path
 
-    from oresearcher.model import PRESETS, from_hf_config
+    from oresearcher.model import PRESETS, from_hf_config, overrides_from
 
     name = str(config.model)
     if name == "gguf:embedded":  # the embedded SmolLM2-135M-Instruct GGUF has the smollm2-135m shapes
@@ -369,7 +369,7 @@ def model_config_for(config, out=print, attention: str = ""):
     if attention:
         changes["attention"] = attention
     if name in PRESETS:
-        cfg = dataclasses.replace(PRESETS[name], **dict(config.get("model_overrides") or {}), **changes)
+        cfg = dataclasses.replace(PRESETS[name], **overrides_from(config.get("model_overrides")), **changes)
         dtypes = {k: str(config[k]) for k in ("param_dtype", "compute_dtype") if config.get(k)}
         return dataclasses.replace(cfg, **dtypes)
     if (Path(name) / "config.json").exists():

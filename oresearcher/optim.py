@@ -40,7 +40,7 @@ def _decay_mask(params):
     stacked layer params carry a leading layer axis, so a per-layer norm is 2-D like the embedding."""
     def decays(path, x):
         name = str(getattr(path[-1], "key", path[-1]))
-        return not (name.endswith("norm") or name in ("bq", "bk", "bv"))
+        return not (name.endswith("norm") or name in ("bq", "bk", "bv", "bo", "b_gate", "b_up", "b_down"))
     return jax.tree_util.tree_map_with_path(decays, params)
 
 

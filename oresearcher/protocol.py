@@ -77,7 +77,10 @@ def parse(text: str) -> list[Span]:
 
     An opener while another element is open ends that element unclosed; a closer that does not match the open
     element (or with none open) turns the free text since the previous element into that element, unopened.
-    Inside an open observation only `</observation>` counts, so observation text is never read as protocol.
+    Inside an open observation only `</observation>` and `<observation>` count, so observation text is never read
+    as protocol; a second `<observation>` ends the first unclosed (the environment sanitises every observation
+    body, so only a trace whose `</observation>` was lost has one, and the policy's turns it swallowed must not
+    pass as a well-formed observation).
     """
     if len(text) < _PARSED_MIN_CHARS:
         return _parse(text)
@@ -102,7 +105,7 @@ def _parse(text: str) -> list[Span]:
 
     for m in _TAG.finditer(text):
         closing, tag = m.group(1) == "/", m.group(2)
-        if open_tag == "observation" and not (closing and tag == "observation"):
+        if open_tag == "observation" and tag != "observation":
             continue
         if not closing:
             if open_tag is not None:

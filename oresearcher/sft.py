@@ -37,7 +37,7 @@ def build_model(config, mesh, rules):
     """(model, tokenizer) per config.model: a preset of oresearcher.model.PRESETS (random init, with
     config.model_overrides; tokenizer from config.tokenizer), "gguf:embedded" (SmolLM2-135M-Instruct), or an
     HF directory. config.param_dtype / compute_dtype / remat / attention override the model's own when set."""
-    from oresearcher.model import PRESETS, Decoder, Tokenizer, load_gguf, load_hf
+    from oresearcher.model import PRESETS, Decoder, Tokenizer, load_gguf, load_hf, overrides_from
 
     spec = str(config.model)
     # dtype / remat / attention overrides apply while loading, so big checkpoints land sharded in their dtype
@@ -47,7 +47,7 @@ def build_model(config, mesh, rules):
     if spec == "gguf:embedded":
         model, tokenizer = load_gguf(mesh=mesh, rules=rules, **dtypes, **changes)
     elif spec in PRESETS:
-        cfg = dataclasses.replace(PRESETS[spec], **{**dict(config.get("model_overrides") or {}), **changes})
+        cfg = dataclasses.replace(PRESETS[spec], **{**overrides_from(config.get("model_overrides")), **changes})
         if config.get("param_dtype"):
             cfg = dataclasses.replace(cfg, param_dtype=dtypes["param_dtype"])
         if config.get("compute_dtype"):
@@ -217,9 +217,10 @@ def run(config) -> dict:
     # Restore onto *this* run's mesh: the target carries the new shardings, whatever mesh wrote the checkpoint.
     ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=int(config.keep_checkpoints))
     state, start = trainer.state, 0
-    if ckpt.latest_step() is not None:
-        start = ckpt.latest_step()
-        state, data_state = ckpt.restore(start, checkpoint_lib.abstract_like(state, trainer.state_shardings))
+    resumed = ckpt.restore_latest(checkpoint_lib.abstract_like(state, trainer.state_shardings),
+                                  log=lambda line: print(f"sft: {line}", flush=True))
+    if resumed is not None:
+        start, state, data_state = resumed
         batches.set_state(data_state)
         print(f"sft: resumed from {ckpt.directory}/{start}", flush=True)
     trainer.state = None

@@ -5,7 +5,8 @@
 
 `config.stage` picks the loop: "sft" -> oresearcher.sft.run, "rl" -> oresearcher.rl.train.run. Any config key can
 be overridden with --config.key=value. Exit status: 0 when the run finished or was stopped by SIGTERM after saving
-a checkpoint (resume by running the same command); 1 with a one-line reason on bad data or a NaN/Inf loss.
+a checkpoint (resume by running the same command); 1 with a one-line reason on bad data, a NaN/Inf loss or
+checkpoints that cannot be restored (another model's, or all damaged); 2 for an unknown --config.KEY.
 
 Multi-host: when the environment describes more than one process (JAX_COORDINATOR_ADDRESS +
 JAX_NUM_PROCESSES + JAX_PROCESS_ID, a SLURM or Open MPI launch, or a multi-worker Cloud TPU slice), the
@@ -52,24 +53,42 @@ def main(argv):
     if config is None:
         raise app.UsageError("--config=configs/sft.py[:preset] is required")
     stage = config.get("stage", "")
-    if stage == "sft":
-        from oresearcher import sft
-        from oresearcher.preemption import NonFiniteError
-        from oresearcher.data.records import BadRecord
-        try:
-            sft.run(config)
-        except (BadRecord, NonFiniteError) as e:
-            print(f"oresearcher.train: {e}", file=sys.stderr, flush=True)
-            sys.exit(1)
-    elif stage == "rl":
-        from oresearcher.rl import train as rl_train
-        rl_train.run(config)
-    else:
+    if stage not in ("sft", "rl"):
         raise app.UsageError(f"config.stage={stage!r}: expected 'sft' or 'rl'")
+    from oresearcher.checkpoint import CheckpointError
+    from oresearcher.data.records import BadRecord
+    from oresearcher.preemption import NonFiniteError
+    try:
+        if stage == "sft":
+            from oresearcher import sft
+            sft.run(config)
+        else:
+            from oresearcher.rl import train as rl_train
+            rl_train.run(config)
+    except (BadRecord, NonFiniteError, CheckpointError) as e:
+        print(f"oresearcher.train: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a one-line answer for a --config.KEY that the config does not have (ml_collections
+    raises a bare AttributeError naming only the last part of the key)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"oresearcher.train: {e}\nPass --helpfull to see the flags.", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError) as e:
+        key = str(e).strip("\"'")
+        given = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+        named = [a for a in given if key in a[len("--config."):].split(".")] or given
+        print(f"oresearcher.train: unknown flag {named[0] if named else '--config.' + key}: the config has no key "
+              f"{key!r}; check the spelling against the config file (--config.model_overrides.FIELD takes any "
+              "field of oresearcher.model.ModelConfig)", file=sys.stderr)
+        sys.exit(2)
 
 if __name__ == "__main__":
     from oresearcher import hugepages
     hugepages.enable()  # re-executes once with huge pages for XLA's buffers (see oresearcher/hugepages.py)
     flags.mark_flag_as_required("config")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

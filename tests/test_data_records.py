@@ -77,6 +77,51 @@ def test_over_long_trajectory_is_skipped_or_stops(tmp_path):
         load_examples(str(path), tok, max_len=3000, on_bad_record="stop")
 
 
+def test_non_utf8_line_is_a_bad_record_named_by_file_and_line(tmp_path):
+    bad = json.dumps(GOOD[1]).encode().replace(b'"id"', b'"\xffid"', 1)
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD[0]).encode() + b"\n" + bad + b"\n"
+                     + json.dumps(GOOD[2]).encode() + b"\n")          # a BOM on line 1 is accepted
+    stats = RecordStats()
+    assert [r["id"] for r in read_records(path, "skip", stats=stats)] == [GOOD[0]["id"], GOOD[2]["id"]]
+    assert dict(stats.skipped) == {"not_utf8": 1}
+    assert stats.examples["not_utf8"] == (f"{path} line 2: not_utf8: byte 0xff at byte 3 of the line is not "
+                                          "UTF-8 (save the file as UTF-8)")
+    with pytest.raises(BadRecord, match=rf"^{path} line 2: not_utf8: byte 0xff"):
+        list(read_records(path, "stop"))
+
+
+def test_record_longer_than_max_len_can_hold_is_rejected_before_tokenisation(tmp_path):
+    """The character bound: a token stands for at most `max_token_chars` characters, so more characters than
+    max_len * max_token_chars cannot fit; such a record is refused by its length alone (the message counts
+    characters, not tokens), and one at the bound goes on to the exact token count."""
+    tok = Tokenizer.from_dir(FIXTURES / "tiny_tokenizer")
+    max_len = 500
+    bound = max_len * tok.max_token_chars
+    assert 1 <= tok.max_token_chars <= 64
+    base = json.loads(json.dumps(GOOD[1]))
+    others = sum(len(m["content"]) for m in base["messages"][:-1])
+
+    def with_chars(n):
+        record = json.loads(json.dumps(base))
+        record["messages"][-1]["content"] = "<suggested_answer>" + "a" * (n - others - 37) + "</suggested_answer>"
+        assert sum(len(m["content"]) for m in record["messages"]) == n
+        return json.dumps(record)
+    path = write_lines(tmp_path / "huge.jsonl", [with_chars(bound), with_chars(bound + 1), with_chars(10**7)])
+    examples, stats = load_examples(str(path), tok, max_len=max_len, on_bad_record="skip")
+    assert examples == [] and dict(stats.skipped) == {"too_long": 3}
+    with pytest.raises(BadRecord, match=rf"line 1: too_long: \d+ tokens > max_len {max_len}"):
+        load_examples(str(path), tok, max_len=max_len, on_bad_record="stop")
+    lines = path.read_text().splitlines()
+    write_lines(path, lines[1:])
+    with pytest.raises(BadRecord, match=rf"line 1: too_long: {bound + 1} characters, more than max_len {max_len} "
+                                        rf"tokens can hold \(a token stands for at most {tok.max_token_chars} "):
+        load_examples(str(path), tok, max_len=max_len, on_bad_record="stop")
+    write_lines(path, lines[2:])
+    with pytest.raises(BadRecord, match="line 1: too_long: 10000000 characters"):
+        load_examples(str(path), tok, max_len=max_len, on_bad_record="stop")
+
+
 def test_on_bad_record_must_be_known(mixed):
     with pytest.raises(ValueError, match="on_bad_record='ignore'"):
         list(read_records(mixed, "ignore"))

@@ -14,7 +14,7 @@ from oresearcher.model import load_hf, save_hf
 
 TOL = 1e-4
 # variant -> (model_type, config kwargs); together they cover: llama default/llama3 RoPE, qwen2 bias,
-# qwen3 q/k norm, tied and untied embeddings.
+# qwen3 q/k norm, tied and untied embeddings, llama's optional biases (q/k/v/o and the MLP's), qwen3's (q/k/v/o).
 VARIANTS = {
     "llama_untied": ("llama", dict(tie_word_embeddings=False, rope_parameters={"rope_type": "default",
                                                                                "rope_theta": 5000.0})),
@@ -23,6 +23,8 @@ VARIANTS = {
         "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
     "qwen2_bias_untied": ("qwen2", dict(tie_word_embeddings=False)),
     "qwen3_qknorm_tied": ("qwen3", dict(tie_word_embeddings=True, head_dim=16)),
+    "llama_mlp_attention_bias": ("llama", dict(tie_word_embeddings=True, mlp_bias=True, attention_bias=True)),
+    "qwen3_attention_bias": ("qwen3", dict(tie_word_embeddings=False, head_dim=16, attention_bias=True)),
 }
 
 
@@ -63,6 +65,7 @@ def random_ids(b=2, t=40, seed=1):
 def test_logits_match_transformers_one_device(variant, tmp_path):
     hf = make_hf_model(variant, tmp_path)
     model = load_hf(tmp_path)
+    assert model.cfg.num_params == sum(p.numel() for p in hf.parameters())   # every tensor is read, once
     ids = random_ids()
     ours = np.asarray(model(jnp.asarray(ids)))
     diff = np.abs(ours - hf_logits(hf, ids)).max()
@@ -104,7 +107,7 @@ def test_old_rope_theta_layout_reads_the_same(tmp_path):
     assert np.abs(np.asarray(model(jnp.asarray(ids))) - hf_logits(hf, ids)).max() <= TOL
 
 
-@pytest.mark.parametrize("variant", ["qwen2_bias_untied", "llama3_scaling_tied"])
+@pytest.mark.parametrize("variant", ["qwen2_bias_untied", "llama3_scaling_tied", "llama_mlp_attention_bias"])
 def test_export_round_trip_loads_in_transformers(variant, tmp_path):
     import transformers
 

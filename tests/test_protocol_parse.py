@@ -68,6 +68,18 @@ def test_subtask_list_is_not_subtask():
     assert [s.tag for s in spans] == ["subtask_list", "subtask"]
 
 
+def test_unclosed_observation_ends_at_the_next_observation():
+    """An observation whose `</observation>` was lost does not run on to (and borrow) the next one's closer:
+    the next `<observation>` ends it unclosed, so the policy's turns it swallowed never count as well formed."""
+    text = ("<web_search>a</web_search>" + P.observation("one") + "<think>t</think><web_search>b</web_search>"
+            + P.observation("two") + "<suggested_answer>r</suggested_answer>").replace("</observation>", "", 1)
+    spans = [s for s in P.parse(text) if s.tag]
+    assert [(s.tag, s.closed) for s in spans] == [("web_search", True), ("observation", False),
+                                                  ("observation", True), ("suggested_answer", True)]
+    assert "<think>t</think>" in spans[1].body
+    assert P.format_reward(text) == 0.0
+
+
 def test_observation_spans_cover_tags_and_one_trailing_newline():
     obs = P.observation("result")
     text = "<web_search>q</web_search>" + obs + "\n<think>t</think>"

@@ -55,6 +55,8 @@ def test_tool_reward_config_is_used():
     (episode(1, 1).replace("</think>", ""), 0.0),                       # an unclosed tag
     (episode(1, 1).replace("</plan>", "</think>"), 0.0),                # closed with the wrong tag
     ("", 0.0),                                                          # empty response
+    (episode(2, 2).replace("</observation>", "", 1), 0.0),              # an observation swallows the next turns
+    (episode(1, 1).replace("</observation>", "", 2), 0.0),              # the last one swallows the answer
     ("<suggested_answer>just an answer</suggested_answer>", 1.0),      # minimal but symmetric
 ])
 def test_format_reward_cases(text, expected):

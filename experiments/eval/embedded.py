@@ -43,10 +43,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 
 from experiments.eval.kpr import LexicalKeyPoints, kpr_report
-from oresearcher import protocol
+from oresearcher import protocol, synth_client
 
 HERE = Path(__file__).resolve().parent
 QUESTIONS = HERE.parent / "data" / "embedded_eval.jsonl"
@@ -269,7 +268,7 @@ def policy_texts(policy: tuple[str, Path] | None, questions: list[dict], url: st
 
 # ------------------------------------------------------------------------------------------------ scoring
 async def judge_all(url: str, questions: list[dict], texts: dict[str, str]) -> list[dict]:
-    async with httpx.AsyncClient(timeout=120) as client:
+    async with synth_client.async_client(timeout=120) as client:   # sends $SYNTH_TOKEN when set
         async def one(q):
             text = texts.get(q["id"], "")
             report = protocol.extract_report(text) or ""

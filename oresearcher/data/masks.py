@@ -103,7 +103,16 @@ def render_chat(messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, i
 def tokenize_record(record: dict, tokenizer, max_len: int | None = None) -> Example:
     """The record's chat rendered, tokenised once with offsets, masked (module docstring). Raises BadRecord
     "too_long" when it has more than `max_len` tokens (an over-long trajectory is skipped or stops the run per
-    on_bad_record; it is never silently cut)."""
+    on_bad_record; it is never silently cut). A record whose message texts hold more characters than max_len
+    tokens can stand for is "too_long" before it is rendered or tokenised: tokenising a record of tens of MB
+    takes minutes and gigabytes only to reject it."""
+    if max_len is not None:
+        chars = sum(len(m["content"]) for m in record["messages"])
+        per_token = getattr(tokenizer, "max_token_chars", None)
+        if per_token and chars > max_len * per_token:
+            raise BadRecord(record.get("_where", str(record.get("id", "?"))),
+                            f"too_long: {chars} characters, more than max_len {max_len} tokens can hold "
+                            f"(a token stands for at most {per_token} characters)")
     text, spans = render_chat(record["messages"], tokenizer)
     ids, offsets = tokenizer.encode_with_offsets(text)
     if max_len is not None and len(ids) > max_len:

@@ -4,7 +4,7 @@
     read_records("data.array_record")                               # one JSON record per ArrayRecord entry
     read_records("http://127.0.0.1:8000/v1/trajectories?job=J")     # NDJSON, resumed by cursor on disconnect
 
-A record is bad when its line is not JSON, it is not an object, it has no `messages` list with an assistant
+A record is bad when its line is not UTF-8 or not JSON, it is not an object, it has no `messages` list with an assistant
 message, or the assistant text has unclosed or unopened protocol tags (`oresearcher.protocol.parse`). With
 on_bad_record="skip" it is counted (per reason) and skipped; with "stop" reading stops with a `BadRecord` that
 names the file, the line and the reason. Over-long trajectories are found at tokenisation (`masks.py`) and go
@@ -129,11 +129,18 @@ def read_records(path_or_url: str | os.PathLike, on_bad_record: str = "skip", *,
 def _jsonl(path: str):
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such file (expected JSONL trajectories)")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    # bytes, decoded line by line: one bad byte is one bad record (named), not the end of the whole read
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path} line {n}"
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield where, BadRecord(where, f"not_utf8: byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the "
+                                              "line is not UTF-8 (save the file as UTF-8)")
+                continue
             if not line.strip():
                 continue
-            where = f"{path} line {n}"
             try:
                 yield where, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
@@ -182,9 +189,9 @@ def _stream(url: str, retries: int = 5, timeout_s: float = 60.0):
     """NDJSON trajectories from the synth service; a dropped connection resumes after the last cursor."""
     import httpx
 
-    headers = {}
-    if os.environ.get("SYNTH_TOKEN"):
-        headers["Authorization"] = f"Bearer {os.environ['SYNTH_TOKEN']}"
+    from oresearcher import synth_client
+
+    headers = synth_client.auth_headers()
     cursor = dict(parse_qsl(urlsplit(url).query)).get("after")
     failures, n = 0, 0
     while True:

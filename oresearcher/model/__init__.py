@@ -20,11 +20,11 @@ Conventions beyond Interface 3 (additions, nothing removed):
 - After sharding.shard_model (or load_hf/load_gguf with a mesh) the model holds `mesh` and `rules`, and its
   activation constraints use them; otherwise they use the mesh set by `jax.set_mesh`, if any.
 """
-from oresearcher.model.config import PRESETS, ModelConfig, from_hf_config, to_hf_config
+from oresearcher.model.config import PRESETS, ModelConfig, from_hf_config, overrides_from, to_hf_config
 from oresearcher.model.decoder import Decoder
 
-__all__ = ["ModelConfig", "PRESETS", "Decoder", "from_hf_config", "to_hf_config", "load_hf", "save_hf",
-           "load_gguf", "Tokenizer"]
+__all__ = ["ModelConfig", "PRESETS", "Decoder", "from_hf_config", "overrides_from", "to_hf_config", "load_hf",
+           "save_hf", "load_gguf", "Tokenizer"]
 
 _LAZY = {"load_hf": "oresearcher.model.hf_io", "save_hf": "oresearcher.model.hf_io",
          "load_gguf": "oresearcher.model.gguf_io", "Tokenizer": "oresearcher.model.tokenizer"}

@@ -36,7 +36,9 @@ class ModelConfig:
     rope_scaling: Mapping[str, Any] | None = None  # {"rope_type": "llama3", "factor": 8.0, ...} or None
     rms_norm_eps: float = 1e-5
     tie_embeddings: bool = False  # unembedding = embedding^T
-    attention_bias: bool = False  # bias on the q, k, v projections (Qwen2); never on the output projection
+    attention_bias: bool = False  # bias on the q, k, v projections (Qwen2; Llama and Qwen3 attention_bias=true)
+    attention_out_bias: bool = False  # bias on the output projection too (Llama and Qwen3 attention_bias=true)
+    mlp_bias: bool = False  # bias on gate, up and down projections (Llama mlp_bias=true)
     qk_norm: bool = False  # per-head RMSNorm on q and k before RoPE (Qwen3)
     max_position_embeddings: int = 8192
     param_dtype: str = "float32"
@@ -73,7 +75,9 @@ class ModelConfig:
         """Parameter count (embeddings included once when tied)."""
         d, f, h, k, hd = self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads, self.head_dim
         attn = d * hd * (2 * h + 2 * k) + (hd * (h + 2 * k) if self.attention_bias else 0)
-        per_layer = attn + 3 * d * f + 2 * d + (2 * hd if self.qk_norm else 0)
+        attn += d if self.attention_out_bias else 0
+        mlp = 3 * d * f + (2 * f + d if self.mlp_bias else 0)
+        per_layer = attn + mlp + 2 * d + (2 * hd if self.qk_norm else 0)
         embed = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return self.num_layers * per_layer + embed + d
 
@@ -162,12 +166,10 @@ def from_hf_config(hf: Mapping[str, Any], *, param_dtype: str = "float32", compu
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise ValueError(f"{where}: hidden_act={act!r} is not supported (the decoder uses SwiGLU with silu)")
-    if hf.get("mlp_bias"):
-        raise ValueError(f"{where}: mlp_bias=true is not supported")
+    if hf.get("mlp_bias") and family != "llama":
+        raise ValueError(f"{where}: mlp_bias=true is a Llama option; {model_type} has no MLP biases")
     if family == "qwen2" and hf.get("use_sliding_window"):
         raise ValueError(f"{where}: use_sliding_window=true is not supported")
-    if family == "llama" and hf.get("attention_bias"):
-        raise ValueError(f"{where}: attention_bias=true for llama (bias on o_proj too) is not supported")
     heads = hf["num_attention_heads"]
     theta, scaling = _rope_from_hf(hf, where)
     fields = dict(
@@ -178,12 +180,29 @@ def from_hf_config(hf: Mapping[str, Any], *, param_dtype: str = "float32", compu
         rope_theta=theta, rope_scaling=scaling, rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         attention_bias=True if family == "qwen2" else bool(hf.get("attention_bias", False)),
+        # Qwen2 biases q/k/v only; Llama's and Qwen3's attention_bias covers o_proj as well
+        attention_out_bias=family != "qwen2" and bool(hf.get("attention_bias", False)),
+        mlp_bias=bool(hf.get("mlp_bias", False)),
         qk_norm=family == "qwen3", max_position_embeddings=hf.get("max_position_embeddings", 8192),
         param_dtype=param_dtype, compute_dtype=compute_dtype,
         bos_token_id=_first_id(hf.get("bos_token_id")), eos_token_id=_first_id(hf.get("eos_token_id")),
     )
     fields.update(overrides)
     return ModelConfig(**fields)
+
+
+def overrides_from(values: Mapping[str, Any] | None) -> dict:
+    """ModelConfig fields to replace, from a config's `model_overrides` (configs.common.model_overrides: every
+    field, None where the preset's own value stays)."""
+    out = {}
+    for key, value in dict(values or {}).items():
+        if value is None:
+            continue
+        if key not in ModelConfig.__dataclass_fields__:
+            raise ValueError(f"model_overrides.{key}: ModelConfig has no field {key!r}; fields: "
+                             f"{sorted(ModelConfig.__dataclass_fields__)}")
+        out[key] = value.to_dict() if hasattr(value, "to_dict") else value
+    return out
 
 
 def _first_id(value):
@@ -210,7 +229,7 @@ def to_hf_config(cfg: ModelConfig) -> dict:
         "torch_dtype": cfg.param_dtype, "dtype": cfg.param_dtype,
     }
     if cfg.family == "llama":
-        out.update(attention_bias=False, mlp_bias=False)
+        out.update(attention_bias=cfg.attention_bias, mlp_bias=cfg.mlp_bias)
     if cfg.family == "qwen3":
         out["attention_bias"] = cfg.attention_bias
     if cfg.bos_token_id is not None:

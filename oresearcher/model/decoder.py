@@ -61,6 +61,12 @@ def _layer_params(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple[st
         p["bq"] = ((h, hd), ("q_heads", "head_dim"), _BIAS)
         p["bk"] = ((k, hd), ("kv_heads", "head_dim"), _BIAS)
         p["bv"] = ((k, hd), ("kv_heads", "head_dim"), _BIAS)
+    if cfg.attention_out_bias:
+        p["bo"] = ((d,), ("norm",), _BIAS)
+    if cfg.mlp_bias:
+        p["b_gate"] = ((f,), ("mlp",), _BIAS)
+        p["b_up"] = ((f,), ("mlp",), _BIAS)
+        p["b_down"] = ((d,), ("norm",), _BIAS)
     if cfg.qk_norm:
         p["q_norm"] = ((hd,), ("head_dim",), _NORM)
         p["k_norm"] = ((hd,), ("head_dim",), _NORM)
@@ -357,6 +363,8 @@ class Decoder(nnx.Module):
                 o = attention(q, k, v, mask, kv_heads_first=kv_cache is not None)
             o = o.reshape(*o.shape[:2], -1)
             o = dense_fused(o, p["fused_o"]) if "fused_o" in p else dense(o, p["wo"].reshape(-1, x.shape[-1]))
+            if cfg.attention_out_bias:
+                o = o + p["bo"]
             o = checkpoint_name(o, "attention_out")
             x = self._constrain(x + o, act)
 
@@ -365,8 +373,12 @@ class Decoder(nnx.Module):
                 gate, up = jnp.split(dense_fused(h, p["fused_gate_up"]), 2, axis=-1)
             else:
                 gate, up = dense(h, p["w_gate"]), dense(h, p["w_up"])
+            if cfg.mlp_bias:
+                gate, up = gate + p["b_gate"], up + p["b_up"]
             m = self._constrain(jax.nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
             m = dense_fused(m, p["fused_down"]) if "fused_down" in p else dense(m, p["w_down"])
+            if cfg.mlp_bias:
+                m = m + p["b_down"]
             m = checkpoint_name(m, "mlp_out")
             return self._constrain(x + m, act), new_kv
 

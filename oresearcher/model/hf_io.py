@@ -12,7 +12,9 @@ Layout map (ours <- HF, per layer i; HF Linear weights are [out, in]):
     embed [V, D]            <- model.embed_tokens.weight
     layers.wq [L, D, H, hd] <- model.layers.i.self_attn.q_proj.weight^T   (k_proj, v_proj alike)
     layers.wo [L, H, hd, D] <- model.layers.i.self_attn.o_proj.weight^T
-    layers.bq [L, H, hd]    <- ...q_proj.bias                                (qwen2)
+    layers.bq [L, H, hd]    <- ...q_proj.bias                 (qwen2; llama, qwen3 with attention_bias)
+    layers.bo [L, D]        <- ...o_proj.bias                 (llama, qwen3 with attention_bias)
+    layers.b_gate/b_up [L, F], b_down [L, D] <- mlp.{gate,up,down}_proj.bias   (llama with mlp_bias)
     layers.q_norm [L, hd]   <- ...self_attn.q_norm.weight                    (qwen3)
     layers.w_gate/w_up [L, D, F], w_down [L, F, D] <- mlp.{gate,up,down}_proj.weight^T
     attn_norm / mlp_norm    <- input_layernorm / post_attention_layernorm;  final_norm <- model.norm.weight
@@ -42,7 +44,9 @@ def _hf_layer_name(ours: str) -> str:
         "attn_norm": "input_layernorm.weight", "mlp_norm": "post_attention_layernorm.weight",
         "wq": "self_attn.q_proj.weight", "wk": "self_attn.k_proj.weight", "wv": "self_attn.v_proj.weight",
         "wo": "self_attn.o_proj.weight", "bq": "self_attn.q_proj.bias", "bk": "self_attn.k_proj.bias",
-        "bv": "self_attn.v_proj.bias", "q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight",
+        "bv": "self_attn.v_proj.bias", "bo": "self_attn.o_proj.bias", "b_gate": "mlp.gate_proj.bias",
+        "b_up": "mlp.up_proj.bias", "b_down": "mlp.down_proj.bias", "q_norm": "self_attn.q_norm.weight",
+        "k_norm": "self_attn.k_norm.weight",
         "w_gate": "mlp.gate_proj.weight", "w_up": "mlp.up_proj.weight", "w_down": "mlp.down_proj.weight",
     }[ours]
 

@@ -70,6 +70,7 @@ class Tokenizer:
         self.special_tokens = [t.content for t in added.values() if t.special]
         self._byte_level = _is_byte_level(backend)
         self._bytes = None                      # token id -> bytes, built on first use
+        self._max_token_chars = None            # built on first use
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
@@ -176,6 +177,14 @@ class Tokenizer:
                 piece = self.backend.piece_bytes(i)
             out.append(piece if piece is not None else self.decode([i]).encode("utf-8"))
         return out
+
+    @property
+    def max_token_chars(self) -> int:
+        """The most characters one token can stand for (its bytes; a character is at least one UTF-8 byte), so a
+        text of n characters has at least n / max_token_chars tokens: a length bound known before encoding."""
+        if self._max_token_chars is None:
+            self._max_token_chars = max(1, max(len(b) for b in self.token_bytes()))
+        return self._max_token_chars
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

@@ -22,7 +22,7 @@ import time
 
 import httpx
 
-from oresearcher import protocol
+from oresearcher import protocol, synth_client
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +110,7 @@ async def score_all(url: str, questions: list[str], responses: list[str], cfg: R
                     max_concurrency: int = 16) -> list[Reward]:
     """Rewards of many episodes, judged concurrently (at most `max_concurrency` requests in flight)."""
     gate = asyncio.Semaphore(max_concurrency)
-    async with httpx.AsyncClient() as client:
+    async with synth_client.async_client() as client:   # sends $SYNTH_TOKEN when set
         async def one(q, r):
             async with gate:
                 return await score(client, url, q, r, cfg)

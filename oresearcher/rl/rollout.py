@@ -21,7 +21,7 @@ import time
 import httpx
 import numpy as np
 
-from oresearcher import protocol
+from oresearcher import protocol, synth_client
 from oresearcher.sampler import Sampler, SamplingParams
 
 
@@ -101,8 +101,9 @@ async def call_tool(client: httpx.AsyncClient, url: str, call, timeout_s: float)
     return body, ToolCall(tool, request, ok, error, time.perf_counter() - start)
 
 
-async def _call_all(url: str, calls: list, timeout_s: float):
-    async with httpx.AsyncClient() as client:
+async def call_tools(url: str, calls: list, timeout_s: float) -> list[tuple[str, ToolCall]]:
+    """`call_tool` for each call, concurrently, over one client that sends the synth token ($SYNTH_TOKEN)."""
+    async with synth_client.async_client() as client:
         return await asyncio.gather(*(call_tool(client, url, c, timeout_s) for c in calls))
 
 
@@ -174,7 +175,7 @@ def rollout(sampler: Sampler, tokenizer, questions: list[str], synth_url: str, c
             waiting.append(row)
 
         start = time.perf_counter()
-        results = asyncio.run(_call_all(synth_url, calls, cfg.tool_timeout_s)) if calls else []
+        results = asyncio.run(call_tools(synth_url, calls, cfg.tool_timeout_s)) if calls else []
         timings["time/tools"] += time.perf_counter() - start
 
         live = []

@@ -3,8 +3,10 @@
     with synth_service(config) as url:       # "http://127.0.0.1:PORT"; the subprocess is stopped on exit
         ...
 
-The subprocess gets a free port, its output goes to workdir/synth.log, and it is waited for on GET /healthz
-(building the embedded search index takes a little while on first start).
+Clients send $SYNTH_TOKEN (oresearcher.synth_client); the subprocess inherits it, so it guards its routes with
+the same token, and a service that refuses the token stops the run at start. The subprocess gets a free port,
+its output goes to workdir/synth.log, and it is waited for on GET /healthz (building the embedded search index
+takes a little while on first start).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from oresearcher import synth_client
 
 
 def free_port() -> int:
@@ -42,6 +46,16 @@ def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = Non
                        f"(or raise synth_start_timeout_s)")
 
 
+def check_token(url: str) -> None:
+    """Fail now, not with every tool call and judge call of a run, when the service refuses our token.
+    An unknown job id answers 404 behind a valid token (or on an open service) and 401 without one."""
+    resp = httpx.get(f"{url}/v1/jobs/token-check", headers=synth_client.auth_headers(), timeout=10.0)
+    if resp.status_code == 401:
+        state = "is not the service's token" if synth_client.auth_headers() else "is not set"
+        raise RuntimeError(f"the synth service at {url} refuses this run: ${synth_client.TOKEN_ENV} {state}; "
+                           f"set it to the token the service was started with")
+
+
 @contextlib.contextmanager
 def synth_service(config):
     """Yield the base URL of a healthy synth service (config.synth_url, or a subprocess started here)."""
@@ -49,6 +63,7 @@ def synth_service(config):
     timeout = float(config.get("synth_start_timeout_s", 600))
     if url:
         wait_healthy(url, timeout)
+        check_token(url)
         yield url
         return
     port = free_port()
@@ -66,6 +81,7 @@ def synth_service(config):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, timeout, proc, log)
+        check_token(url)
         yield url
     finally:
         proc.terminate()

@@ -47,10 +47,11 @@ def _train_state(model, optimizer) -> dict:
 
 
 def _restore(ckpt, model, optimizer) -> tuple[int, dict]:
-    step = ckpt.latest_step()
-    if step is None:
+    resumed = ckpt.restore_latest(checkpoint_lib.abstract_like(_train_state(model, optimizer)),
+                                  log=lambda line: print(f"rl: {line}", flush=True))
+    if resumed is None:
         return 0, {}
-    state, data_state = ckpt.restore(step, checkpoint_lib.abstract_like(_train_state(model, optimizer)))
+    step, state, data_state = resumed
     for obj, key in ((model, "params"), (optimizer, "optimizer")):
         target = nnx.state(obj, nnx.Param) if key == "params" else nnx.state(obj)
         nnx.replace_by_pure_dict(target, state[key])
