@@ -54,7 +54,9 @@ def _base() -> ConfigDict:
         search=ConfigDict(dict(backend="local", serper_url="https://google.serper.dev/search",
                                serper_key_envs=["SERPER_API_KEY"], timeout=20.0)),
         crawl=ConfigDict(dict(backend="local", allow=[], timeout=20.0, max_bytes=2_000_000, max_redirects=5,
-                              summary="extractive", summary_chars=1500, max_urls=5)),
+                              summary="extractive", summary_chars=1500, max_urls=5,
+                              # backend="reader": a Jina-style reader service (JavaScript-heavy pages)
+                              reader_url="https://r.jina.ai/", reader_key_env="JINA_API_KEY")),
     ))
     c.judge = ConfigDict(dict(kind="heuristic", endpoints=[], timeout=120.0, max_retries=6))
     c.workflow = ConfigDict(dict(

@@ -18,7 +18,18 @@ Why each piece exists:
     that gave them (the request or key is wrong there) but the other endpoints are still tried;
   * accounting per job: calls, retries, failures, tokens and cost, which the workflow copies into `meta`;
   * API keys are read from environment variables at construction, sent only in the Authorization header, and
-    never appear in reprs, logs or error messages (server error text is redacted before it is quoted).
+    never appear in reprs, logs or error messages (server error text is redacted before it is quoted);
+  * reasoning models (OpenAI's o-series and GPT-5, and servers imitating them) refuse `max_tokens`, `stop`,
+    `top_p` and any `temperature` but 1 with HTTP 400. The first 400 that names such a parameter teaches the
+    client what that endpoint refuses (kept for the client's life, so only one request per endpoint pays for
+    it): `max_tokens` becomes `max_completion_tokens` (and back, for a server that knows only the old name),
+    sampling parameters are dropped (the model's defaults apply), and a refused `stop` is applied here: the
+    answer is cut before the first stop string, as a server does. An endpoint's config can declare both up
+    front (`token_param`, `drop_params`);
+  * `reasoning_content` (DeepSeek, vLLM, ...; `reasoning` on others) is returned apart from the answer, and
+    reasoning tokens are counted in the accounting and its cost.
+
+Transport: synth/http1.py, not httpx, for the CPU cost per call explained there.
 """
 from __future__ import annotations
 
@@ -29,6 +40,7 @@ import json
 import logging
 import os
 import random
+import re
 import ssl
 import time
 
@@ -40,6 +52,12 @@ log = logging.getLogger(__name__)
 
 _ENCODE = json.JSONEncoder(ensure_ascii=False).encode   # = json.dumps(value, ensure_ascii=False)
 _ENCODED_CONTENTS = 2048   # message contents whose JSON a client keeps (see LLMClient._request_body)
+# Request fields a reasoning model may refuse and the client may drop: the model's defaults then apply.
+DROPPABLE = frozenset({"temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty",
+                       "logit_bias", "n"})
+TOKEN_PARAMS = ("max_tokens", "max_completion_tokens")
+_NAMED_PARAM = re.compile(r"(?:parameter|value|argument|field)s?:?\s*['\"`]?([a-z_]+)['\"`]?", re.IGNORECASE)
+MAX_ADAPTATIONS = 8   # adaptations of one call (each drops or renames one field, so this bounds the loop)
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 MAX_RETRY_AFTER = 60.0  # seconds: a longer Retry-After is treated as "try another endpoint, then wait this long"
 
@@ -58,7 +76,12 @@ class Endpoint:
     """One OpenAI-compatible server. base_url ends in /v1 (".../v1/chat/completions" is appended).
 
     api_key_env: NAME of the environment variable holding the key ("" for servers without auth);
-    price_prompt / price_completion: cost in currency units per million tokens (0 when unknown).
+    price_prompt / price_completion: cost in currency units per million tokens (0 when unknown); reasoning
+    tokens are billed as completion tokens;
+    token_param: the field carrying the token limit, "max_tokens" or "max_completion_tokens" ("auto": start
+    with max_tokens, switch on the server's first 400 naming it);
+    drop_params: request fields this endpoint refuses (a subset of DROPPABLE), never sent; a refused `stop` is
+    applied by the client.
     """
 
     base_url: str
@@ -67,9 +90,19 @@ class Endpoint:
     max_concurrency: int = 8
     price_prompt: float = 0.0
     price_completion: float = 0.0
+    token_param: str = "auto"
+    drop_params: tuple = ()
 
     def __post_init__(self):
         self.base_url = self.base_url.rstrip("/")
+        if self.token_param not in ("auto", *TOKEN_PARAMS):
+            raise ValueError(f"endpoint {self.base_url}: token_param={self.token_param!r}; choose 'auto', "
+                             "'max_tokens' or 'max_completion_tokens'")
+        self.drop_params = tuple(self.drop_params)
+        unknown = sorted(set(self.drop_params) - DROPPABLE)
+        if unknown:
+            raise ValueError(f"endpoint {self.base_url}: drop_params {unknown} cannot be dropped; "
+                             f"choose among {sorted(DROPPABLE)}")
         if self.max_concurrency < 1:
             raise ValueError(f"endpoint {self.base_url}: max_concurrency must be >= 1, got {self.max_concurrency}")
 
@@ -90,16 +123,24 @@ class Endpoint:
 
 @dataclasses.dataclass
 class Usage:
+    """completion_tokens includes reasoning_tokens (OpenAI's convention: reasoning is billed as completion)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 @dataclasses.dataclass
 class ChatResult:
+    """text: the answer; reasoning: the model's reasoning_content ("" when it sends none); finish_reason as the
+    server said ("stop" when the client cut the answer at a stop string)."""
+
     text: str
     model: str
     usage: Usage
     retries: int
+    reasoning: str = ""
+    finish_reason: str = ""
 
 
 @dataclasses.dataclass
@@ -111,6 +152,8 @@ class Accounting:
     failures: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    adaptations: int = 0    # requests refused for a parameter and resent without it (see the module docstring)
     cost: float = 0.0
     by_model: dict = dataclasses.field(default_factory=dict)
 
@@ -118,6 +161,7 @@ class Accounting:
         self.calls += 1
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
+        self.reasoning_tokens += usage.reasoning_tokens
         self.cost += (usage.prompt_tokens * endpoint.price_prompt
                       + usage.completion_tokens * endpoint.price_completion) / 1e6
         self.by_model[endpoint.model] = self.by_model.get(endpoint.model, 0) + 1
@@ -125,6 +169,7 @@ class Accounting:
     def to_dict(self) -> dict:
         return {"calls": self.calls, "retries": self.retries, "failures": self.failures,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "reasoning_tokens": self.reasoning_tokens, "adaptations": self.adaptations,
                 "cost": round(self.cost, 6), "by_model": dict(self.by_model)}
 
 
@@ -136,6 +181,37 @@ class _Attempt(Exception):
         self.reason = reason
         self.retry_after = retry_after
         self.fatal = fatal
+
+
+class _Refused(_Attempt):
+    """HTTP 400 naming a request field (`param`) the endpoint does not accept."""
+
+    def __init__(self, reason: str, param: str):
+        super().__init__(reason, fatal=True)
+        self.param = param
+
+
+def _refused_param(raw: bytes) -> str:
+    """The request field a 400 body names: OpenAI's error.param, else the first quoted name after "parameter"
+    or "value" in the message ("" when none)."""
+    try:
+        error = json.loads(raw).get("error")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        if isinstance(error.get("param"), str) and error["param"]:
+            return error["param"]
+        message = str(error.get("message") or "")
+    else:
+        message = raw[:500].decode("utf-8", "replace")
+    match = _NAMED_PARAM.search(message)
+    return match.group(1) if match else ""
+
+
+def cut_at_stop(text: str, stop) -> tuple[str, bool]:
+    """(text before the first stop string, whether one occurred): what a server honouring `stop` returns."""
+    cuts = [text.find(s) for s in stop or () if s and s in text]
+    return (text[:min(cuts)], True) if cuts else (text, False)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -181,6 +257,9 @@ class LLMClient:
             if endpoint.api_key_env and not key:
                 log.warning("LLM endpoint %s: environment variable %s is empty; sending no key",
                             endpoint.base_url, endpoint.api_key_env)
+        # What each endpoint refuses, declared or learned from its 400s (module docstring).
+        self._refused = [set(e.drop_params) for e in self.endpoints]
+        self._token_param = ["max_tokens" if e.token_param == "auto" else e.token_param for e in self.endpoints]
         self._semaphores = [asyncio.Semaphore(e.max_concurrency) for e in self.endpoints]
         self._in_flight = [0] * len(self.endpoints)
         self._random = random.Random(seed)
@@ -192,7 +271,8 @@ class LLMClient:
 
     @classmethod
     def from_config(cls, cfg) -> "LLMClient":
-        """From a config section {endpoints: [{base_url, model, api_key_env?, max_concurrency?, price_*?}, ...],
+        """From a config section {endpoints: [{base_url, model, api_key_env?, max_concurrency?, price_*?,
+        token_param?, drop_params?}, ...],
         timeout?, max_retries?, backoff?, backoff_max?} (dict or ml_collections ConfigDict)."""
         get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
         endpoints = [dict(e) for e in (get("endpoints", None) or [])]
@@ -222,24 +302,34 @@ class LLMClient:
 
     async def chat(self, messages: list[dict], *, temperature: float = 0.7, max_tokens: int = 1024,
                    stop: list[str] | None = None, seed: int | None = None, extra: dict | None = None,
-                   accounting: Accounting | None = None) -> ChatResult:
+                   top_p: float | None = None, accounting: Accounting | None = None) -> ChatResult:
         """One chat completion. Raises LLMError only when every attempt (1 + max_retries) failed.
 
         seed: OpenAI's `seed` field (sent only when given): a server that honours it, as oresearcher.serve
         does, samples the same answer for the same request, so a sampled job is reproducible. extra: further
-        request fields a server understands (e.g. vLLM's continue_final_message), sent as given."""
+        request fields a server understands (e.g. vLLM's continue_final_message), sent as given. top_p: sent
+        only when given."""
+        fields = {"temperature": temperature, "stop": list(stop) if stop else None, "seed": seed, "top_p": top_p}
         index = self._first_endpoint()
         fatal: set[int] = set()
         reasons: list[str] = []
-        attempts = 0
+        attempts = adaptations = 0
         while attempts <= self.max_retries and len(fatal) < len(self.endpoints):
             while index in fatal:
                 index = (index + 1) % len(self.endpoints)
             endpoint = self.endpoints[index]
             attempts += 1
             try:
-                text, model, usage = await self._attempt(index, messages, temperature, max_tokens, stop, seed, extra)
+                result = await self._attempt(index, messages, fields, max_tokens, extra)
             except _Attempt as failure:
+                if isinstance(failure, _Refused) and adaptations < MAX_ADAPTATIONS \
+                        and self._adapt(index, failure.param):
+                    # Not a failure of the endpoint: the same request without the field, at once, same endpoint.
+                    adaptations += 1
+                    attempts -= 1
+                    if accounting is not None:
+                        accounting.adaptations += 1
+                    continue
                 reasons.append(f"{endpoint.base_url}: {failure.reason}")
                 log.info("LLM attempt %d failed on %s: %s", attempts, endpoint.base_url, failure.reason)
                 if failure.fatal:
@@ -253,8 +343,9 @@ class LLMClient:
                     await asyncio.sleep(self._delay(attempts, failure.retry_after))
                 continue
             if accounting is not None:
-                accounting.record(endpoint, usage)
-            return ChatResult(text=text, model=model, usage=usage, retries=attempts - 1)
+                accounting.record(endpoint, result.usage)
+            result.retries = attempts - 1
+            return result
         if accounting is not None:
             accounting.failures += 1
         raise LLMError(f"all {attempts} attempts failed; last: " + " | ".join(reasons[-3:]), attempts)
@@ -266,15 +357,33 @@ class LLMClient:
             delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
         return delay
 
-    async def _attempt(self, index: int, messages, temperature, max_tokens, stop, seed=None, extra=None
-                       ) -> tuple[str, str, Usage]:
+    def _adapt(self, index: int, param: str) -> bool:
+        """Learn that endpoint `index` refuses `param`; False when nothing can be changed for it. A refusal of
+        what a concurrent call has already learned is True: the request is simply resent as now built."""
         endpoint = self.endpoints[index]
-        payload = {"model": endpoint.model, "messages": messages, "temperature": temperature,
-                   "max_tokens": max_tokens}
-        if stop:
-            payload["stop"] = list(stop)
-        if seed is not None:
-            payload["seed"] = int(seed)
+        if param in TOKEN_PARAMS:
+            if self._token_param[index] == param:
+                other = TOKEN_PARAMS[1 - TOKEN_PARAMS.index(param)]
+                log.warning("LLM endpoint %s [%s] refuses %s: sending %s from now on", endpoint.base_url,
+                            endpoint.model, param, other)
+                self._token_param[index] = other
+            return True
+        if param in DROPPABLE:
+            if param not in self._refused[index]:
+                log.warning("LLM endpoint %s [%s] refuses %s: no longer sent%s", endpoint.base_url,
+                            endpoint.model, param, " (stop strings are applied by the client)" if param == "stop" else "")
+                self._refused[index].add(param)
+            return True
+        return False
+
+    async def _attempt(self, index: int, messages, fields: dict, max_tokens: int, extra=None) -> ChatResult:
+        endpoint = self.endpoints[index]
+        refused = self._refused[index]
+        payload = {"model": endpoint.model, "messages": messages}
+        for key, value in fields.items():
+            if value is not None and key not in refused:
+                payload[key] = int(value) if key == "seed" else value
+        payload[self._token_param[index]] = max_tokens
         payload.update(extra or {})
         body = self._request_body(payload)
         headers = {"authorization": f"Bearer {self._keys[index]}"} if self._keys[index] else {}
@@ -288,7 +397,12 @@ class LLMClient:
                 raise _Attempt(f"connection error ({error})") from None
             finally:
                 self._in_flight[index] -= 1
-        return self._parse(*response, endpoint)
+        result = self._parse(*response, endpoint)
+        if "stop" in refused and fields.get("stop"):
+            result.text, stopped = cut_at_stop(result.text, fields["stop"])
+            if stopped:
+                result.finish_reason = "stop"
+        return result
 
     def _request_body(self, payload: dict) -> bytes:
         """json.dumps(payload, ensure_ascii=False) as UTF-8, reusing the JSON of recent message contents: a
@@ -316,10 +430,11 @@ class LLMClient:
             self._encoded[content] = encoded
         return f'{{"role": {_ENCODE(message["role"])}, "content": {encoded}}}'
 
-    def _parse(self, status: int, headers: dict[str, str], raw: bytes, endpoint: Endpoint
-               ) -> tuple[str, str, Usage]:
+    def _parse(self, status: int, headers: dict[str, str], raw: bytes, endpoint: Endpoint) -> ChatResult:
         if status != 200:
             detail = self._redact(raw[:200].decode("utf-8", "replace").replace("\n", " "))
+            if status == 400:
+                raise _Refused(f"HTTP {status} {detail}", _refused_param(raw))
             if status in RETRYABLE_STATUS or status >= 500:
                 raise _Attempt(f"HTTP {status} {detail}", retry_after=_retry_after(headers.get("retry-after")))
             raise _Attempt(f"HTTP {status} {detail}", fatal=True)
@@ -334,12 +449,24 @@ class LLMClient:
             raise _Attempt("response has no choices")
         message = choices[0].get("message")
         text = message.get("content") if isinstance(message, dict) else choices[0].get("text")
+        reasoning = ""
+        if isinstance(message, dict):
+            reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
+            reasoning = reasoning if isinstance(reasoning, str) else ""
+            if text is None and reasoning:
+                text = ""   # a reasoning model that spent its budget thinking: an empty answer, not a bad body
         if not isinstance(text, str):
             raise _Attempt("response choice has no text content")
         raw_usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-        usage = Usage(prompt_tokens=_count(raw_usage.get("prompt_tokens")),
-                      completion_tokens=_count(raw_usage.get("completion_tokens")))
-        return text, str(body.get("model") or endpoint.model), usage
+        details = raw_usage.get("completion_tokens_details")
+        reasoning_tokens = _count((details if isinstance(details, dict) else raw_usage).get("reasoning_tokens"))
+        completion = _count(raw_usage.get("completion_tokens"))
+        if reasoning_tokens > completion:   # a server that counts reasoning apart from the completion
+            completion += reasoning_tokens
+        usage = Usage(prompt_tokens=_count(raw_usage.get("prompt_tokens")), completion_tokens=completion,
+                      reasoning_tokens=reasoning_tokens)
+        return ChatResult(text=text, model=str(body.get("model") or endpoint.model), usage=usage, retries=0,
+                          reasoning=reasoning, finish_reason=str(choices[0].get("finish_reason") or ""))
 
     async def aclose(self) -> None:
         for pool in self._pools:

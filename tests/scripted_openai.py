@@ -37,6 +37,12 @@ exact=True they are dealt from shuffled decks of 100 outcomes, so every 100 requ
 `latency` (seconds) is added before every answer, faulty or not. usage counts words (prompt: all message
 contents; completion: the answer). GET /v1/models lists `model`.
 
+A reasoning model (OpenAI's o-series / GPT-5 behaviour): ScriptedOpenAI(..., reasoning=True) answers HTTP 400
+in OpenAI's error shape (`unsupported_parameter` naming `max_tokens`, `stop` or `top_p`; `unsupported_value`
+for a `temperature` other than 1) to any request carrying one of them, counted in stats as "refused_<param>",
+and adds `reasoning_content` to each answer with its reasoning tokens in usage.completion_tokens_details (and
+in completion_tokens, as OpenAI counts them). `refuse=(...)` picks the refused parameters instead.
+
 LocalServer
 -----------
     with LocalServer(fastapi_app) as server:
@@ -71,6 +77,7 @@ import asyncio
 import collections
 import dataclasses
 import inspect
+import json
 import random
 import socket
 import threading
@@ -164,12 +171,40 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+REASONING = "The user wants an answer; I think it through before writing it."
+REASONING_REFUSALS = ("max_tokens", "stop", "top_p", "temperature")
+
+
+def _refusal(body: dict, refuse: tuple[str, ...]) -> JSONResponse | None:
+    """The 400 a reasoning model gives for the first refused field of `body` (None when it has none)."""
+    for param in refuse:
+        if param not in body:
+            continue
+        if param == "temperature":
+            if body[param] == 1:
+                continue
+            message = (f"Unsupported value: 'temperature' does not support {body[param]} with this model. "
+                       "Only the default (1) value is supported.")
+            code = "unsupported_value"
+        else:
+            message = f"Unsupported parameter: '{param}' is not supported with this model."
+            if param == "max_tokens":
+                message += " Use 'max_completion_tokens' instead."
+            code = "unsupported_parameter"
+        return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                       "code": code}}, status_code=400)
+    return None
+
+
 class ScriptedOpenAI(LocalServer):
     """An OpenAI-compatible chat server answering from a script, with seeded fault injection."""
 
     def __init__(self, responder: Callable[[dict], Any] | list[str] | None = None, *,
-                 faults: Faults | None = None, latency: float = 0.0, model: str = "scripted-model"):
+                 faults: Faults | None = None, latency: float = 0.0, model: str = "scripted-model",
+                 reasoning: bool = False, refuse: tuple[str, ...] | None = None):
         self.responder = responder
+        self.reasoning = reasoning
+        self.refuse = tuple(refuse) if refuse is not None else (REASONING_REFUSALS if reasoning else ())
         self.faults = faults or Faults()
         self.latency = latency
         self.model = model
@@ -208,6 +243,10 @@ class ScriptedOpenAI(LocalServer):
             body = await request.json()
             self.requests.append(body)
             self.headers.append(request.headers.get("authorization", ""))
+            refused = _refusal(body, self.refuse)
+            if refused is not None:
+                self.stats["refused_" + json.loads(refused.body)["error"]["param"]] += 1
+                return refused
             outcome = self.faults.draw(self._rng)
             self.stats[outcome] += 1
             if self.latency:
@@ -233,12 +272,19 @@ class ScriptedOpenAI(LocalServer):
                 if stop and stop in text:
                     text = text[: text.index(stop)]
             prompt_words = sum(_words(str(m.get("content", ""))) for m in body.get("messages", []))
+            message = {"role": "assistant", "content": text}
+            usage = {"prompt_tokens": prompt_words, "completion_tokens": _words(text),
+                     "total_tokens": prompt_words + _words(text)}
+            if self.reasoning:
+                message["reasoning_content"] = REASONING
+                thought = _words(REASONING)
+                usage.update(completion_tokens=usage["completion_tokens"] + thought,
+                             total_tokens=usage["total_tokens"] + thought,
+                             completion_tokens_details={"reasoning_tokens": thought})
             # A JSONResponse skips FastAPI's generic encoder: the benchmark measures the client, not this server.
             return JSONResponse({"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion",
                                  "created": int(time.time()), "model": body.get("model") or self.model,
-                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                              "finish_reason": "stop"}],
-                                 "usage": {"prompt_tokens": prompt_words, "completion_tokens": _words(text),
-                                           "total_tokens": prompt_words + _words(text)}})
+                                 "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                                 "usage": usage})
 
         return app

@@ -26,7 +26,7 @@ from oresearcher.protocol import SearchHit
 from synth.corpus import Page
 from synth.llm import LLMError
 from synth.tools.cache import ToolCache, cache_dir
-from synth.tools.crawl import HttpCrawl, LocalCrawl, extractive_summary, llm_summary, page_section
+from synth.tools.crawl import HttpCrawl, LocalCrawl, ReaderCrawl, extractive_summary, llm_summary, page_section
 from synth.tools.search import LocalSearch, SerperSearch, ToolError
 from synth.tools.ssrf import BlockedURL
 
@@ -104,7 +104,9 @@ class Tools:
 
         cache_dir ("" -> $ORESEARCHER_CACHE or ~/.cache/oresearcher), cache (True),
         search.backend "local" | "serper", search.serper_url, search.serper_key_envs (env var NAMES, rotated),
-        search.timeout; crawl.backend "local" | "http", crawl.allow (SSRF allow-list), crawl.timeout,
+        search.timeout; crawl.backend "local" | "http" | "reader", crawl.allow (SSRF allow-list), crawl.timeout,
+        crawl.reader_url (default https://r.jina.ai/) and crawl.reader_key_env (default JINA_API_KEY, the NAME
+        of the environment variable with the reader's key) for the reader backend,
         crawl.max_bytes, crawl.max_redirects, crawl.summary "auto" | "extractive" | "llm" (auto: the LLM when
         `llm` is given), crawl.summary_chars, crawl.max_urls.
         """
@@ -113,8 +115,8 @@ class Tools:
         search_name, crawl_name = _get(search_cfg, "backend", "local"), _get(crawl_cfg, "backend", "local")
         if search_name not in ("local", "serper"):
             raise ValueError(f"tools.search.backend={search_name!r}: choose 'local' or 'serper'")
-        if crawl_name not in ("local", "http"):
-            raise ValueError(f"tools.crawl.backend={crawl_name!r}: choose 'local' or 'http'")
+        if crawl_name not in ("local", "http", "reader"):
+            raise ValueError(f"tools.crawl.backend={crawl_name!r}: choose 'local', 'http' or 'reader'")
         summary = _get(crawl_cfg, "summary", "auto")
         if summary not in ("auto", "extractive", "llm"):
             raise ValueError(f"tools.crawl.summary={summary!r}: choose 'auto', 'extractive' or 'llm'")
@@ -135,6 +137,11 @@ class Tools:
 
         if crawl_name == "local":
             crawl = LocalCrawl()
+        elif crawl_name == "reader":
+            crawl = ReaderCrawl(str(_get(crawl_cfg, "reader_url", "https://r.jina.ai/")),
+                                key_env=str(_get(crawl_cfg, "reader_key_env", "JINA_API_KEY")),
+                                allow=tuple(_get(crawl_cfg, "allow", ())),
+                                timeout=float(_get(crawl_cfg, "timeout", 60.0)))
         else:
             crawl = HttpCrawl(allow=tuple(_get(crawl_cfg, "allow", ())),
                               timeout=float(_get(crawl_cfg, "timeout", 20.0)),

@@ -1,5 +1,6 @@
-"""crawl_page backends: `http` (real fetch behind the SSRF guard) and `local` (embedded corpus pages), and the
-goal-conditioned page summary that becomes the `# Synthesis Report` observation.
+"""crawl_page backends: `http` (real fetch behind the SSRF guard; HTML main content, PDF and plain text read by
+tools/reader.py), `reader` (a Jina-style reader service, tools/reader.py) and `local` (embedded corpus pages),
+and the goal-conditioned page summary that becomes the `# Synthesis Report` observation.
 
 Both backends answer `await backend.fetch(url) -> Page` or raise `ToolError` or `ssrf.BlockedURL`; the `Tools`
 facade reports either as an error observation.
@@ -17,10 +18,10 @@ import httpx
 from synth import corpus as corpus_lib
 from synth import text as text_lib
 from synth.corpus import Page
+from synth.tools.reader import READABLE_TYPES, ReaderCrawl, read_document
 from synth.tools.search import ToolError
 from synth.tools.ssrf import BlockedURL, Guard
 
-READABLE_TYPES = ("text/html", "application/xhtml+xml", "text/plain", "text/markdown")
 REDIRECTS = (301, 302, 303, 307, 308)
 USER_AGENT = "oresearcher-crawler/0.1 (+research tool; respects size and time limits)"
 
@@ -128,18 +129,11 @@ class HttpCrawl:
                     raise ToolError(f"{current} answered HTTP {response.status_code}")
                 content_type = response.headers.get("content-type", "text/html").split(";")[0].strip().lower()
                 if content_type not in READABLE_TYPES:
-                    raise ToolError(f"{current} is {content_type!r}; only HTML and plain-text pages can be read")
+                    raise ToolError(f"{current} is {content_type!r}; only HTML, PDF and plain-text pages can be read")
                 body = await self._read_limited(response)
             finally:
                 await response.aclose()
-            try:
-                document = body.decode(response.charset_encoding or "utf-8", errors="replace")
-            except LookupError:  # a charset name Python does not know: UTF-8 is the web's default
-                document = body.decode("utf-8", errors="replace")
-            if content_type in ("text/html", "application/xhtml+xml"):
-                title, page_text = html_to_text(document)
-            else:
-                title, page_text = "", document.strip()
+            title, page_text = await read_document(body, content_type, response.charset_encoding, current)
             if not page_text:
                 raise ToolError(f"{current} has no readable text")
             return Page(url=current, title=title or current, text=page_text)
@@ -214,5 +208,5 @@ def page_section(page: Page, summary: str) -> str:
     return f"## [{page.title}]({page.url})\nSource: {page.url}\n{summary.strip()}"
 
 
-__all__ = ["BlockedURL", "HttpCrawl", "LocalCrawl", "Page", "ToolError", "extractive_summary", "html_to_text",
-           "llm_summary", "page_section"]
+__all__ = ["BlockedURL", "HttpCrawl", "LocalCrawl", "Page", "ReaderCrawl", "ToolError", "extractive_summary",
+           "html_to_text", "llm_summary", "page_section"]
