@@ -39,6 +39,7 @@ import numpy as np
 from flax import nnx
 
 from oresearcher import sampler as sampler_lib
+from oresearcher.engine import paged
 from oresearcher.engine.agent import Agent
 from oresearcher.sampler import FINISH_REASONS, Completion, Sampler, SamplingParams
 
@@ -105,8 +106,16 @@ def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, 
     logits for each row's next token, and the cache."""
     model = nnx.merge(graphdef, state)
     b = logits.shape[0]
-    slots = cache["segment_ids"].shape[1]
     n_match = table.shape[0] - 1
+
+    def forward(cache, tok, pos, live):
+        if "table" in cache:      # paged: a position of -1 writes nothing
+            hidden, pool = paged.forward(model, weights["layers"], {"k": cache["k"], "v": cache["v"]},
+                                         cache["table"], tok[:, None], jnp.where(live, pos, -1)[:, None])
+            return hidden, {**pool, "table": cache["table"]}
+        slots = cache["segment_ids"].shape[1]   # dense: a position == slots writes nothing
+        return sampler_lib._cached_forward(model, weights["layers"], cache, tok[:, None],
+                                           jnp.where(live, pos, slots)[:, None], window)
 
     def cond(c):
         i, done, ended = c[0], c[3], c[-1]
@@ -125,8 +134,7 @@ def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, 
         hit_len = live & ~hit_stop & ~hit_eos & (count >= budget)
         finish = jnp.where(hit_stop, 1, jnp.where(hit_eos, 2, jnp.where(hit_len, 0, finish)))
         ended = hit_stop | hit_eos | hit_len
-        hidden, cache = sampler_lib._cached_forward(model, weights["layers"], cache, tok[:, None],
-                                                    jnp.where(live, pos, slots)[:, None], window)
+        hidden, cache = forward(cache, tok, pos, live)
         logits = jnp.where(live[:, None], model.unembed(hidden, weights["head"])[:, 0], logits)
         return (i + 1, cache, logits, done | ended, pos + live, stop_state, count, finish, out_t, out_lp,
                 jnp.any(ended))
@@ -136,6 +144,16 @@ def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, 
             jnp.bool_(False))
     _, cache, logits, _, _, stop_state, count, finish, out_t, out_lp, _ = jax.lax.while_loop(cond, body, init)
     return out_t, out_lp, count, finish, stop_state, logits, cache
+
+
+def _prefill_paged(graphdef, state, weights, pool, logits, rows, table, tokens, positions, last_col, has):
+    """_prefill_rows on the paged cache: the rows' blocks are table [R, W]; a position of -1 is padding."""
+    model = nnx.merge(graphdef, state)
+    hidden, pool = paged.forward(model, weights["layers"], pool, table, tokens, positions)
+    last = jnp.take_along_axis(hidden, last_col[:, None, None], axis=1)
+    new = model.unembed(last, weights["head"])[:, 0]
+    logits = logits.at[rows].set(jnp.where(has[:, None], new, logits[rows]), mode="drop")
+    return logits, pool
 
 
 def _take_prefix(cache, width: int):
@@ -170,13 +188,19 @@ class Engine:
 
     def __init__(self, model, tokenizer=None, *, slots: int = 8, chunk: int = 16, prefill_chunk: int = 512,
                  min_bucket: int = 16, eos_ids: Sequence[int] | None = None, weight_layout: str | None = None,
-                 share_prefix: bool = True):
+                 share_prefix: bool = True, kv: str = "dense", block: int = 16):
         """slots: episodes decoded at once; chunk: tokens per decode call; prefill_chunk: the most tokens a
         prefill call gives one slot; share_prefix: prefill the prompts' common prefix (system prompt and chat
         template) once per run and copy its cache entries into each slot a prompt takes. eos_ids and
-        weight_layout as for Sampler (whose weight copy, stop tables and sampling the engine uses)."""
+        weight_layout as for Sampler (whose weight copy, stop tables and sampling the engine uses).
+        kv: "dense" (each slot's rows [K, S, hd], S the bucket of the furthest reach of any slot: attention in
+        place, with the CPU kernels where built) or "paged" (paged.py: blocks of `block` tokens held by use)."""
         if slots < 1 or chunk < 1:
             raise ValueError(f"Engine: slots ({slots}) and chunk ({chunk}) must be >= 1")
+        if kv not in ("dense", "paged"):
+            raise ValueError(f"Engine: kv={kv!r}: use 'dense' or 'paged'")
+        if kv == "paged" and weight_layout is None:
+            weight_layout = "own" if sampler_lib._default_layout(model) == "own" else "blocks"
         self.sampler = Sampler(model, tokenizer, eos_ids=eos_ids, prefill_chunk=prefill_chunk,
                                min_bucket=min_bucket, share_prefix=False, weight_layout=weight_layout)
         self.model = model
@@ -190,7 +214,12 @@ class Engine:
         self._resize = jax.jit(_resize, static_argnums=1)
         self._take_prefix = jax.jit(_take_prefix, static_argnums=1)
         self._put_prefix = jax.jit(_put_prefix, donate_argnums=0)
+        self._prefill_paged = jax.jit(_prefill_paged, static_argnums=0, donate_argnums=(3, 4))
+        self._grow_pool = jax.jit(paged.grow_pool, static_argnums=1)
         self.share_prefix = share_prefix
+        self.kv = kv
+        self.block = block
+        self.alloc: paged.BlockAllocator | None = None
         self.cache = None
         self.logits = None
 
@@ -209,6 +238,30 @@ class Engine:
             if self.model.mesh is not None:   # a shrink or a pad keeps the layout; re-place to be sure
                 target = sampler_lib.init_cache(self.model, self.slots, 1)
                 self.cache = jax.tree.map(lambda a, t: jax.device_put(a, t.sharding), self.cache, target)
+
+    def _reserve(self, max_len: int, wants) -> None:
+        """Room for each (slot, tokens) in `wants`: slot positions < tokens (dense: the cache's size; paged: the
+        slot's blocks, the pool grown to a power of two of blocks when the free ones run out)."""
+        if self.kv == "dense":
+            self._fit(max_len, max(t for _, t in wants))
+            return
+        a = self.alloc
+        missing = sum(a.missing(b, t) for b, t in wants)
+        if missing > len(a.free):
+            size = sampler_lib._bucket(a.in_use() + missing + 1, 64)
+            self.cache = self._grow_pool(self.cache, size)
+            a.grow_to(size)
+        for b, t in wants:
+            a.extend(b, t)
+
+    def _release(self, b: int) -> None:
+        if self.kv == "paged":
+            self.alloc.release(b)
+
+    def _table(self, rows) -> np.ndarray:
+        """The rows' block table, as wide as the bucket of the most blocks any of them holds."""
+        width = sampler_lib._bucket(max(len(self.alloc.rows[r]) for r in rows if r < self.slots), 1)
+        return self.alloc.table(rows, width)
 
     @property
     def window(self) -> int:
@@ -232,11 +285,15 @@ class Engine:
         base_key = jax.random.key(params.seed)
         slots = [_Slot() for _ in range(self.slots)]
         queue = list(range(len(prompts)))[::-1]
-        self._fit(max_len, max(len(p) for p in prompts[:self.slots]))
+        if self.kv == "dense":
+            self._fit(max_len, max(len(p) for p in prompts[:self.slots]))
+        elif self.alloc is None:
+            self.alloc = paged.BlockAllocator(self.slots, self.block, 64)
+            self.cache = paged.init_pool(self.model, 64, self.block)
         if self.logits is None:
             self.logits = jnp.zeros((self.slots, self.model.cfg.vocab_size), jnp.float32)
         prefix, shared = self._shared_prefix(prompts, graphdef, state, weights, max_len)
-        stats = {"engine_steps": 0, "prefill_calls": 0, "decode_calls": 0, "decode_rows": 0.0}
+        stats = {"engine_steps": 0, "prefill_calls": 0, "decode_calls": 0, "decode_rows": 0.0, "kv_blocks_peak": 0}
         spans = [[-1, -1] for _ in prompts]
         occupied_time, t0, last = 0.0, time.perf_counter(), time.perf_counter()
         loop = _Loop()
@@ -259,6 +316,7 @@ class Engine:
                         s.call = None
                         if more is None:
                             s.state, freed = FREE, True
+                            self._release(slots.index(s))
                             spans[s.episode][1] = stats["engine_steps"]
                         else:
                             s.tokens.extend(more)
@@ -272,7 +330,10 @@ class Engine:
                     if s.state == FREE and queue:
                         i = queue.pop()
                         s.state, s.episode, s.tokens, s.written = PENDING, i, list(prompts[i]), 0
-                        if prefix is not None:
+                        if prefix is not None and self.kv == "paged":
+                            self.alloc.share(slots.index(s), prefix)
+                            s.written = shared
+                        elif prefix is not None:
                             self.cache = self._put_prefix(self.cache, prefix, jnp.int32(slots.index(s)))
                             s.written = shared
                         spans[i][0] = stats["engine_steps"]
@@ -298,6 +359,7 @@ class Engine:
                         if call is None:
                             s.state = FREE
                             freed = True
+                            self._release(b)
                             spans[s.episode][1] = stats["engine_steps"]
                         else:
                             s.state, s.call = PARKED, loop.submit(call)
@@ -305,12 +367,21 @@ class Engine:
                     parked = [s.call for s in slots if s.state == PARKED]
                     if parked:
                         concurrent.futures.wait(parked, return_when=concurrent.futures.FIRST_COMPLETED)
-                if freed:
+                if self.kv == "paged":
+                    stats["kv_blocks_peak"] = max(stats["kv_blocks_peak"], self.alloc.in_use())
+                if freed and self.kv == "dense":
                     # a long episode may have ended: give back what the others cannot reach within a chunk
                     reach = max([len(s.tokens) for s in slots if s.state != FREE] + [shared, 1])
                     self._fit(max_len, reach + max(self.chunk, self.prefill_chunk), shrink=True)
         finally:
             loop.close()
+            if self.kv == "paged":      # the run's hold on the shared prefix blocks, and any slot left over
+                for blk in prefix or []:
+                    self.alloc.refs[blk] -= 1
+                    if self.alloc.refs[blk] == 0:
+                        self.alloc.free.append(blk)
+                for b in range(self.slots):
+                    self.alloc.release(b)
         wall = time.perf_counter() - t0
         stats["decode_rows"] /= max(stats["decode_calls"], 1)
         return {"time/generate": wall, "slot_occupancy": occupied_time / max(wall, 1e-9), **stats, "spans": spans}
@@ -321,18 +392,28 @@ class Engine:
         n = sampler_lib.common_prefix(prompts) if self.share_prefix and len(prompts) > 1 else 0
         if n < self.min_bucket:
             return None, 0
-        self._fit(max_len, n)
+        if self.kv == "paged":      # whole blocks only: a slot never writes into a block it shares
+            n = n // self.block * self.block
+            if n < self.min_bucket:
+                return None, 0
+        else:
+            self._fit(max_len, n)
         slot = _Slot(state=PENDING, tokens=list(prompts[0][:n]))
         while slot.written < n:
             self._prefill_step([slot], [0], graphdef, state, weights, max_len)
-        return self._take_prefix(self.cache, sampler_lib._window(max_len, n)), n
+        if self.kv == "dense":
+            return self._take_prefix(self.cache, sampler_lib._window(max_len, n)), n
+        blocks = list(self.alloc.rows[0])
+        self.alloc.refs[blocks] += 1            # held by this run until it ends
+        self.alloc.release(0)
+        return blocks, n
 
     # ------------------------------------------------------------------------------------------- steps
     def _prefill_step(self, slots, pending, graphdef, state, weights, max_len):
         pieces = {b: slots[b].tokens[slots[b].written:] for b in pending}
         size = min(self.prefill_chunk, sampler_lib._bucket(max(len(p) for p in pieces.values()), self.min_bucket))
-        self._fit(max_len, max(slots[b].written + min(size, len(pieces[b])) for b in pending))
-        n_slots = self.cache["segment_ids"].shape[1]
+        self._reserve(max_len, [(b, slots[b].written + min(size, len(pieces[b]))) for b in pending])
+        n_slots = self.cache["segment_ids"].shape[1] if self.kv == "dense" else -1
         r = sampler_lib._bucket(len(pending), 1)
         rows = np.full((r,), self.slots, np.int32)
         tok = np.zeros((r, size), np.int32)
@@ -346,9 +427,14 @@ class Engine:
             pos[j, :len(piece)] = slots[b].written + np.arange(len(piece))
             last_col[j] = len(piece) - 1
             has[j] = len(piece) == len(pieces[b])
-        self.logits, self.cache = self._prefill(graphdef, state, weights, self.cache, self.logits,
-                                                jnp.asarray(rows), jnp.asarray(tok), jnp.asarray(pos),
-                                                jnp.asarray(last_col), jnp.asarray(has), window=self.window)
+        if self.kv == "paged":
+            self.logits, self.cache = self._prefill_paged(
+                graphdef, state, weights, self.cache, self.logits, jnp.asarray(rows), jnp.asarray(self._table(rows)),
+                jnp.asarray(tok), jnp.asarray(pos), jnp.asarray(last_col), jnp.asarray(has))
+        else:
+            self.logits, self.cache = self._prefill(graphdef, state, weights, self.cache, self.logits,
+                                                    jnp.asarray(rows), jnp.asarray(tok), jnp.asarray(pos),
+                                                    jnp.asarray(last_col), jnp.asarray(has), window=self.window)
         for j, b in enumerate(pending):
             s = slots[b]
             s.written += min(size, len(pieces[b]))
@@ -358,16 +444,19 @@ class Engine:
 
     def _decode_step(self, slots, decoding, graphdef, state, weights, key, params, table, eos, use_filter, max_len):
         """Decode a chunk; returns the slots whose turn ended (their finish_reason set)."""
-        self._fit(max_len, max(min(slots[b].written + self.chunk, max_len) for b in decoding))
+        self._reserve(max_len, [(b, min(slots[b].written + self.chunk, max_len)) for b in decoding])
         active = np.zeros((self.slots,), bool)
         active[decoding] = True
         pos = np.array([s.written for s in slots], np.int32)
         budget = np.array([s.budget - len(s.turn_tokens) if s.state == DECODING else 0 for s in slots], np.int32)
         stop_state = np.array([s.stop_state for s in slots], np.int32)
-        out_t, out_lp, count, finish, stop_state, self.logits, self.cache = self._decode(
-            graphdef, state, weights, self.cache, self.logits, jnp.asarray(pos), jnp.asarray(active),
+        cache = self.cache if self.kv == "dense" else {**self.cache, "table": jnp.asarray(self._table(range(self.slots)))}
+        out_t, out_lp, count, finish, stop_state, self.logits, cache = self._decode(
+            graphdef, state, weights, cache, self.logits, jnp.asarray(pos), jnp.asarray(active),
             jnp.asarray(budget), jnp.asarray(stop_state), key, jnp.float32(params.temperature), jnp.float32(params.top_p),
-            jnp.int32(params.top_k), table, eos, steps=self.chunk, use_filter=use_filter, window=self.window)
+            jnp.int32(params.top_k), table, eos, steps=self.chunk, use_filter=use_filter,
+            window=self.window if self.kv == "dense" else 0)
+        self.cache = cache if self.kv == "dense" else {"k": cache["k"], "v": cache["v"]}
         out_t, out_lp, count, finish, stop_state = map(np.asarray, jax.device_get((out_t, out_lp, count, finish,
                                                                                     stop_state)))
         ended = []
