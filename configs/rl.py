@@ -93,6 +93,9 @@ def _base() -> ConfigDict:
     c.rollout.top_k = 0
     c.rollout.tool_timeout_s = 60.0
     c.rollout.prefill_chunk = 512
+    c.rollout.backend = "engine"        # "engine": continuous batching (oresearcher.engine); "lockstep": Sampler
+    c.rollout.slots = 0                 # engine slots; 0 = one per episode of a step (questions_per_step x G)
+    c.rollout.chunk = 16                # tokens per engine decode call (a parked call waits at most this long)
 
     c.reward = ConfigDict()
     c.reward.w_base = 0.6

@@ -246,8 +246,8 @@ def load_policy(kind: str, path: Path):
 def policy_texts(policy: tuple[str, Path] | None, questions: list[dict], url: str, args) -> dict[str, str]:
     """id -> response text of one greedy rollout per question (policy None = the embedded GGUF)."""
     from oresearcher import serve
+    from oresearcher.engine import Engine
     from oresearcher.rl.rollout import RolloutConfig, rollout
-    from oresearcher.sampler import Sampler
 
     if policy is None:
         model, tokenizer, _ = serve.load(None)
@@ -256,8 +256,8 @@ def policy_texts(policy: tuple[str, Path] | None, questions: list[dict], url: st
     cfg = RolloutConfig(group_size=1, max_turns=args.max_turns, max_tokens=args.max_tokens,
                         max_turn_tokens=args.turn_tokens, temperature=0.0,
                         max_observation_tokens=args.observation_tokens)
-    episodes, timings = rollout(Sampler(model, tokenizer), tokenizer, [q["prompt"] for q in questions],
-                                url, cfg)
+    engine = Engine(model, tokenizer, slots=min(8, len(questions)))
+    episodes, timings = rollout(engine, tokenizer, [q["prompt"] for q in questions], url, cfg)
     finishes: dict[str, int] = {}
     for ep in episodes:
         finishes[ep.finish] = finishes.get(ep.finish, 0) + 1

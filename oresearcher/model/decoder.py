@@ -314,11 +314,14 @@ class Decoder(nnx.Module):
             return x, None
         return x, {"k": new_kv[0], "v": new_kv[1], "segment_ids": kv_segments}
 
-    def _layer_fn(self, positions, mask, inv_freq, segment_ids=None, window=None, cpu_attention=False):
+    def _layer_fn(self, positions, mask, inv_freq, segment_ids=None, window=None, cpu_attention=False,
+                  kv_io=None):
         """One pre-norm layer: (x [B,T,D], per-layer params, optional (k_cache, v_cache)) -> (x, new K/V).
         With `mask` None, attention is cfg.attention (blockwise, from `segment_ids`) instead of dense. With a
         cache and a `window`, attention reads only the cache's first `window` slots (mask is [B, T, window]);
-        cpu_attention: over the cache with cpu_kernels.attention (the same maths, read in place)."""
+        cpu_attention: over the cache with cpu_kernels.attention (the same maths, read in place). kv_io: a cache
+        of another layout (a paged one): kv_io(k, v, kv_cache) -> (keys, values [B, K, S, hd] to attend to, the
+        updated cache), mask [B, T, S]."""
         cfg = self.cfg
         cdt = jnp.dtype(cfg.compute_dtype)
         eps = cfg.rms_norm_eps
@@ -344,7 +347,10 @@ class Decoder(nnx.Module):
             q = self._constrain(apply_rope(q, positions, inv_freq), heads)
             k = self._constrain(apply_rope(k, positions, inv_freq), kv_heads)
             v = self._constrain(v, kv_heads)
-            if kv_cache is not None:
+            if kv_cache is not None and kv_io is not None:
+                k, v, new_kv = kv_io(k.astype(kv_cache[0].dtype), v.astype(kv_cache[1].dtype), kv_cache)
+                k, v = k.astype(cdt), v.astype(cdt)
+            elif kv_cache is not None:
                 # cache [B, K, S, hd]: indexing [rows, :, positions] addresses [B, T, K, hd], k's own layout
                 rows = jnp.arange(x.shape[0])[:, None]
                 k_all = kv_cache[0].at[rows, :, positions].set(k.astype(kv_cache[0].dtype), mode="drop")

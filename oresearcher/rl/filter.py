@@ -50,11 +50,10 @@ def main(argv):
 
     from oresearcher import sharding
     from oresearcher.rl import rewards as rewards_lib
-    from oresearcher.rl.rollout import RolloutConfig, rollout
+    from oresearcher.rl.rollout import RolloutConfig, make_generator, rollout
     from oresearcher.rl.synth_service import synth_service
     from oresearcher.rl.train import load_questions
     from oresearcher.rl.warm_start import policy_from_config
-    from oresearcher.sampler import Sampler
 
     if not _QUESTIONS.value or not _OUT.value:
         sys.exit("python -m oresearcher.rl.filter: give --questions=FILE and --out=FILE")
@@ -69,7 +68,7 @@ def main(argv):
     mesh = sharding.make_mesh(dict(config.mesh))
     with synth_service(config) as url, jax.set_mesh(mesh), open(out, "w") as f:
         model, tokenizer = policy_from_config(config, mesh, Path(config.workdir))
-        sampler = Sampler(model, tokenizer, prefill_chunk=int(config.rollout.prefill_chunk))
+        sampler = make_generator(model, tokenizer, config.rollout, _BATCH.value * rcfg.group_size)
         for start in range(0, len(questions), _BATCH.value):
             batch = questions[start:start + _BATCH.value]
             episodes, _ = rollout(sampler, tokenizer, batch, url, rcfg, seed=start)

@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 
 from oresearcher import protocol, synth_client
-from oresearcher.sampler import Sampler, SamplingParams
+from oresearcher.sampler import SamplingParams
 
 
 @dataclasses.dataclass
@@ -123,10 +123,84 @@ def _ends_with_tool_call(text: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ rollout
-def rollout(sampler: Sampler, tokenizer, questions: list[str], synth_url: str, cfg: RolloutConfig,
+class RolloutAgent:
+    """The episodes' records and the protocol's turn logic (oresearcher.engine.Agent), shared by both drivers."""
+
+    def __init__(self, tokenizer, episodes: list[Episode], synth_url: str, cfg: RolloutConfig):
+        self.tokenizer, self.episodes, self.url, self.cfg = tokenizer, episodes, synth_url, cfg
+        self.tool_seconds = 0.0
+
+    def budget(self, i: int) -> int:
+        return self.cfg.max_turn_tokens
+
+    def on_turn(self, i: int, out):
+        ep, cfg, tok = self.episodes[i], self.cfg, self.tokenizer
+        ep.tokens.extend(out.tokens)
+        ep.policy_mask.extend([True] * len(out.tokens))
+        ep.logprobs.extend(out.logprobs)
+        if out.finish_reason == "eos":
+            ep.finish = "eos"
+            return None
+        if out.finish_reason == "length":
+            ep.finish = "token_limit" if len(ep.tokens) >= cfg.max_tokens else "turn_tokens"
+            return None
+        if "</suggested_answer>" in tok.decode(out.tokens):
+            ep.finish = "answer"
+            return None
+        if len(ep.tool_calls) >= cfg.max_turns:
+            ep.finish = "turn_limit"
+            return None
+        text = _ends_with_tool_call(tok.decode(ep.tokens[ep.prompt_len:]))
+        call = protocol.pending_tool_call(text) if text is not None else None
+        if call is None:
+            ep.finish = "no_call"
+            return None
+        return lambda client: call_tool(client, self.url, call, cfg.tool_timeout_s)
+
+    def on_result(self, i: int, result):
+        body, record = result
+        ep, cfg, tok = self.episodes[i], self.cfg, self.tokenizer
+        self.tool_seconds += record.seconds
+        obs = tok.encode(protocol.observation(truncate_observation(tok, body, cfg.max_observation_tokens)))
+        record.observation_tokens = len(obs)
+        ep.tool_calls.append(record)
+        if len(ep.tokens) + len(obs) >= cfg.max_tokens - 1:
+            ep.finish = "token_limit"
+            return None
+        ep.tokens.extend(obs)
+        ep.policy_mask.extend([False] * len(obs))
+        ep.logprobs.extend([0.0] * len(obs))
+        return obs
+
+
+def make_generator(model, tokenizer, rollout_config, episodes_per_step: int):
+    """The rollout's generator per the config's rollout.backend: "engine" (oresearcher.engine.Engine with
+    rollout.slots slots, 0 = one per episode of a step) or "lockstep" (a Sampler session)."""
+    from oresearcher.engine import Engine
+    from oresearcher.sampler import Sampler
+
+    backend = str(rollout_config.get("backend", "engine"))
+    chunk = int(rollout_config.get("prefill_chunk", 512))
+    if backend == "lockstep":
+        return Sampler(model, tokenizer, prefill_chunk=chunk)
+    if backend == "engine":
+        slots = int(rollout_config.get("slots", 0)) or episodes_per_step
+        return Engine(model, tokenizer, slots=slots, chunk=int(rollout_config.get("chunk", 16)),
+                      prefill_chunk=chunk)
+    raise ValueError(f"rollout.backend={backend!r}: use 'engine' or 'lockstep'")
+
+
+def rollout(generator, tokenizer, questions: list[str], synth_url: str, cfg: RolloutConfig,
             seed: int = 0) -> tuple[list[Episode], dict[str, float]]:
-    """G = cfg.group_size episodes per question, all rows in one session. Returns the episodes (grouped:
-    episode k belongs to question k // G) and timings {"time/generate", "time/tools"} in seconds."""
+    """G = cfg.group_size episodes per question on `generator`: an oresearcher.engine.Engine (continuous
+    batching: a slot whose tool call is out is parked while the others decode) or a Sampler (lockstep: all
+    episodes as rows of one session, each turn waiting for the slowest row and the slowest call). Returns the
+    episodes (grouped: episode k belongs to question k // G) and timings {"time/generate", "time/tools"} in
+    seconds (with the engine, time/generate is the rollout's wall time and time/tools the calls' summed time,
+    which overlaps it)."""
+    from oresearcher.engine import Engine
+    from oresearcher.engine.agent import run_lockstep
+
     prompts = [build_prompt(tokenizer, q) for q in questions]
     too_long = [i for i, p in enumerate(prompts) if len(p) >= cfg.max_tokens - 16]
     if too_long:
@@ -135,66 +209,16 @@ def rollout(sampler: Sampler, tokenizer, questions: list[str], synth_url: str, c
     g = cfg.group_size
     episodes = [Episode(q, i, len(p), list(p), [False] * len(p), [0.0] * len(p))
                 for i, (q, p) in enumerate(zip(questions, prompts)) for _ in range(g)]
-    session = sampler.start([e.tokens for e in episodes], max_len=cfg.max_tokens)
-    live = list(range(len(episodes)))
-    timings = {"time/generate": 0.0, "time/tools": 0.0}
-    turn = 0
-    while live:
-        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                max_new_tokens=cfg.max_turn_tokens, stop=protocol.STOP_STRINGS,
-                                seed=seed * 1000 + turn)
-        start = time.perf_counter()
-        outs = sampler.step(session, live, params)
-        timings["time/generate"] += time.perf_counter() - start
-
-        calls, waiting = [], []
-        for row, out in zip(live, outs):
-            ep = episodes[row]
-            ep.tokens.extend(out.tokens)
-            ep.policy_mask.extend([True] * len(out.tokens))
-            ep.logprobs.extend(out.logprobs)
-            if out.finish_reason == "eos":
-                ep.finish = "eos"
-                continue
-            if out.finish_reason == "length":
-                ep.finish = "token_limit" if len(ep.tokens) >= cfg.max_tokens else "turn_tokens"
-                continue
-            turn_text = tokenizer.decode(out.tokens)
-            if "</suggested_answer>" in turn_text:
-                ep.finish = "answer"
-                continue
-            if len(ep.tool_calls) >= cfg.max_turns:
-                ep.finish = "turn_limit"
-                continue
-            text = _ends_with_tool_call(tokenizer.decode(ep.tokens[ep.prompt_len:]))
-            call = protocol.pending_tool_call(text) if text is not None else None
-            if call is None:
-                ep.finish = "no_call"
-                continue
-            calls.append(call)
-            waiting.append(row)
-
-        start = time.perf_counter()
-        results = asyncio.run(call_tools(synth_url, calls, cfg.tool_timeout_s)) if calls else []
-        timings["time/tools"] += time.perf_counter() - start
-
-        live = []
-        for row, (body, record) in zip(waiting, results):
-            ep = episodes[row]
-            obs = tokenizer.encode(protocol.observation(truncate_observation(tokenizer, body,
-                                                                             cfg.max_observation_tokens)))
-            record.observation_tokens = len(obs)
-            ep.tool_calls.append(record)
-            if len(ep.tokens) + len(obs) >= cfg.max_tokens - 1:
-                ep.finish = "token_limit"
-                continue
-            ep.tokens.extend(obs)
-            ep.policy_mask.extend([False] * len(obs))
-            ep.logprobs.extend([0.0] * len(obs))
-            session.tokens[row].extend(obs)
-            live.append(row)
-        turn += 1
-
+    agent = RolloutAgent(tokenizer, episodes, synth_url, cfg)
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                            max_new_tokens=cfg.max_turn_tokens, stop=protocol.STOP_STRINGS, seed=seed)
+    starts = [list(e.tokens) for e in episodes]
+    if isinstance(generator, Engine):
+        stats = generator.run(starts, agent, params, max_len=cfg.max_tokens)
+        timings = {"time/generate": stats["time/generate"], "time/tools": agent.tool_seconds,
+                   "rollout/slot_occupancy": stats["slot_occupancy"]}
+    else:
+        timings = run_lockstep(generator, starts, agent, params, max_len=cfg.max_tokens)
     for ep in episodes:
         ep.response = tokenizer.decode(ep.tokens[ep.prompt_len:])
     return episodes, timings

@@ -27,9 +27,8 @@ from flax import nnx
 from oresearcher import checkpoint as checkpoint_lib, metrics as metrics_lib, optim, sharding
 from oresearcher.preemption import PreemptionGuard, check_finite
 from oresearcher.rl import grpo, rewards as rewards_lib
-from oresearcher.rl.rollout import RolloutConfig, rollout, to_batch
+from oresearcher.rl.rollout import RolloutConfig, make_generator, rollout, to_batch
 from oresearcher.rl.synth_service import synth_service
-from oresearcher.sampler import Sampler
 
 
 def make_optimizer(model, config):
@@ -119,7 +118,7 @@ def run(config) -> dict:
         model, tokenizer = load_policy(config, mesh, workdir)
         ref_model = load_policy(config, mesh, workdir)[0] if gcfg.kl_beta else None   # the frozen start
         optimizer = make_optimizer(model, config)
-        sampler = Sampler(model, tokenizer, prefill_chunk=int(config.rollout.prefill_chunk))
+        sampler = make_generator(model, tokenizer, config.rollout, int(config.questions_per_step) * rcfg.group_size)
 
         # ---------------------------------------------------------------- Checkpointing
         ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=int(config.keep_checkpoints))

@@ -1,0 +1,475 @@
+"""Continuous batching over a fixed number of slots.
+
+Every slot holds one episode or none, and is in one of four states:
+    free       no episode; the next queued prompt takes it at the start of the next engine step
+    pending    has tokens its cache rows have not seen (a new prompt, or an observation that came back)
+    decoding   sampling a turn
+    parked     waiting for its call (a tool over HTTP) on the engine's background event loop
+An engine step (1) admits queued prompts into free slots and collects finished calls (their tokens make the slot
+pending), (2) prefills one chunk for the pending slots: only their rows, gathered, `prefill_chunk` tokens at
+most, so a long observation never holds the others up for more than a chunk, (3) decodes up to `chunk` tokens
+for every decoding slot, leaving the loop early when a slot's turn ends so its call goes out at once, and (4)
+hands each ended turn to the agent: the episode ends (its slot is free for the next prompt) or the slot parks.
+When no slot can compute, the step waits for the first call to come back. Parked slots cost nothing but their
+cache rows; the others keep decoding.
+
+The maths are the Sampler's: the same per-layer weight copy (Sampler.weights), the same cached forward (the
+decoder's own layer function, `Decoder._layer_fn`), the same sampling and stop automaton, so a greedy episode
+here equals its lockstep run. Each sampled token is fed back in the step that sampled it (the turn's last one
+too), so a slot's cache rows always hold all of its tokens but the pending ones.
+
+Shapes come from a few buckets, so nothing compiles in steady state: decode runs on all slots at once (inactive
+slots write nothing); prefill on the pending slots' count rounded up to a power of two and the longest pending
+piece rounded up to a power of two (>= 16, <= prefill_chunk); the cache on the slots' furthest reach rounded up to
+a power of two (>= 128), grown or shrunk (one copy) as the episodes in the slots grow or finish.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import threading
+import time
+from typing import Sequence
+
+import httpx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from oresearcher import sampler as sampler_lib, synth_client
+from oresearcher.engine import paged
+from oresearcher.engine.agent import Agent
+from oresearcher.sampler import FINISH_REASONS, Completion, Sampler, SamplingParams
+
+FREE, PENDING, DECODING, PARKED = range(4)
+
+
+@dataclasses.dataclass
+class _Slot:
+    state: int = FREE
+    episode: int = -1
+    tokens: list[int] = dataclasses.field(default_factory=list)   # the episode so far
+    written: int = 0                  # tokens in the cache rows
+    budget: int = 0                   # tokens this turn may still sample (counted from the turn's start)
+    turn_tokens: list[int] = dataclasses.field(default_factory=list)
+    turn_logprobs: list[float] = dataclasses.field(default_factory=list)
+    stop_state: int = 0               # the stop automaton's state, carried from chunk to chunk within a turn
+    finish_reason: str = ""
+    call: concurrent.futures.Future | None = None
+
+
+class _Loop:
+    """An asyncio event loop on a daemon thread with one httpx client: calls run there while decoding goes on."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="oresearcher-engine-calls")
+        self.thread.start()
+        self.client = asyncio.run_coroutine_threadsafe(self._client(), self.loop).result()
+
+    async def _client(self):
+        # the calls go to the synth service: the client sends its token ($SYNTH_TOKEN) when one is set
+        return synth_client.async_client(limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+
+    def submit(self, call) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(call(self.client), self.loop)
+
+    def close(self):
+        asyncio.run_coroutine_threadsafe(self.client.aclose(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+# ------------------------------------------------------------------------------------------------ programs
+def _prefill_rows(graphdef, state, weights, cache, logits, rows, tokens, positions, last_col, has, *, window: int):
+    """Prefill tokens [R, C] at positions [R, C] (== cache length: padding, dropped) into cache rows `rows` [R]
+    (== number of slots: a padding row); logits[rows[r]] becomes the logits after column last_col[r] where has[r]
+    (the row's pending tokens end in this chunk). Only the R rows are read and written."""
+    model = nnx.merge(graphdef, state)
+    sub = jax.tree.map(lambda a: a[rows], cache)
+    hidden, sub = sampler_lib._cached_forward(model, weights["layers"], sub, tokens, positions, window)
+    cache = jax.tree.map(lambda a, s: a.at[rows].set(s, mode="drop"), cache, sub)
+    last = jnp.take_along_axis(hidden, last_col[:, None, None], axis=1)
+    new = model.unembed(last, weights["head"])[:, 0]
+    logits = logits.at[rows].set(jnp.where(has[:, None], new, logits[rows]), mode="drop")
+    return logits, cache
+
+
+def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, stop_state, key, temperature, top_p,
+                  top_k, table, eos, *, steps: int, use_filter: bool, window: int):
+    """Up to `steps` tokens for every active row: sample from `logits` [B, V], feed the token back at pos [B],
+    repeat; a row stops at a stop string (stop_state [B]: the automaton's state so far this turn), EOS or after
+    budget[b] tokens. The loop ends early once any row has stopped. Returns tokens [B, steps], logprobs
+    [B, steps], count [B], finish [B] (-1: still going, else an index into FINISH_REASONS), the stop states, the
+    logits for each row's next token, and the cache."""
+    model = nnx.merge(graphdef, state)
+    b = logits.shape[0]
+    n_match = table.shape[0] - 1
+
+    def forward(cache, tok, pos, live):
+        if "table" in cache:      # paged: a position of -1 writes nothing
+            hidden, pool = paged.forward(model, weights["layers"], {"k": cache["k"], "v": cache["v"]},
+                                         cache["table"], tok[:, None], jnp.where(live, pos, -1)[:, None])
+            return hidden, {**pool, "table": cache["table"]}
+        slots = cache["segment_ids"].shape[1]   # dense: a position == slots writes nothing
+        return sampler_lib._cached_forward(model, weights["layers"], cache, tok[:, None],
+                                           jnp.where(live, pos, slots)[:, None], window)
+
+    def cond(c):
+        i, done, ended = c[0], c[3], c[-1]
+        return (i < steps) & ~jnp.all(done) & ~ended
+
+    def body(c):
+        i, cache, logits, done, pos, stop_state, count, finish, out_t, out_lp, _ = c
+        tok, lp = sampler_lib._sample(logits, jax.random.fold_in(key, i), temperature, top_p, top_k, use_filter)
+        live = ~done
+        out_t = jax.lax.dynamic_update_slice(out_t, jnp.where(live, tok, 0)[:, None], (0, i))
+        out_lp = jax.lax.dynamic_update_slice(out_lp, jnp.where(live, lp, 0.0)[:, None], (0, i))
+        count = count + live
+        stop_state = table[stop_state, tok]
+        hit_stop = live & (stop_state == n_match)
+        hit_eos = live & eos[tok]
+        hit_len = live & ~hit_stop & ~hit_eos & (count >= budget)
+        finish = jnp.where(hit_stop, 1, jnp.where(hit_eos, 2, jnp.where(hit_len, 0, finish)))
+        ended = hit_stop | hit_eos | hit_len
+        hidden, cache = forward(cache, tok, pos, live)
+        logits = jnp.where(live[:, None], model.unembed(hidden, weights["head"])[:, 0], logits)
+        return (i + 1, cache, logits, done | ended, pos + live, stop_state, count, finish, out_t, out_lp,
+                jnp.any(ended))
+
+    init = (jnp.int32(0), cache, logits, ~active, pos, stop_state, jnp.zeros((b,), jnp.int32),
+            jnp.full((b,), -1, jnp.int32), jnp.zeros((b, steps), jnp.int32), jnp.zeros((b, steps), jnp.float32),
+            jnp.bool_(False))
+    _, cache, logits, _, _, stop_state, count, finish, out_t, out_lp, _ = jax.lax.while_loop(cond, body, init)
+    return out_t, out_lp, count, finish, stop_state, logits, cache
+
+
+def _prefill_paged(graphdef, state, weights, pool, logits, rows, table, tokens, positions, last_col, has):
+    """_prefill_rows on the paged cache: the rows' blocks are table [R, W]; a position of -1 is padding."""
+    model = nnx.merge(graphdef, state)
+    hidden, pool = paged.forward(model, weights["layers"], pool, table, tokens, positions)
+    last = jnp.take_along_axis(hidden, last_col[:, None, None], axis=1)
+    new = model.unembed(last, weights["head"])[:, 0]
+    logits = logits.at[rows].set(jnp.where(has[:, None], new, logits[rows]), mode="drop")
+    return logits, pool
+
+
+def _take_prefix(cache, width: int):
+    """Row 0's first `width` slots: [1, K, width, hd] per layer and segment ids [1, width]."""
+    return {"k": tuple(a[:1, :, :width] for a in cache["k"]), "v": tuple(a[:1, :, :width] for a in cache["v"]),
+            "segment_ids": cache["segment_ids"][:1, :width]}
+
+
+def _put_prefix(cache, prefix, row):
+    """The cache with the prefix's slots copied into the front of `row` (a traced index: one program)."""
+    put = lambda a, p: jax.lax.dynamic_update_slice(a, p, (row,) + (0,) * (a.ndim - 1))
+    return jax.tree.map(put, cache, prefix)
+
+
+def _resize(cache, slots: int):
+    """The cache with `slots` slots: its front copied (shrinking) or zeros appended (growing)."""
+    def one(a, axis):
+        have = a.shape[axis]
+        if have >= slots:
+            return jax.lax.slice_in_dim(a, 0, slots, axis=axis)
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (0, slots - have)
+        return jnp.pad(a, pad)
+    return {"k": tuple(one(a, 2) for a in cache["k"]), "v": tuple(one(a, 2) for a in cache["v"]),
+            "segment_ids": one(cache["segment_ids"], 1)}
+
+
+# ------------------------------------------------------------------------------------------------- engine
+class Engine:
+    """Continuous batching on one model. `model` may be sharded (sharding.shard_model): the cache then follows
+    its mesh and rules, as the Sampler's does."""
+
+    def __init__(self, model, tokenizer=None, *, slots: int = 8, chunk: int = 16, prefill_chunk: int = 512,
+                 min_bucket: int = 16, eos_ids: Sequence[int] | None = None, weight_layout: str | None = None,
+                 share_prefix: bool = True, kv: str = "dense", block: int = 16):
+        """slots: episodes decoded at once; chunk: tokens per decode call; prefill_chunk: the most tokens a
+        prefill call gives one slot; share_prefix: prefill the prompts' common prefix (system prompt and chat
+        template) once per run and copy its cache entries into each slot a prompt takes. eos_ids and
+        weight_layout as for Sampler (whose weight copy, stop tables and sampling the engine uses).
+        kv: "dense" (each slot's rows [K, S, hd], S the bucket of the furthest reach of any slot: attention in
+        place, with the CPU kernels where built) or "paged" (paged.py: blocks of `block` tokens held by use)."""
+        if slots < 1 or chunk < 1:
+            raise ValueError(f"Engine: slots ({slots}) and chunk ({chunk}) must be >= 1")
+        if kv not in ("dense", "paged"):
+            raise ValueError(f"Engine: kv={kv!r}: use 'dense' or 'paged'")
+        if kv == "paged" and weight_layout is None:
+            weight_layout = "own" if sampler_lib._default_layout(model) == "own" else "blocks"
+        self.sampler = Sampler(model, tokenizer, eos_ids=eos_ids, prefill_chunk=prefill_chunk,
+                               min_bucket=min_bucket, share_prefix=False, weight_layout=weight_layout)
+        self.model = model
+        self.slots = slots
+        self.chunk = chunk
+        self.prefill_chunk = prefill_chunk
+        self.min_bucket = min_bucket
+        self._prefill = jax.jit(_prefill_rows, static_argnums=0, donate_argnums=(3, 4), static_argnames=("window",))
+        self._decode = jax.jit(_decode_chunk, static_argnums=0, donate_argnums=(3, 4),
+                               static_argnames=("steps", "use_filter", "window"))
+        self._resize = jax.jit(_resize, static_argnums=1)
+        self._take_prefix = jax.jit(_take_prefix, static_argnums=1)
+        self._put_prefix = jax.jit(_put_prefix, donate_argnums=0)
+        self._prefill_paged = jax.jit(_prefill_paged, static_argnums=0, donate_argnums=(3, 4))
+        self._grow_pool = jax.jit(paged.grow_pool, static_argnums=1)
+        self.share_prefix = share_prefix
+        self.kv = kv
+        self.block = block
+        self.alloc: paged.BlockAllocator | None = None
+        self.cache = None
+        self.logits = None
+
+    # ------------------------------------------------------------------------------------------ cache size
+    def _fit(self, max_len: int, reach: int, *, shrink: bool = False) -> None:
+        """Size the cache for slot positions < reach: grow when reach is past it, shrink (with shrink) when the
+        bucket of reach is smaller."""
+        spare = sampler_lib._spare(self.slots)
+        need = sampler_lib._window(max_len, max(reach, 1)) + spare
+        if self.cache is None:
+            self.cache = sampler_lib.init_cache(self.model, self.slots, need)
+            return
+        have = self.cache["segment_ids"].shape[1]
+        if need > have or (shrink and 2 * need <= have):
+            self.cache = self._resize(self.cache, need)
+            if self.model.mesh is not None:   # a shrink or a pad keeps the layout; re-place to be sure
+                target = sampler_lib.init_cache(self.model, self.slots, 1)
+                self.cache = jax.tree.map(lambda a, t: jax.device_put(a, t.sharding), self.cache, target)
+
+    def _reserve(self, max_len: int, wants) -> None:
+        """Room for each (slot, tokens) in `wants`: slot positions < tokens (dense: the cache's size; paged: the
+        slot's blocks, the pool grown to a power of two of blocks when the free ones run out)."""
+        if self.kv == "dense":
+            self._fit(max_len, max(t for _, t in wants))
+            return
+        a = self.alloc
+        missing = sum(a.missing(b, t) for b, t in wants)
+        if missing > len(a.free):
+            size = sampler_lib._bucket(a.in_use() + missing + 1, 64)
+            self.cache = self._grow_pool(self.cache, size)
+            a.grow_to(size)
+        for b, t in wants:
+            a.extend(b, t)
+
+    def _release(self, b: int) -> None:
+        if self.kv == "paged":
+            self.alloc.release(b)
+
+    def _table(self, rows) -> np.ndarray:
+        """The rows' block table, as wide as the bucket of the most blocks any of them holds."""
+        width = sampler_lib._bucket(max(len(self.alloc.rows[r]) for r in rows if r < self.slots), 1)
+        return self.alloc.table(rows, width)
+
+    @property
+    def window(self) -> int:
+        return self.cache["segment_ids"].shape[1] - sampler_lib._spare(self.slots)
+
+    # ------------------------------------------------------------------------------------------------ run
+    def run(self, prompts: Sequence[Sequence[int]], agent: Agent, params: SamplingParams,
+            max_len: int) -> dict[str, float]:
+        """Run every prompt's episode to its end (each holds at most max_len tokens); returns statistics:
+        time/generate (wall seconds), slot_occupancy (time-weighted share of slots holding an episode),
+        decode_rows (mean share of slots decoding in a decode call), engine_steps, prefill_calls, decode_calls,
+        and spans: per episode, the engine steps at which it took a slot and left it."""
+        for i, p in enumerate(prompts):
+            if not p or len(p) >= max_len:
+                raise ValueError(f"Engine.run: prompt {i} has {len(p)} tokens; it needs 1 to max_len - 1 "
+                                 f"(max_len={max_len}): raise max_len or shorten the prompt")
+        weights = self.sampler.weights()
+        graphdef, state = nnx.split(self.model)
+        table, eos = self.sampler.stop_table(params.stop), self.sampler._eos
+        use_filter = params.temperature > 0 and (params.top_p < 1.0 or params.top_k > 0)
+        base_key = jax.random.key(params.seed)
+        slots = [_Slot() for _ in range(self.slots)]
+        queue = list(range(len(prompts)))[::-1]
+        if self.kv == "dense":
+            self._fit(max_len, max(len(p) for p in prompts[:self.slots]))
+        elif self.alloc is None:
+            self.alloc = paged.BlockAllocator(self.slots, self.block, 64)
+            self.cache = paged.init_pool(self.model, 64, self.block)
+        if self.logits is None:
+            self.logits = jnp.zeros((self.slots, self.model.cfg.vocab_size), jnp.float32)
+        prefix, shared = self._shared_prefix(prompts, graphdef, state, weights, max_len)
+        stats = {"engine_steps": 0, "prefill_calls": 0, "decode_calls": 0, "decode_rows": 0.0, "kv_blocks_peak": 0}
+        spans = [[-1, -1] for _ in prompts]
+        occupied_time, t0, last = 0.0, time.perf_counter(), time.perf_counter()
+        loop = _Loop()
+
+        def start_turn(s: _Slot, episode: int):
+            s.budget = min(agent.budget(episode), max_len - len(s.tokens))
+            s.turn_tokens, s.turn_logprobs = [], []
+
+        try:
+            while queue or any(s.state != FREE for s in slots):
+                now = time.perf_counter()
+                occupied_time += (now - last) * sum(s.state != FREE for s in slots) / self.slots
+                last = now
+                stats["engine_steps"] += 1
+                freed = False
+                # (1) calls that came back, then new episodes into free slots
+                for s in slots:
+                    if s.state == PARKED and s.call.done():
+                        more = agent.on_result(s.episode, s.call.result())
+                        s.call = None
+                        if more is None:
+                            s.state, freed = FREE, True
+                            self._release(slots.index(s))
+                            spans[s.episode][1] = stats["engine_steps"]
+                        else:
+                            s.tokens.extend(more)
+                            if len(s.tokens) >= max_len:
+                                raise ValueError(f"Engine.run: episode {s.episode} holds {len(s.tokens)} tokens "
+                                                 f"after its observation, max_len={max_len}: the agent must end "
+                                                 f"an episode that has no room left")
+                            s.state = PENDING
+                            start_turn(s, s.episode)
+                for s in slots:
+                    if s.state == FREE and queue:
+                        i = queue.pop()
+                        s.state, s.episode, s.tokens, s.written = PENDING, i, list(prompts[i]), 0
+                        if prefix is not None and self.kv == "paged":
+                            self.alloc.share(slots.index(s), prefix)
+                            s.written = shared
+                        elif prefix is not None:
+                            self.cache = self._put_prefix(self.cache, prefix, jnp.int32(slots.index(s)))
+                            s.written = shared
+                        spans[i][0] = stats["engine_steps"]
+                        start_turn(s, i)
+                # (2) one prefill chunk for the pending slots
+                pending = [b for b, s in enumerate(slots) if s.state == PENDING]
+                if pending:
+                    self._prefill_step(slots, pending, graphdef, state, weights, max_len)
+                    stats["prefill_calls"] += 1
+                # (3) a decode chunk for the decoding slots
+                decoding = [b for b, s in enumerate(slots) if s.state == DECODING]
+                if decoding:
+                    stats["decode_calls"] += 1
+                    stats["decode_rows"] += len(decoding) / self.slots
+                    key = jax.random.fold_in(base_key, stats["decode_calls"])
+                    ended = self._decode_step(slots, decoding, graphdef, state, weights, key, params, table, eos,
+                                              use_filter, max_len)
+                    # (4) ended turns: the episode ends or its call goes out
+                    for b in ended:
+                        s = slots[b]
+                        call = agent.on_turn(s.episode, Completion(s.turn_tokens, s.turn_logprobs,
+                                                                   s.finish_reason))
+                        if call is None:
+                            s.state = FREE
+                            freed = True
+                            self._release(b)
+                            spans[s.episode][1] = stats["engine_steps"]
+                        else:
+                            s.state, s.call = PARKED, loop.submit(call)
+                elif not pending:
+                    parked = [s.call for s in slots if s.state == PARKED]
+                    if parked:
+                        concurrent.futures.wait(parked, return_when=concurrent.futures.FIRST_COMPLETED)
+                if self.kv == "paged":
+                    stats["kv_blocks_peak"] = max(stats["kv_blocks_peak"], self.alloc.in_use())
+                if freed and self.kv == "dense":
+                    # a long episode may have ended: give back what the others cannot reach within a chunk
+                    reach = max([len(s.tokens) for s in slots if s.state != FREE] + [shared, 1])
+                    self._fit(max_len, reach + max(self.chunk, self.prefill_chunk), shrink=True)
+        finally:
+            loop.close()
+            if self.kv == "paged":      # the run's hold on the shared prefix blocks, and any slot left over
+                for blk in prefix or []:
+                    self.alloc.refs[blk] -= 1
+                    if self.alloc.refs[blk] == 0:
+                        self.alloc.free.append(blk)
+                for b in range(self.slots):
+                    self.alloc.release(b)
+        wall = time.perf_counter() - t0
+        stats["decode_rows"] /= max(stats["decode_calls"], 1)
+        return {"time/generate": wall, "slot_occupancy": occupied_time / max(wall, 1e-9), **stats, "spans": spans}
+
+    def _shared_prefix(self, prompts, graphdef, state, weights, max_len):
+        """(the cache entries of the prompts' common prefix, its length), prefilled once in slot 0's rows; or
+        (None, 0) when there is none worth sharing."""
+        n = sampler_lib.common_prefix(prompts) if self.share_prefix and len(prompts) > 1 else 0
+        if n < self.min_bucket:
+            return None, 0
+        if self.kv == "paged":      # whole blocks only: a slot never writes into a block it shares
+            n = n // self.block * self.block
+            if n < self.min_bucket:
+                return None, 0
+        else:
+            self._fit(max_len, n)
+        slot = _Slot(state=PENDING, tokens=list(prompts[0][:n]))
+        while slot.written < n:
+            self._prefill_step([slot], [0], graphdef, state, weights, max_len)
+        if self.kv == "dense":
+            return self._take_prefix(self.cache, sampler_lib._window(max_len, n)), n
+        blocks = list(self.alloc.rows[0])
+        self.alloc.refs[blocks] += 1            # held by this run until it ends
+        self.alloc.release(0)
+        return blocks, n
+
+    # ------------------------------------------------------------------------------------------- steps
+    def _prefill_step(self, slots, pending, graphdef, state, weights, max_len):
+        pieces = {b: slots[b].tokens[slots[b].written:] for b in pending}
+        size = min(self.prefill_chunk, sampler_lib._bucket(max(len(p) for p in pieces.values()), self.min_bucket))
+        self._reserve(max_len, [(b, slots[b].written + min(size, len(pieces[b]))) for b in pending])
+        n_slots = self.cache["segment_ids"].shape[1] if self.kv == "dense" else -1
+        r = sampler_lib._bucket(len(pending), 1)
+        rows = np.full((r,), self.slots, np.int32)
+        tok = np.zeros((r, size), np.int32)
+        pos = np.full((r, size), n_slots, np.int32)
+        last_col = np.zeros((r,), np.int32)
+        has = np.zeros((r,), bool)
+        for j, b in enumerate(pending):
+            piece = pieces[b][:size]
+            rows[j] = b
+            tok[j, :len(piece)] = piece
+            pos[j, :len(piece)] = slots[b].written + np.arange(len(piece))
+            last_col[j] = len(piece) - 1
+            has[j] = len(piece) == len(pieces[b])
+        if self.kv == "paged":
+            self.logits, self.cache = self._prefill_paged(
+                graphdef, state, weights, self.cache, self.logits, jnp.asarray(rows), jnp.asarray(self._table(rows)),
+                jnp.asarray(tok), jnp.asarray(pos), jnp.asarray(last_col), jnp.asarray(has))
+        else:
+            self.logits, self.cache = self._prefill(graphdef, state, weights, self.cache, self.logits,
+                                                    jnp.asarray(rows), jnp.asarray(tok), jnp.asarray(pos),
+                                                    jnp.asarray(last_col), jnp.asarray(has), window=self.window)
+        for j, b in enumerate(pending):
+            s = slots[b]
+            s.written += min(size, len(pieces[b]))
+            if has[j]:
+                s.state = DECODING
+                s.stop_state = 0
+
+    def _decode_step(self, slots, decoding, graphdef, state, weights, key, params, table, eos, use_filter, max_len):
+        """Decode a chunk; returns the slots whose turn ended (their finish_reason set)."""
+        self._reserve(max_len, [(b, min(slots[b].written + self.chunk, max_len)) for b in decoding])
+        active = np.zeros((self.slots,), bool)
+        active[decoding] = True
+        pos = np.array([s.written for s in slots], np.int32)
+        budget = np.array([s.budget - len(s.turn_tokens) if s.state == DECODING else 0 for s in slots], np.int32)
+        stop_state = np.array([s.stop_state for s in slots], np.int32)
+        cache = self.cache if self.kv == "dense" else {**self.cache, "table": jnp.asarray(self._table(range(self.slots)))}
+        out_t, out_lp, count, finish, stop_state, self.logits, cache = self._decode(
+            graphdef, state, weights, cache, self.logits, jnp.asarray(pos), jnp.asarray(active),
+            jnp.asarray(budget), jnp.asarray(stop_state), key, jnp.float32(params.temperature), jnp.float32(params.top_p),
+            jnp.int32(params.top_k), table, eos, steps=self.chunk, use_filter=use_filter,
+            window=self.window if self.kv == "dense" else 0)
+        self.cache = cache if self.kv == "dense" else {"k": cache["k"], "v": cache["v"]}
+        out_t, out_lp, count, finish, stop_state = map(np.asarray, jax.device_get((out_t, out_lp, count, finish,
+                                                                                    stop_state)))
+        ended = []
+        for b in decoding:
+            s, n = slots[b], int(count[b])
+            ids = out_t[b, :n].tolist()
+            s.tokens.extend(ids)
+            s.turn_tokens.extend(ids)
+            s.turn_logprobs.extend(out_lp[b, :n].tolist())
+            s.written += n
+            s.stop_state = int(stop_state[b])
+            if finish[b] >= 0:
+                s.finish_reason = FINISH_REASONS[int(finish[b])]
+                ended.append(b)
+        return ended
