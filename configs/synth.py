@@ -15,14 +15,16 @@ Presets (each says how to run it and what it reaches):
       SERPER_API_KEY is set (then Serper web search + real HTTP crawl_page with the SSRF guard). Reaches:
       $OPENAI_BASE_URL (and google.serper.dev + the crawled pages when SERPER_API_KEY is set). Keys are read
       from environment variables at start-up and never written to logs, records or summaries.
-  local               OPENAI_BASE_URL=http://127.0.0.1:8000/v1 python -m synth serve --config=configs/synth.py:local
+  local               OPENAI_BASE_URL=http://127.0.0.1:8000/v1 TEACHER_MODEL=policy \
+                      python -m synth serve --config=configs/synth.py:local
       The `openai` teacher pointed at an `oresearcher` serving endpoint (OpenAI-compatible); embedded tools
       and the heuristic judge. `--config.teacher.answer_prefix` can open the researcher's last turn (an
       assistant prefix the server continues: continue_final_message). The served model must play the roles
       (cite its sources); a small one can learn them from the embedded teacher's role chats:
         python -m synth run --seeds=S --out=D --config.workflow.role_chats=True      # D/role_chats.jsonl
         python -m oresearcher.train --config=configs/sft.py:smollm2 --config.data.train=D/role_chats.jsonl \
-            --config.export_dir=M && python -m oresearcher.serve --checkpoint=M --port 8000
+            --config.export_dir=M && python -m oresearcher.serve --checkpoint=M --name policy --port 8000
+      (TEACHER_MODEL must be a name the server serves: it answers other model names 404, as OpenAI does.)
       Measured: SmolLM2-135M fine-tuned 24 steps (lr 1e-4, seq_len 2560, ~80 s/step on 2 CPU cores) on the 3
       role chats of "What is a volcano?" (1 sub-question, step_budget 2) then served gives that question an
       accepted, cited trajectory through this preset (5 LLM calls, all to the served model); as shipped it never

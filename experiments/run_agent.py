@@ -21,6 +21,9 @@ Input rows: {id, prompt} (the benchmark's query layout; `question` is accepted f
   output.jsonl        {id, prompt, article}           (the benchmark's output layout; article = final report)
   trajectories.jsonl  trajectory records (DESIGN contract 2)
   scores.json         per question: R_format, R_tool, tool calls, turns, heuristic judge, KPR (if key points)
+Exit status 1 when no question produced a report because the policy endpoint failed (the outputs are still
+written, each failure named in its trajectory's stop_reason); a failure on some questions only is reported on
+stderr.
 """
 from __future__ import annotations
 
@@ -413,11 +416,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="score reports with synth's judge: the heuristic judge (an offline stand-in for the LLM "
                     "judge) in process, or the service's /v1/judge when --tools is a URL")
     ap.add_argument("--api-key-env", default="", help="name of the environment variable holding the key")
+    ap.add_argument("--max-retries", type=int, default=6,
+                    help="retries of a policy request on timeouts, connection errors, 5xx and 429")
     args = ap.parse_args(argv)
 
     questions = read_questions(args.questions, args.limit)
     policy = EndpointPolicy(args.endpoint, args.model, api=args.api, template=make_template(args.tokenizer),
-                            temperature=args.temperature, api_key_env=args.api_key_env)
+                            temperature=args.temperature, api_key_env=args.api_key_env,
+                            max_retries=args.max_retries)
     synth_cfg = load_synth_config(args.synth_config, args.cache_dir)
     tools = make_tools(args.tools, synth_cfg)
     limits = Limits(args.max_turns, args.max_tokens_per_turn, args.max_total_tokens)
@@ -430,6 +436,15 @@ def main(argv: list[str] | None = None) -> int:
 
     episodes, scores = asyncio.run(run_and_score())
     write_outputs(args.out, episodes, questions, policy.name, scores)
+    failed = [ep for ep in episodes if ep.stop_reason.startswith("policy error")]
+    if failed:
+        print(f"run_agent: the policy endpoint failed for {len(failed)} of {len(episodes)} questions (first: "
+              f"{failed[0].id}: {failed[0].stop_reason[:300]})", file=sys.stderr, flush=True)
+    if failed and not any((protocol.extract_report(ep.text) or "").strip() for ep in episodes):
+        print(f"run_agent: no question produced a report because the policy endpoint failed; check --endpoint "
+              f"{args.endpoint} and --model {args.model} (GET {args.endpoint.rstrip('/')}/models lists the "
+              "served names)", file=sys.stderr, flush=True)
+        return 1
     s = scores["summary"]
     print(f"{len(episodes)} questions in {time.perf_counter() - t0:.1f}s -> {args.out}: "
           f"{s['with_report']} reports, R_format {s['r_format']:.2f}, R_tool {s['r_tool']:.2f}, "

@@ -4,9 +4,11 @@
     python -m oresearcher.serve --checkpoint=DIR --port 8000     # an HF-layout checkpoint (save_hf export)
 
 Supported request fields: model, messages / prompt, max_tokens, temperature, top_p, top_k (extension), n, stop
-(a string or a list), seed, and for chat vLLM's continue_final_message + add_generation_prompt=false (the model
-continues a last assistant message: a prefilled answer prefix). Finish reasons follow OpenAI: "stop" for a stop
-string or EOS (the stop string is cut from the returned text), "length" at max_tokens.
+(a string or a list), seed, stream (+ stream_options.include_usage), and for chat vLLM's continue_final_message +
+add_generation_prompt=false (the model continues a last assistant message: a prefilled answer prefix). Finish
+reasons follow OpenAI: "stop" for a stop string or EOS (the stop string is cut from the returned text), "length"
+at max_tokens. Request validation, error bodies, content parts and the event stream are `oresearcher.openai_api`'s;
+this module turns a valid request into token ids, generates, and hands back the texts.
 
 The synthesizer uses this as its `local` teacher (its OpenAI client pointed at http://HOST:PORT/v1), and runs many
 researchers at once: concurrent requests are batched. A single worker thread owns the model; it drains the
@@ -23,37 +25,11 @@ import threading
 import time
 import uuid
 
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel
+from fastapi import FastAPI
 
+from oresearcher import openai_api
+from oresearcher.openai_api import APIError, ChatRequest, CompletionRequest
 from oresearcher.sampler import Sampler, SamplingParams
-
-
-class ChatRequest(BaseModel):
-    model: str = ""
-    messages: list[dict]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    n: int = 1
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    add_generation_prompt: bool = True       # extensions, as in vLLM: continue_final_message=true with
-    continue_final_message: bool = False     # add_generation_prompt=false continues the last (assistant) message
-
-
-class CompletionRequest(BaseModel):
-    model: str = ""
-    prompt: str | list[str]
-    max_tokens: int | None = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    n: int = 1
-    stop: str | list[str] | None = None
-    seed: int | None = None
 
 
 @dataclasses.dataclass
@@ -129,51 +105,48 @@ class Engine:
         return text, reason, len(completion.tokens)
 
 
-def _stops(stop) -> tuple[str, ...]:
-    if stop is None:
-        return ()
-    return (stop,) if isinstance(stop, str) else tuple(stop)
-
-
 def _params(req, stop) -> SamplingParams:
-    if req.n < 1 or req.n > 64:
-        raise HTTPException(400, f"n={req.n}: use 1..64")
-    if req.temperature < 0 or not 0 < req.top_p <= 1:
-        raise HTTPException(400, f"temperature={req.temperature}, top_p={req.top_p}: need temperature >= 0 and "
-                                 f"0 < top_p <= 1")
+    """Sampling parameters of a validated request; the 64-bit OpenAI seed folded onto the sampler's 32-bit one."""
     seed = req.seed if req.seed is not None else int.from_bytes(uuid.uuid4().bytes[:4], "little")
-    return SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, stop=stop, seed=seed)
+    return SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, stop=stop,
+                          seed=seed % 2 ** 32)
 
 
 def chat_prompt(tokenizer, req: ChatRequest) -> str:
     """The chat rendered by the model's template. With continue_final_message (and add_generation_prompt off)
     the rendering ends right after the last message's content, which must be an assistant turn: the model
     continues that prefix, and the response holds only the continuation (vLLM's and HF's semantics)."""
+    messages = req.chat_messages()
     if not req.continue_final_message:
-        return tokenizer.apply_chat_template(req.messages, add_generation_prompt=req.add_generation_prompt)
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt)
     if req.add_generation_prompt:
-        raise HTTPException(400, "continue_final_message needs add_generation_prompt=false")
-    last = req.messages[-1] if req.messages else {}
-    prefix = last.get("content") if isinstance(last, dict) else None
-    if last.get("role") != "assistant" or not isinstance(prefix, str) or not prefix.strip():
-        raise HTTPException(400, "continue_final_message: the last message must be an assistant turn with text")
-    text = tokenizer.apply_chat_template(req.messages, add_generation_prompt=False)
+        raise APIError(400, "continue_final_message needs add_generation_prompt=false", "add_generation_prompt")
+    last = messages[-1]
+    prefix = last["content"]
+    if last["role"] != "assistant" or not prefix.strip():
+        raise APIError(400, "continue_final_message: the last message must be an assistant turn with text",
+                       "messages")
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=False)
     prefix = prefix.rstrip()
     cut = text.rfind(prefix)
     if cut < 0:
-        raise HTTPException(400, "continue_final_message: the chat template does not keep the last message's text")
+        raise APIError(400, "continue_final_message: the chat template does not keep the last message's text",
+                       "messages")
     return text[:cut + len(prefix)]
 
 
-def build_app(engine: Engine) -> FastAPI:
+def build_app(engine: Engine, names: list[str] | None = None) -> FastAPI:
+    """The OpenAI routes over `engine`; `names`: the model names requests may ask for (default: engine.name)."""
     app = FastAPI(title="oresearcher policy server")
+    openai_api.install_error_handlers(app)
+    served = list(names or [engine.name])
 
-    def run(prompts: list[list[int]], max_new: int, params: SamplingParams, n: int):
+    def run(prompts: list[list[int]], max_new: int, params: SamplingParams, n: int) -> list:
         try:
-            futures = [engine.submit(p, max_new, dataclasses.replace(params, seed=params.seed + i))
+            futures = [engine.submit(p, max_new, dataclasses.replace(params, seed=(params.seed + i) % 2 ** 32))
                        for p in prompts for i in range(n)]
         except ValueError as e:
-            raise HTTPException(400, str(e))
+            raise APIError(400, str(e), "messages")
         return [f.result() for f in futures]
 
     @app.get("/healthz")
@@ -182,45 +155,29 @@ def build_app(engine: Engine) -> FastAPI:
 
     @app.get("/v1/models")
     def models():
-        return {"object": "list", "data": [{"id": engine.name, "object": "model", "owned_by": "oresearcher"}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "oresearcher"}
+                                           for name in served]}
 
     @app.post("/v1/chat/completions")
     def chat(req: ChatRequest):
-        stop = _stops(req.stop)
-        params = _params(req, stop)
+        openai_api.check_model(req.model, served)
+        stop = req.stops()
         prompt = engine.tokenizer.encode(chat_prompt(engine.tokenizer, req))
         max_new = req.max_completion_tokens or req.max_tokens or 1024
-        outs = run([prompt], max_new, params, req.n)
-        choices, used = [], 0
-        for i, out in enumerate(outs):
-            content, reason, n_tokens = engine.finish(out, stop)
-            used += n_tokens
-            choices.append({"index": i, "message": {"role": "assistant", "content": content},
-                            "finish_reason": reason, "logprobs": None})
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": engine.name, "choices": choices,
-                "usage": {"prompt_tokens": len(prompt), "completion_tokens": used,
-                          "total_tokens": len(prompt) + used}}
+        outs = run([prompt], max_new, _params(req, stop), req.n)
+        return openai_api.chat_response(req, engine.name, len(prompt), [engine.finish(o, stop) for o in outs])
 
     @app.post("/v1/completions")
     def complete(req: CompletionRequest):
-        stop = _stops(req.stop)
-        params = _params(req, stop)
+        openai_api.check_model(req.model, served)
+        stop = req.stops()
         texts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
         prompts = [engine.tokenizer.encode(t) for t in texts]
         if any(not p for p in prompts):
-            raise HTTPException(400, "an empty prompt: give at least one token of text")
-        outs = run(prompts, req.max_tokens or 16, params, req.n)
-        choices, used = [], 0
-        for i, out in enumerate(outs):
-            text, reason, n_tokens = engine.finish(out, stop)
-            used += n_tokens
-            choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
-        prompt_tokens = sum(len(p) for p in prompts)
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": engine.name, "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": used,
-                          "total_tokens": prompt_tokens + used}}
+            raise APIError(400, "an empty prompt: give at least one token of text", "prompt")
+        outs = run(prompts, req.max_tokens, _params(req, stop), req.n)
+        return openai_api.completion_response(req, engine.name, sum(len(p) for p in prompts),
+                                              [engine.finish(o, stop) for o in outs])
 
     return app
 
@@ -245,15 +202,18 @@ def main(argv=None):
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--name", default=None, help="model name reported to clients")
+    parser.add_argument("--name", action="append", default=None,
+                        help="model name reported to clients and accepted in requests (repeat for aliases; "
+                             "others are answered 404 like OpenAI's unknown models)")
     args = parser.parse_args(argv)
 
     import uvicorn
 
     model, tokenizer, name = load(args.checkpoint)
-    engine = Engine(model, tokenizer, name=args.name or name, max_batch=args.max_batch)
-    print(f"serving {engine.name} on http://{args.host}:{args.port}/v1", flush=True)
-    uvicorn.run(build_app(engine), host=args.host, port=args.port, log_level="warning")
+    names = args.name or [name]
+    engine = Engine(model, tokenizer, name=names[0], max_batch=args.max_batch)
+    print(f"serving {', '.join(names)} on http://{args.host}:{args.port}/v1", flush=True)
+    uvicorn.run(build_app(engine, names), host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

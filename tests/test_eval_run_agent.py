@@ -1,5 +1,6 @@
 """run_agent: a scripted OpenAI-compatible policy over real HTTP, real local tools, the protocol loop."""
 import json
+import socket
 
 from oresearcher import protocol
 
@@ -78,3 +79,59 @@ def test_policy_that_never_answers_stops_at_the_turn_limit(tmp_path):
     traj = json.loads((tmp_path / "run" / "trajectories.jsonl").read_text())
     assert traj["meta"]["stop_reason"] == "turn limit" and traj["report"] == ""
     assert json.loads((tmp_path / "run" / "output.jsonl").read_text())["article"] == ""
+
+
+def _questions(tmp_path, n=2):
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "prompt": f"Question {i}?"}) + "\n" for i in range(n)))
+    return path
+
+
+def test_failing_policy_endpoint_exits_non_zero(tmp_path, capsys):
+    """An endpoint that refuses the model (404, as OpenAI and oresearcher.serve answer an unknown model name) and
+    one where nothing listens: no report, exit status 1, the reason on stderr, the failures in the outputs."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from scripted_openai import LocalServer
+
+    from experiments import run_agent
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def unknown_model(body: dict):
+        return JSONResponse({"error": {"message": f"The model `{body['model']}` does not exist",
+                                       "type": "invalid_request_error", "param": "model",
+                                       "code": "model_not_found"}}, status_code=404)
+
+    with LocalServer(app) as server:
+        rc = run_agent.main(["--endpoint", server.url + "/v1", "--model", "nope", "--questions",
+                             str(_questions(tmp_path)), "--out", str(tmp_path / "run"), "--judge", "none",
+                             "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "the policy endpoint failed for 2 of 2 questions" in err and "404" in err
+    assert "no question produced a report because the policy endpoint failed; check --endpoint" in err
+    traj = [json.loads(line) for line in (tmp_path / "run" / "trajectories.jsonl").read_text().splitlines()]
+    assert all(t["meta"]["stop_reason"].startswith("policy error") for t in traj) and len(traj) == 2
+
+    with socket.socket() as s:       # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    rc = run_agent.main(["--endpoint", dead, "--model", "m", "--questions", str(_questions(tmp_path, 1)),
+                         "--out", str(tmp_path / "dead"), "--judge", "none", "--cache-dir", str(tmp_path / "cache"),
+                         "--max-retries", "0"])
+    assert rc == 1 and "no question produced a report" in capsys.readouterr().err
+
+
+def test_some_answers_exit_zero(tmp_path, capsys):
+    """A policy that answers: exit 0 and nothing on stderr about the endpoint."""
+    from scripted_openai import ScriptedOpenAI
+
+    from experiments import run_agent
+
+    with ScriptedOpenAI(["<suggested_answer>" + REPORT + "</suggested_answer>"]) as server:
+        rc = run_agent.main(["--endpoint", server.base_url, "--model", "m", "--questions",
+                             str(_questions(tmp_path)), "--out", str(tmp_path / "run"), "--judge", "none",
+                             "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0 and "policy endpoint failed" not in capsys.readouterr().err

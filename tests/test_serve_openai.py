@@ -1,6 +1,8 @@
 """`python -m oresearcher.serve` as a real server on loopback: the OpenAI chat and completion APIs (stop, n,
-max_tokens, temperature, top_p), concurrent requests batched, and bad requests answered with a 4xx."""
+max_tokens, temperature, top_p), server-sent-event streams, content parts, concurrent requests batched, bad
+requests answered 400 with OpenAI's error body naming the parameter, and an unknown model 404."""
 import concurrent.futures
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +14,8 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+NAMES = ("policy", "policy-alias")
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def _free_port() -> int:
@@ -24,7 +28,8 @@ def _free_port() -> int:
 def server():
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    proc = subprocess.Popen([sys.executable, "-m", "oresearcher.serve", "--port", str(port)], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "oresearcher.serve", "--port", str(port), "--name", NAMES[0],
+                             "--name", NAMES[1]], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
@@ -47,7 +52,7 @@ def server():
 @pytest.mark.slow
 def test_chat_and_completions(server):
     r = httpx.post(f"{server}/v1/chat/completions", timeout=300, json={
-        "model": "x", "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "model": "policy", "messages": [{"role": "user", "content": "What is the capital of France?"}],
         "temperature": 0, "max_tokens": 16})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -101,6 +106,114 @@ def test_concurrent_requests_and_errors(server):
     assert all(r.status_code == 200 for r in results)
     assert all(r.json()["choices"][0]["text"] for r in results)
     bad = httpx.post(f"{server}/v1/completions", timeout=30, json={"prompt": "x", "n": 0})
-    assert bad.status_code == 400 and "n=0" in bad.text
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "n"
     bad = httpx.post(f"{server}/v1/chat/completions", timeout=30, json={"messages": "not a list"})
-    assert bad.status_code == 422
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages"
+
+
+def _events(response) -> list:
+    """The data of each server-sent event (JSON decoded, "[DONE]" kept as the string)."""
+    assert response.headers["content-type"].startswith("text/event-stream")
+    out = []
+    for line in response.iter_lines():
+        if line:
+            assert line.startswith("data: "), line
+            data = line[len("data: "):]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+@pytest.mark.slow
+def test_streams_match_the_plain_answers(server):
+    plain = httpx.post(f"{server}/v1/chat/completions", timeout=300, json={
+        "model": "policy", "messages": QUESTION, "temperature": 0, "max_tokens": 8}).json()
+    with httpx.stream("POST", f"{server}/v1/chat/completions", timeout=300, json={
+            "model": "policy-alias", "messages": QUESTION, "temperature": 0, "max_tokens": 8, "stream": True,
+            "stream_options": {"include_usage": True}}) as r:
+        assert r.status_code == 200
+        events = _events(r)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert deltas[0]["role"] == "assistant"
+    assert "".join(d.get("content", "") for d in deltas) == plain["choices"][0]["message"]["content"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == \
+        plain["choices"][0]["finish_reason"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+
+    body = {"prompt": "The three primary colours are", "max_tokens": 6, "temperature": 0, "n": 2}
+    plain = httpx.post(f"{server}/v1/completions", timeout=300, json=body).json()
+    with httpx.stream("POST", f"{server}/v1/completions", timeout=300, json={**body, "stream": True}) as r:
+        events = _events(r)
+    assert events[-1] == "[DONE]"
+    for i in range(2):
+        mine = [c["choices"][0] for c in events[:-1] if c["choices"][0]["index"] == i]
+        assert "".join(c["text"] for c in mine) == plain["choices"][i]["text"]
+        assert mine[-1]["finish_reason"] == plain["choices"][i]["finish_reason"]
+        assert all(c["object"] == "text_completion" for c in events[:-1])
+
+
+@pytest.mark.slow
+def test_content_as_a_list_of_text_parts(server):
+    as_string = httpx.post(f"{server}/v1/chat/completions", timeout=300, json={
+        "messages": QUESTION, "temperature": 0, "max_tokens": 8}).json()
+    parts = [{"role": "system", "content": [{"type": "text", "text": "You are a helpful AI assistant."}]},
+             {"role": "user", "content": [{"type": "text", "text": "What is the capital "},
+                                          {"type": "text", "text": "of France?"}]}]
+    r = httpx.post(f"{server}/v1/chat/completions", timeout=300, json={
+        "messages": parts, "temperature": 0, "max_tokens": 8})
+    assert r.status_code == 200, r.text
+    with_system = httpx.post(f"{server}/v1/chat/completions", timeout=300, json={
+        "messages": [{"role": "developer", "content": "You are a helpful AI assistant."}, *QUESTION],
+        "temperature": 0, "max_tokens": 8}).json()
+    assert r.json()["choices"][0]["message"]["content"] == with_system["choices"][0]["message"]["content"]
+    assert as_string["choices"][0]["message"]["content"]
+
+
+CHAT_ERRORS = [   # (body change, the parameter OpenAI's error names)
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": -5}, "max_tokens"),
+    ({"max_completion_tokens": 0}, "max_completion_tokens"),
+    ({"n": 0}, "n"),
+    ({"n": 1000}, "n"),
+    ({"seed": 2 ** 70}, "seed"),
+    ({"temperature": 2.5}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"content": "no role"}]}, "messages[0].role"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user"}]}, "messages[0]"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]},
+     "messages[0].content"),
+    ({"stream_options": {"include_usage": True}}, ""),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change,param", CHAT_ERRORS)
+def test_bad_chat_requests_get_openai_400s(server, change, param):
+    r = httpx.post(f"{server}/v1/chat/completions", timeout=30, json={"messages": QUESTION, **change})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    print(change, "->", error["message"])
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert (error["param"] or "").startswith(param)
+
+
+@pytest.mark.slow
+def test_completion_validation_unknown_model_and_models_list(server):
+    for change, param in (({"max_tokens": 0}, "max_tokens"), ({"seed": -2 ** 64}, "seed"), ({"prompt": []}, "prompt")):
+        r = httpx.post(f"{server}/v1/completions", timeout=30, json={"prompt": "x", **change})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    for path, body in (("chat/completions", {"messages": QUESTION}), ("completions", {"prompt": "x"})):
+        r = httpx.post(f"{server}/v1/{path}", timeout=30, json={**body, "model": "gpt-4o"})
+        assert r.status_code == 404
+        error = r.json()["error"]
+        assert error["code"] == "model_not_found" and error["param"] == "model" and "gpt-4o" in error["message"]
+    assert [m["id"] for m in httpx.get(f"{server}/v1/models").json()["data"]] == list(NAMES)
+    # a valid seed beyond 32 bits is accepted (folded onto the sampler's seed), and reproducible
+    body = {"prompt": "Colours:", "max_tokens": 4, "seed": 2 ** 62 + 7, "temperature": 1.0}
+    a, b = (httpx.post(f"{server}/v1/completions", timeout=300, json=body) for _ in range(2))
+    assert a.status_code == b.status_code == 200 and a.json()["choices"] == b.json()["choices"]
+    assert httpx.get(f"{server}/healthz").status_code == 200

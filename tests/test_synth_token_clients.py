@@ -33,7 +33,8 @@ def protected(tmp_path, monkeypatch):
 
 def test_rl_tool_and_judge_calls_send_the_token(protected, monkeypatch):
     search = protocol.WebSearch(["volcano eruption"], 2)
-    [(body, record)] = asyncio.run(rollout.call_tools(protected, [search], 60.0))
+    # the first search builds the corpus index (seconds alone, minutes on a loaded machine)
+    [(body, record)] = asyncio.run(rollout.call_tools(protected, [search], 600.0))
     assert record.ok and body.startswith("# Search Summary"), record.error
     [reward] = asyncio.run(rewards.score_all(protected, [QUESTION], [RESPONSE], rewards.RewardConfig()))
     assert not reward.abstained and reward.judge == "heuristic" and 0.0 <= reward.base <= 1.0, reward.reason
