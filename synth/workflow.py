@@ -205,7 +205,9 @@ class Workflow:
         if isinstance(call, protocol.WebSearch):
             result = await self.tools.web_search(call.queries, call.num)
         else:
-            result = await self.tools.crawl_page(call.urls, call.goal)
+            # Without goal= the page is summarised for the researcher's think/plan just before this call.
+            context = "".join(f"<{t}>{b}</{t}>" for t, b in r.elements[-4:] if t in ("think", "plan", "observation"))
+            result = await self.tools.crawl_page(call.urls, call.goal, context=context)
         if not result.ok:
             r.errors.append(f"{tag}: {result.error}")
         r.elements.append((tag, body.strip()))
