@@ -47,6 +47,8 @@ def _base() -> ConfigDict:
         temperature=0.7, max_tokens=2048,
         answer_prefix="",               # opens the researcher's last turn (see synth/teachers/openai.py); needs a
                                         # server with vLLM's continue_final_message (oresearcher.serve, vLLM)
+        roles=ConfigDict(dict(          # several teachers: per role, endpoints taking turns (teachers/multi.py);
+            planner=[], researcher=[], summarizer=[])),   # [] -> the teacher above plays the role
     ))
     c.tools = ConfigDict(dict(
         cache_dir="",                   # "" -> $ORESEARCHER_CACHE or ~/.cache/oresearcher
@@ -64,6 +66,11 @@ def _base() -> ConfigDict:
         step_budget=10,                 # research steps per sub-query (PAPER §3)
         min_subtasks=3, max_subtasks=6,
         candidates=3,                   # candidates per question; the judge picks the best valid one
+        selection="trajectory",         # the judge reads the trajectory (coherence, tool use, grounding) and the
+                                        # report (synth/selection.py); "report": the report only
+        min_score=0.0,                  # the chosen candidate's judge overall must reach this (0..1)
+        regenerate=0,                   # rounds of fresh candidates when none is kept (all invalid, all judges
+                                        # abstained, or the best below min_score)
         min_reasoning_steps=10, min_tool_calls=5, max_tokens=65536,   # the hard rules (protocol.validate)
         question_concurrency=16,        # questions in flight per job
         role_chats=False,               # also record the teacher's answers as openai-teacher role chats (SFT data

@@ -78,6 +78,7 @@ class Candidate:
     researches: list
     timings: dict
     role_chats: list = dataclasses.field(default_factory=list)   # [{role, messages}]: teachers/roles.py
+    lineage: dict = dataclasses.field(default_factory=dict)      # who played each role: teachers/multi.py
 
 
 def split_answer(answer: str) -> tuple[str, list[tuple[int, str, str]]]:
