@@ -82,7 +82,11 @@ def write_questions(cfg, args) -> int:
         rows = asyncio.run(generate())
     q.write(rows, args.out)
     print(f"{len(rows)} questions -> {args.out}")
-    return 0 if len(rows) == args.n else 1
+    if len(rows) < args.n:
+        print(f"error: only {len(rows)} of {args.n} questions: the source ran out of new subjects outside the "
+              "evaluation sets (try --source llm, or a smaller --n)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

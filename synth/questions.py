@@ -30,6 +30,7 @@ TEMPLATES = {
 }
 MAX_OVERLAP = 0.5   # share of a question's content words found in one evaluation question: above -> leakage
 _SAMPLE = 400       # articles examined to find the closest kin of one article
+_GIVE_UP = 500      # draws in a row without a new question: that kind has run out of subjects
 MIN_KINSHIP = 0.12  # shared lead words / geometric mean of the two leads' word counts: below -> unrelated
 # A `causes` subject is an event, a process or a condition, not a thing or a place: its title says so, or its
 # first sentence calls it one ("X was a civil war", "X is an infectious disease").
@@ -84,7 +85,8 @@ def _subject(title: str) -> str:
 
 
 def corpus_questions(n: int, *, seed: int = 0, exclude: Exclusions | None = None) -> list[dict]:
-    """`n` questions from the embedded corpus, kinds in turn (module docstring)."""
+    """Up to `n` questions from the embedded corpus, kinds in turn (module docstring); fewer when the corpus
+    runs out of unused subjects."""
     from synth import corpus as corpus_lib
 
     pages = [p for p in corpus_lib.load().pages if len(p.text) > 400 and "(disambiguation)" not in p.title]
@@ -101,28 +103,36 @@ def corpus_questions(n: int, *, seed: int = 0, exclude: Exclusions | None = None
 
     rng, exclude = random.Random(seed), exclude or Exclusions([])
     rows, seen = [], set()
-    for _ in range(n * 200):
-        if len(rows) >= n:
-            break
-        kind = KINDS[len(rows) % len(KINDS)]
-        a = rng.choice(pages)
+    events = [p for p in pages if _is_event(p)]
+    kinds, misses = list(KINDS), dict.fromkeys(KINDS, 0)
+
+    def draw(kind: str) -> dict | None:
+        a = rng.choice(events if kind == "causes" else pages)
         chosen = [a]
-        if kind == "causes" and not _is_event(a):
-            continue
         if kind != "causes":
             others = rng.sample(pages, min(_SAMPLE, len(pages)))
             b = max((p for p in others if p.url != a.url), key=lambda p: kinship(a, p))
             if kinship(a, b) < MIN_KINSHIP:   # no kin in this sample: a pairing would be arbitrary
-                continue
+                return None
             chosen.append(b)
-        subjects = {"a": _subject(a.title), "b": _subject(chosen[-1].title)}
-        question = TEMPLATES[kind].format(**subjects)
+        question = TEMPLATES[kind].format(a=_subject(a.title), b=_subject(chosen[-1].title))
         key = " ".join(sorted(text_lib.content_words(question)))
         urls = [p.url for p in chosen]
         if key in seen or exclude.leaks(question, urls):
-            continue
+            return None
         seen.add(key)
-        rows.append({"id": f"gen-{len(rows) + 1:06d}", "question": question, "kind": kind, "pages": urls})
+        return {"question": question, "kind": kind, "pages": urls}
+
+    while len(rows) < n and kinds:
+        kind = kinds[len(rows) % len(kinds)]   # in turn; a kind that runs out of subjects leaves room to the others
+        row = draw(kind) if kind != "causes" or events else None
+        if row is None:
+            misses[kind] += 1
+            if misses[kind] > _GIVE_UP:
+                kinds.remove(kind)
+            continue
+        misses[kind] = 0
+        rows.append({"id": f"gen-{len(rows) + 1:06d}", **row})
     return rows
 
 

@@ -131,3 +131,18 @@ def test_llm_judge_on_a_reasoning_model_scores():
         stats = dict(server.stats)
     assert not result.abstained and result.overall == pytest.approx(0.7)
     assert stats["ok"] == 1 and stats["refused_max_tokens"] == 1 and stats["refused_temperature"] == 1
+
+
+def test_evaluation_judge_on_a_reasoning_model_reads_its_json():
+    from experiments.eval.judge import Judge
+
+    with ScriptedOpenAI(['Here it is: {"score": 8}'], reasoning=True) as server:
+        judge = Judge.from_endpoint(server.base_url, "o-eval", max_retries=1, backoff=0.001)
+
+        async def main():
+            try:
+                return await judge.ask("Rate it.", lambda data: data["score"], what="rating")
+            finally:
+                await judge.client.aclose()
+        assert asyncio.run(main()) == 8
+        assert server.stats["ok"] == 1 and server.stats["refused_max_tokens"] == 1
