@@ -78,6 +78,10 @@ def test_a_400_for_another_reason_is_not_retried_and_bad_declarations_are_named(
     # Servers that name the field only in their message text.
     assert _refused_param(b'{"error": {"message": "Unsupported parameter: \'top_p\' is not supported"}}') == "top_p"
     assert _refused_param(b"unsupported value: 'temperature'") == "temperature"
+    # A 400 about a value, not about the field being accepted, changes nothing.
+    too_large = {"error": {"message": "max_tokens is too large: 99999. This model supports at most 4096 "
+                                      "completion tokens", "param": "max_tokens", "code": "invalid_value"}}
+    assert _refused_param(json.dumps(too_large).encode()) == ""
 
 
 def test_run_agent_against_a_reasoning_model_writes_reports(tmp_path):
