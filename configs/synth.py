@@ -28,6 +28,18 @@ Presets (each says how to run it and what it reaches):
       accepted, cited trajectory through this preset (5 LLM calls, all to the served model); as shipped it never
       cites. That is memorisation of one question's chats; teaching the roles in general needs many questions.
 
+Real providers (any preset):
+  * reasoning models (o-series, GPT-5, ...) need nothing: the LLM client learns from their first HTTP 400 to send
+    max_completion_tokens and to drop stop/temperature/top_p (stop strings are then applied client-side); an
+    endpoint may declare it up front: {"base_url", "model", "token_param": "max_completion_tokens",
+    "drop_params": ["stop", "temperature", "top_p"]}.
+  * tools.crawl.backend="http" reads HTML main content (trafilatura), PDFs (pypdf) and plain text; "reader" asks a
+    Jina-style reader service (tools.crawl.reader_url, key in $JINA_API_KEY) for JavaScript-heavy pages.
+  * tools.crawl.summary="llm" summarises each page for the researcher's goal with tools.crawl.llm.endpoints (or
+    the openai teacher's); the extractive summary remains the fallback.
+  * teacher.roles.{planner,researcher,summarizer}: endpoint lists taking turns per role (recorded in meta.lineage);
+    workflow.selection/min_score/regenerate: how the judge picks a candidate (synth/selection.py).
+
 Overrides: `--config.workflow.candidates=1`, `--config.service.token_env=SYNTH_TOKEN`, ... (ml_collections).
 """
 from __future__ import annotations
