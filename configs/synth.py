@@ -69,6 +69,8 @@ def _base() -> ConfigDict:
                                serper_key_envs=["SERPER_API_KEY"], timeout=20.0)),
         crawl=ConfigDict(dict(backend="local", allow=[], timeout=20.0, max_bytes=2_000_000, max_redirects=5,
                               summary="extractive", summary_chars=1500, max_urls=5,
+                              summary_tokens=600,   # the summary LLM's limit (a reasoning model thinks within it)
+                              llm=ConfigDict(dict(endpoints=[], timeout=120.0, max_retries=6)),   # summary LLM
                               # backend="reader": a Jina-style reader service (JavaScript-heavy pages)
                               reader_url="https://r.jina.ai/", reader_key_env="JINA_API_KEY")),
     ))

@@ -377,8 +377,9 @@ class LLMClient:
             return True
         if param in DROPPABLE:
             if param not in self._refused[index]:
+                note = " (stop strings are applied by the client)" if param == "stop" else ""
                 log.warning("LLM endpoint %s [%s] refuses %s: no longer sent%s", endpoint.base_url,
-                            endpoint.model, param, " (stop strings are applied by the client)" if param == "stop" else "")
+                            endpoint.model, param, note)
                 self._refused[index].add(param)
             return True
         return False

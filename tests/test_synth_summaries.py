@@ -44,7 +44,7 @@ def crawl(config, url, **kwargs):
 def config_for(tmp_path, page_port, llm_url, summary="llm"):
     return {"cache": False, "cache_dir": str(tmp_path),
             "crawl": {"backend": "http", "allow": [f"127.0.0.1:{page_port}"], "summary": summary,
-                      "llm": {"endpoints": [{"base_url": llm_url, "model": "summarizer"}], "timeout": 5,
+                      "summary_tokens": 900, "llm": {"endpoints": [{"base_url": llm_url, "model": "summarizer"}], "timeout": 5,
                               "max_retries": 1, "backoff": 0.001}}}
 
 
@@ -57,7 +57,9 @@ def test_llm_summary_with_the_goal_from_the_call_or_from_the_preceding_think_and
         url = f"{site.url}/bleaching"
         from_call, owned = crawl(config, url, goal="recovery of corals", context=context)
         from_context, _ = crawl(config, url, context=context)
+        limits = {r.get("max_completion_tokens") for r in llm.requests if "max_tokens" not in r}
     assert owned   # built from the config, closed with the tools
+    assert limits == {900}   # tools.crawl.summary_tokens, sent as the reasoning model wants it
     assert "LLM SUMMARY for goal [recovery of corals]" in from_call.observation
     assert from_call.meta["goal_source"] == "call"
     thoughts = "I need the temperature that bleaches corals. Read the bleaching page."

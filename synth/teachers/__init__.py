@@ -14,8 +14,9 @@ pages they showed. Teachers:
   openai      role prompts (synth/prompts/*.txt) over synth.llm.LLMClient (teachers/openai.py); the `local`
               preset is this teacher pointed at an oresearcher serving endpoint.
 Either is wrapped by teachers/multi.py, which hands each role to the models of teacher.roles in turn (the teacher
-above plays a role without a list) and records who played what; with workflow.role_chats, that is wrapped by teachers/roles.py, which also writes its answers as the role
-chats of the openai teacher (SFT data that teaches a model to be a `local` teacher).
+above plays a role without a list) and records who played what; with workflow.role_chats, that is wrapped by
+teachers/roles.py, which also writes its answers as the role chats of the openai teacher (SFT data that
+teaches a model to be a `local` teacher).
 """
 from __future__ import annotations
 

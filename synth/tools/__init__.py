@@ -123,12 +123,13 @@ class Tools:
     """
 
     def __init__(self, search, crawl, *, cache: ToolCache | None = None, llm=None, summary_chars: int = 1500,
-                 max_urls: int = 5, owns_llm: bool = False):
+                 max_urls: int = 5, owns_llm: bool = False, summary_tokens: int = 600):
         self.search_backend = search
         self.crawl_backend = crawl
         self.cache = cache if cache is not None else ToolCache(None)
         self.llm = llm
         self.owns_llm = owns_llm   # built here from the config: closed by aclose
+        self.summary_tokens = summary_tokens
         self.summary_chars = summary_chars
         self.max_urls = max_urls
         self.stats = {"web_search": 0, "crawl_page": 0, "errors": 0, "summary_fallbacks": 0}
@@ -144,7 +145,8 @@ class Tools:
         of the environment variable with the reader's key) for the reader backend,
         crawl.max_bytes, crawl.max_redirects, crawl.summary "auto" | "extractive" | "llm" (auto: the LLM when
         there is one), crawl.llm {endpoints, timeout, max_retries, ...} (the summary LLM; without it `llm`, else
-        the openai teacher's endpoints of a full config), crawl.summary_chars, crawl.max_urls.
+        the openai teacher's endpoints of a full config), crawl.summary_tokens (the summary LLM's token limit,
+        600; a reasoning model spends its thinking from it too), crawl.summary_chars, crawl.max_urls.
         """
         root = cfg
         cfg = _get(cfg, "tools", cfg)
@@ -195,7 +197,8 @@ class Tools:
         cache = ToolCache(directory / "tools.sqlite") if _get(cfg, "cache", True) else ToolCache(None)
         return cls(search, crawl, cache=cache, llm=None if summary == "extractive" else llm,
                    summary_chars=int(_get(crawl_cfg, "summary_chars", 1500)),
-                   max_urls=int(_get(crawl_cfg, "max_urls", 5)), owns_llm=owns_llm and summary != "extractive")
+                   max_urls=int(_get(crawl_cfg, "max_urls", 5)), owns_llm=owns_llm and summary != "extractive",
+                   summary_tokens=int(_get(crawl_cfg, "summary_tokens", 600)))
 
     # ------------------------------------------------------------------------------------------ web_search
     async def web_search(self, queries: list[str], num: int = 10) -> ToolResult:
@@ -273,7 +276,7 @@ class Tools:
             try:
                 summary, _ = await self.cache.get_or_compute(
                     "summary", f"llm:{self.llm.name}", {"url": page.url, "goal": goal},
-                    lambda: llm_summary(self.llm, page, goal))
+                    lambda: llm_summary(self.llm, page, goal, max_tokens=self.summary_tokens))
                 if summary.strip():
                     notes.append(note | {"kind": "llm"})
                     return page, summary
