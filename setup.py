@@ -35,6 +35,8 @@ INSTALL_REQUIRES = [
     "uvicorn>=0.54.0",
     "pydantic>=2.14.3",
     "bm25s>=0.3.16",                  # the embedded corpus's search index
+    "trafilatura>=2.3.1",             # crawl_page: the main content of an HTML page (menus, banners, footers dropped)
+    "pypdf>=7.1.1",                   # crawl_page: the text of PDF pages
     "tqdm>=4.70.1",                   # progress bars
     "matplotlib>=3.11.2",             # plots written by evaluation, ablations and benchmarks
     # Embedded offline corpus: 10,033 English Wikipedia lead articles (data read at run time, never copied).

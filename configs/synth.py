@@ -30,6 +30,18 @@ Presets (each says how to run it and what it reaches):
       accepted, cited trajectory through this preset (5 LLM calls, all to the served model); as shipped it never
       cites. That is memorisation of one question's chats; teaching the roles in general needs many questions.
 
+Real providers (any preset):
+  * reasoning models (o-series, GPT-5, ...) need nothing: the LLM client learns from their first HTTP 400 to send
+    max_completion_tokens and to drop stop/temperature/top_p (stop strings are then applied client-side); an
+    endpoint may declare it up front: {"base_url", "model", "token_param": "max_completion_tokens",
+    "drop_params": ["stop", "temperature", "top_p"]}.
+  * tools.crawl.backend="http" reads HTML main content (trafilatura), PDFs (pypdf) and plain text; "reader" asks a
+    Jina-style reader service (tools.crawl.reader_url, key in $JINA_API_KEY) for JavaScript-heavy pages.
+  * tools.crawl.summary="llm" summarises each page for the researcher's goal with tools.crawl.llm.endpoints (or
+    the openai teacher's); the extractive summary remains the fallback.
+  * teacher.roles.{planner,researcher,summarizer}: endpoint lists taking turns per role (recorded in meta.lineage);
+    workflow.selection/min_score/regenerate: how the judge picks a candidate (synth/selection.py).
+
 Overrides: `--config.workflow.candidates=1`, `--config.service.token_env=SYNTH_TOKEN`, ... (ml_collections).
 """
 from __future__ import annotations
@@ -49,6 +61,8 @@ def _base() -> ConfigDict:
         temperature=0.7, max_tokens=2048,
         answer_prefix="",               # opens the researcher's last turn (see synth/teachers/openai.py); needs a
                                         # server with vLLM's continue_final_message (oresearcher.serve, vLLM)
+        roles=ConfigDict(dict(          # several teachers: per role, endpoints taking turns (teachers/multi.py);
+            planner=[], researcher=[], summarizer=[])),   # [] -> the teacher above plays the role
     ))
     c.tools = ConfigDict(dict(
         cache_dir="",                   # "" -> $ORESEARCHER_CACHE or ~/.cache/oresearcher
@@ -57,6 +71,8 @@ def _base() -> ConfigDict:
                                serper_key_envs=["SERPER_API_KEY"], timeout=20.0)),
         crawl=ConfigDict(dict(backend="local", allow=[], timeout=20.0, max_bytes=2_000_000, max_redirects=5,
                               summary="extractive", summary_chars=1500, max_urls=5,
+                              summary_tokens=600,   # the summary LLM's limit (a reasoning model thinks within it)
+                              llm=ConfigDict(dict(endpoints=[], timeout=120.0, max_retries=6)),   # summary LLM
                               # backend="reader": a Jina-style reader service (JavaScript-heavy pages)
                               reader_url="https://r.jina.ai/", reader_key_env="JINA_API_KEY")),
     ))
@@ -66,6 +82,11 @@ def _base() -> ConfigDict:
         step_budget=10,                 # research steps per sub-query (PAPER §3)
         min_subtasks=3, max_subtasks=6,
         candidates=3,                   # candidates per question; the judge picks the best valid one
+        selection="trajectory",         # the judge reads the trajectory (coherence, tool use, grounding) and the
+                                        # report (synth/selection.py); "report": the report only
+        min_score=0.0,                  # the chosen candidate's judge overall must reach this (0..1)
+        regenerate=0,                   # rounds of fresh candidates when none is kept (all invalid, all judges
+                                        # abstained, or the best below min_score)
         min_reasoning_steps=10, min_tool_calls=5, max_tokens=65536,   # the hard rules (protocol.validate)
         question_concurrency=16,        # questions in flight per job
         role_chats=False,               # also record the teacher's answers as openai-teacher role chats (SFT data

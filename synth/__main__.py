@@ -2,6 +2,7 @@
 
     python -m synth serve --config=configs/synth.py[:preset] --host 127.0.0.1 --port 8700 [--config.key=value]
     python -m synth run --config=configs/synth.py[:preset] --seeds=seeds.jsonl --out=DIR [--config.key=value]
+    python -m synth questions --n N --out FILE [--source corpus|llm] [--exclude EVAL.jsonl ...]
 """
 from __future__ import annotations
 
@@ -45,10 +46,53 @@ when the environment variable named by service.token_env (SYNTH_TOKEN) is set, a
 loopback address is refused without it (unless --insecure)."""
 
 
+QUESTIONS_HELP = """\
+Write N research questions (comparisons, multi-hop, causes and consequences) as seeds for `run` and for RL,
+from the embedded corpus or from the teacher LLM, none about an article an evaluation question draws on and none
+sharing half its words with one (every experiments/data/*.jsonl, plus --exclude files). See synth/questions.py."""
+
+
+def write_questions(cfg, args) -> int:
+    import asyncio
+
+    from synth import questions as q
+    if args.n < 1:
+        print(f"error: --n {args.n}: give a positive number of questions", file=sys.stderr)
+        return 2
+    try:
+        exclude = q.evaluation_sets(args.exclude)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.source == "corpus":
+        rows = q.corpus_questions(args.n, seed=args.seed, exclude=exclude)
+    else:
+        from synth.llm import LLMClient
+        if not cfg.teacher.endpoints:
+            print("error: --source llm needs teacher endpoints: use --config=configs/synth.py:openai or set "
+                  "--config.teacher.endpoints", file=sys.stderr)
+            return 2
+
+        async def generate():
+            llm = LLMClient.from_config(cfg.teacher)
+            try:
+                return await q.llm_questions(llm, args.n, exclude=exclude, seed=args.seed)
+            finally:
+                await llm.aclose()
+        rows = asyncio.run(generate())
+    q.write(rows, args.out)
+    print(f"{len(rows)} questions -> {args.out}")
+    if len(rows) < args.n:
+        print(f"error: only {len(rows)} of {args.n} questions: the source ran out of new subjects outside the "
+              "evaluation sets (try --source llm, or a smaller --n)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m synth", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,serve}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,serve,questions}")
     config_help = "config file and preset, file.py[:preset] (default: %(default)s, preset embedded)"
     run = sub.add_parser("run", help="synthesize trajectories for a seeds file (resumable)", description=RUN_HELP,
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,6 +110,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8700, help="port to listen on (default: %(default)s)")
     serve.add_argument("--insecure", action="store_true",
                        help="serve on a non-loopback --host without a token (refused otherwise: set SYNTH_TOKEN)")
+    questions = sub.add_parser("questions", help="write research questions (seeds for synthesis and RL)",
+                               description=QUESTIONS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    questions.add_argument("--n", type=int, required=True, help="number of questions")
+    questions.add_argument("--out", required=True, metavar="FILE", help="JSONL {id, question, kind, pages}")
+    questions.add_argument("--source", choices=("corpus", "llm"), default="corpus",
+                           help="the embedded corpus (offline) or the config's teacher LLM (default: %(default)s)")
+    questions.add_argument("--exclude", action="append", default=[], metavar="FILE",
+                           help="a further evaluation set (JSONL with prompt or question) to keep questions out of")
+    questions.add_argument("--seed", type=int, default=0)
+    questions.add_argument("--config", default=DEFAULT, help=config_help)
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for item in rest:
@@ -78,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.command == "questions":
+        return write_questions(cfg, args)
     if args.command == "serve":
         from synth.service import bind_refusal, serve as serve_app
         refusal = bind_refusal(cfg, args.host, args.insecure)

@@ -28,6 +28,9 @@ WORKFLOW_RANGES: dict[str, tuple] = {
     "question_concurrency": (1, 4096),
     "processes": (1, 256),
     "role_chats": (False, True),
+    "selection": ("trajectory", "report"),   # what the judge reads to pick a candidate (synth/selection.py)
+    "min_score": (0.0, 1.0),                 # a chosen candidate must score at least this (judge overall)
+    "regenerate": (0, 8),                    # further rounds of candidates when a round yields none to keep
 }
 # What a request may override: the funnel's knobs, not the operator's resources (concurrency, processes).
 JOB_OVERRIDES = frozenset(WORKFLOW_RANGES) - {"question_concurrency", "processes"}
@@ -43,6 +46,10 @@ def check_value(key: str, value: Any) -> None:
     elif isinstance(allowed[0], str):
         if value not in allowed:
             raise ValueError(f"{name}={value!r}: choose one of {', '.join(allowed)}")
+    elif isinstance(allowed[0], float):
+        low, high = allowed
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ValueError(f"{name}={value!r}: expected a number from {low:g} to {high:g}")
     else:
         low, high = allowed
         if isinstance(value, bool) or not isinstance(value, int):

@@ -1,4 +1,6 @@
-"""The quality funnel (PAPER §4): N candidates per question -> hard rules -> the judge picks the best.
+"""The quality funnel (PAPER §4): N candidates per question -> hard rules -> the judge picks the best, reading the
+trajectory and the report (synth/selection.py); no candidate kept (all invalid, all judges abstained, or the best
+below workflow.min_score) -> up to workflow.regenerate further rounds, then the question is rejected with why.
 
     synth = Synthesizer.from_config(cfg)
     outcome = await synth.synthesize(question, qid)
@@ -27,7 +29,9 @@ from synth import __version__
 from synth.checks import check_workflow
 from synth.config import config_hash
 from synth.llm import Accounting, LLMError
+from synth.selection import score_candidate
 from synth.teachers import ACCOUNTING, TeacherError, make_teacher
+from synth.teachers.multi import CANDIDATE, lineage_json, new_lineage
 from synth.teachers.roles import ROLE_CHATS
 from synth.workflow import Candidate, Workflow
 
@@ -102,18 +106,38 @@ class Synthesizer:
 
     async def aclose_clients(self) -> None:
         """Close the teacher's and judge's LLM clients only (a job's own synthesizer shares the service's tools)."""
-        for client in (getattr(self.teacher, "llm", None), getattr(self.judge, "llm", None)):
+        clients = getattr(self.teacher, "clients", None) or [getattr(self.teacher, "llm", None)]
+        for client in dict.fromkeys([*clients, getattr(self.judge, "llm", None)]):
             if client is not None:
                 await client.aclose()
 
     async def synthesize(self, question: str, qid: str) -> Outcome:
+        """Rounds of `workflow.candidates` candidates (1 + workflow.regenerate at most) until one is kept: it
+        passes the hard rules, the judge scores it (an abstention is no score) and its score is the best of its
+        round and at least workflow.min_score."""
         t0 = time.perf_counter()
         accounting = Accounting()
-        n = int(self.cfg.workflow.candidates)
-        runs = await asyncio.gather(*(self._candidate(question, k, accounting) for k in range(n)),
+        w = self.cfg.workflow
+        n, rounds, min_score = int(w.candidates), 1 + int(w.get("regenerate", 0)), float(w.get("min_score", 0.0))
+        rejections: list[str] = []
+        for round_ in range(rounds):
+            seeds = range(round_ * n, (round_ + 1) * n)   # fresh seeds: a regenerated candidate is a new sample
+            chosen = await self._round(question, qid, seeds, accounting, min_score, rejections)
+            if chosen is not None:
+                k, candidate, verdict = chosen
+                record = self._record(qid, question, candidate, verdict, accounting, rejections, k,
+                                      time.perf_counter() - t0, round_ + 1)
+                return Outcome(record, rejections)
+            if round_ + 1 < rounds:
+                rejections.append(f"round {round_ + 1}: no candidate kept; regenerating")
+        return Outcome(None, rejections)
+
+    async def _round(self, question, qid, seeds, accounting, min_score, rejections):
+        """(k, candidate, verdict) of the round's chosen candidate, or None; every reason goes to `rejections`."""
+        runs = await asyncio.gather(*(self._candidate(question, k, accounting) for k in seeds),
                                     return_exceptions=True)
-        rejections, valid = [], []
-        for k, run in enumerate(runs):
+        valid = []
+        for k, run in zip(seeds, runs):
             if isinstance(run, BaseException):
                 if not isinstance(run, (TeacherError, LLMError)):
                     log.error("candidate %d of %s failed unexpectedly", k, qid, exc_info=run)
@@ -125,29 +149,45 @@ class Synthesizer:
             else:
                 valid.append((k, run))
         if not valid:
-            return Outcome(None, rejections)
-
-        verdicts = await asyncio.gather(*(self.judge.score(question, c.report, c.text) for _, c in valid))
-        scored = [(v.overall if not v.abstained else -1.0, k, c, v) for (k, c), v in zip(valid, verdicts)]
+            return None
+        verdicts = await asyncio.gather(*(self._judge(question, c, accounting) for _, c in valid))
+        scored = []
+        for (k, c), v in zip(valid, verdicts):
+            if v.abstained:
+                rejections.append(f"candidate {k}: judge_abstained: {v.reason}")
+            else:
+                scored.append((v.overall, k, c, v))
+        if not scored:
+            rejections.append(f"all_abstained: the judge abstained on every valid candidate ({len(valid)})")
+            return None
         best = max(scored, key=lambda s: (s[0], -s[1]))
-        for score, k, _, v in scored:
+        if best[0] < min_score:
+            rejections.extend(f"candidate {k}: below_min_score: judge overall {score:.3f} < {min_score:g}"
+                              for score, k, _, _ in scored)
+            return None
+        for score, k, _, _ in scored:
             if k != best[1]:
-                why = f"abstained ({v.reason})" if v.abstained else f"overall {score:.3f}, not above the chosen {best[0]:.3f}"
-                rejections.append(f"candidate {k}: not_selected: judge {why}")
-        _, k, chosen, verdict = best
-        record = self._record(qid, question, chosen, verdict, accounting, rejections, k,
-                              time.perf_counter() - t0)
-        return Outcome(record, rejections)
+                rejections.append(f"candidate {k}: not_selected: judge overall {score:.3f}, "
+                                  f"not above the chosen {best[0]:.3f}")
+        return best[1], best[2], best[3]
+
+    async def _judge(self, question: str, c: Candidate, accounting: Accounting):
+        if self.cfg.workflow.get("selection", "trajectory") == "trajectory":
+            return await score_candidate(self.judge, question, c.report, c.text, accounting=accounting)
+        return await self.judge.score(question, c.report, c.text)
 
     async def _candidate(self, question: str, k: int, accounting: Accounting) -> Candidate:
         ACCOUNTING.set(accounting)   # per task: the LLM calls of this candidate are billed to its question
         chats: list = []
         ROLE_CHATS.set(chats)        # per task too: the role chats of this candidate (workflow.role_chats)
+        lineage = new_lineage()
+        CANDIDATE.set({"k": k, "lineage": lineage})   # which teacher plays each role (teachers/multi.py)
         candidate = await self.workflow.run(question, seed=k)
+        candidate.lineage = lineage_json(lineage)
         candidate.role_chats = [chat for _, chat in sorted(chats, key=lambda oc: oc[0])]
         return candidate
 
-    def _record(self, qid, question, c: Candidate, verdict, accounting, rejections, k, seconds) -> dict:
+    def _record(self, qid, question, c: Candidate, verdict, accounting, rejections, k, seconds, rounds) -> dict:
         text = c.text
         judge = verdict.to_json()
         judge.pop("details", None)
@@ -161,7 +201,8 @@ class Synthesizer:
                          {"role": "assistant", "content": text}],
             "report": c.report,
             "meta": {
-                "teachers": [getattr(self.teacher, "name", "unknown")],
+                "teachers": _teachers(c, self.teacher),
+                "lineage": getattr(c, "lineage", None),
                 "tool_calls": protocol.count_tool_calls(text),
                 "subtasks": len(c.subtasks),
                 "reasoning_steps": sum(1 for s in protocol.parse(text) if s.tag in ("think", "plan")),
@@ -170,6 +211,7 @@ class Synthesizer:
                 "wasted_steps": sum(r.wasted for r in c.researches),
                 "tokens": tokens, "judge": judge, "candidate": k,
                 "candidates": int(self.cfg.workflow.candidates), "rejected_candidates": len(rejections),
+                "rounds": rounds, "selection": self.cfg.workflow.get("selection", "trajectory"),
                 "timings": {**{key: round(v, 4) for key, v in c.timings.items()}, "question_s": round(seconds, 4)},
                 "mode": self.cfg.workflow.mode,
                 "config_hash": self.config_hash, "prompt_hashes": self.prompt_hashes,
@@ -179,6 +221,13 @@ class Synthesizer:
         if self.cfg.workflow.get("role_chats", False):
             record["role_chats"] = c.role_chats
         return record
+
+
+def _teachers(c: Candidate, teacher) -> list[str]:
+    """The distinct teachers that wrote candidate `c` (its lineage), else the teacher's name."""
+    lineage = getattr(c, "lineage", None) or {}
+    names = [lineage.get("planner"), *lineage.get("researchers", []), lineage.get("summarizer")]
+    return list(dict.fromkeys(n for n in names if n)) or [getattr(teacher, "name", "unknown")]
 
 
 async def run_job(store, job_id: str, synth: Synthesizer, *, concurrency: int = 16, progress=None) -> None:

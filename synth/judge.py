@@ -252,8 +252,9 @@ Answer with ONLY a JSON object, no other text:
 "justification": "<one sentence>"}"""
 
 
-def parse_rubric(text: str) -> dict[str, float] | str:
-    """The four 0-10 scores from a judge answer, or a string saying why they cannot be read."""
+def parse_rubric(text: str, keys: tuple[str, ...] = DIMENSIONS) -> dict[str, float] | str:
+    """The 0-10 scores named `keys` (the four RACE dimensions by default) from a judge answer, or a string
+    saying why they cannot be read."""
     cleaned = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip())
     start, end = cleaned.find("{"), cleaned.rfind("}")
     if start < 0 or end <= start:
@@ -265,7 +266,7 @@ def parse_rubric(text: str) -> dict[str, float] | str:
     if not isinstance(data, dict):
         return "judge answer is not a JSON object"
     scores = {}
-    for dimension in DIMENSIONS:
+    for dimension in keys:
         value = data.get(dimension)
         try:
             value = float(value)

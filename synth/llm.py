@@ -57,6 +57,9 @@ DROPPABLE = frozenset({"temperature", "top_p", "stop", "seed", "presence_penalty
                        "logit_bias", "n"})
 TOKEN_PARAMS = ("max_tokens", "max_completion_tokens")
 _NAMED_PARAM = re.compile(r"(?:parameter|value|argument|field)s?:?\s*['\"`]?([a-z_]+)['\"`]?", re.IGNORECASE)
+# What a server says when a field is refused outright (OpenAI, vLLM and pydantic-based servers' wordings).
+_REFUSAL = re.compile(r"unsupported|not supported|does not support|unrecognized|unknown|not permitted|"
+                      r"extra (?:inputs|fields)", re.IGNORECASE)
 MAX_ADAPTATIONS = 8   # adaptations of one call (each drops or renames one field, so this bounds the loop)
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 MAX_RETRY_AFTER = 60.0  # seconds: a longer Retry-After is treated as "try another endpoint, then wait this long"
@@ -192,18 +195,22 @@ class _Refused(_Attempt):
 
 
 def _refused_param(raw: bytes) -> str:
-    """The request field a 400 body names: OpenAI's error.param, else the first quoted name after "parameter"
-    or "value" in the message ("" when none)."""
+    """The request field a 400 body says the model does not accept: OpenAI's error.param, else the first quoted
+    name after "parameter" or "value" in the message; "" when the 400 is about something else (a value out of
+    range, a prompt too long), which dropping a field would not fix."""
     try:
         error = json.loads(raw).get("error")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         error = None
     if isinstance(error, dict):
-        if isinstance(error.get("param"), str) and error["param"]:
-            return error["param"]
-        message = str(error.get("message") or "")
+        message = f"{error.get('code') or ''} {error.get('message') or ''}"
+        param = error.get("param") if isinstance(error.get("param"), str) else ""
     else:
-        message = raw[:500].decode("utf-8", "replace")
+        message, param = raw[:500].decode("utf-8", "replace"), ""
+    if not _REFUSAL.search(message):
+        return ""
+    if param:
+        return param
     match = _NAMED_PARAM.search(message)
     return match.group(1) if match else ""
 
@@ -370,8 +377,9 @@ class LLMClient:
             return True
         if param in DROPPABLE:
             if param not in self._refused[index]:
+                note = " (stop strings are applied by the client)" if param == "stop" else ""
                 log.warning("LLM endpoint %s [%s] refuses %s: no longer sent%s", endpoint.base_url,
-                            endpoint.model, param, " (stop strings are applied by the client)" if param == "stop" else "")
+                            endpoint.model, param, note)
                 self._refused[index].add(param)
             return True
         return False

@@ -5,7 +5,9 @@
     GET    /v1/trajectories?job=ID&after=CURSOR[&follow=true]   NDJSON, one {"cursor", "record"} per line, then
                                     {"cursor", "done": true} once the job is finished; resumable by cursor
     POST   /v1/tools/web_search     {"queries": [...], "num": 10} -> {"observation", "ok", "error", "hits"}
-    POST   /v1/tools/crawl_page     {"urls": [...], "goal": ""}   -> {"observation", "ok", "error", "pages"}
+    POST   /v1/tools/crawl_page     {"urls": [...], "goal": "", "context"?: ""} -> {"observation", "ok", "error",
+                                    "pages", "meta"}   (context: the trajectory before the call; its last
+                                    think/plan is the goal when goal is "")
     POST   /v1/judge                {"question", "report", "trajectory"?, "reference"?}
     GET    /healthz, GET /metrics (Prometheus text), GET /openapi.json
 
@@ -56,6 +58,7 @@ class WebSearchBody(BaseModel):
 class CrawlPageBody(BaseModel):
     urls: list[Annotated[str, Field(max_length=8192)]] = Field(min_length=1, max_length=16)
     goal: str = Field("", max_length=4000)
+    context: str = Field("", max_length=200_000)
 
 
 class JudgeBody(BaseModel):
@@ -269,7 +272,7 @@ def create_app(cfg, *, eager: bool = False) -> FastAPI:
     @app.post("/v1/tools/crawl_page", dependencies=[Depends(authorize)])
     async def crawl_page(body: CrawlPageBody):
         start = time.perf_counter()
-        result = await synthesizer().tools.crawl_page(body.urls, body.goal)
+        result = await synthesizer().tools.crawl_page(body.urls, body.goal, context=body.context)
         metrics.observe("crawl_page", time.perf_counter() - start, result.ok)
         out = result.to_json()
         out.pop("hits", None)

@@ -78,6 +78,7 @@ class Candidate:
     researches: list
     timings: dict
     role_chats: list = dataclasses.field(default_factory=list)   # [{role, messages}]: teachers/roles.py
+    lineage: dict = dataclasses.field(default_factory=dict)      # who played each role: teachers/multi.py
 
 
 def split_answer(answer: str) -> tuple[str, list[tuple[int, str, str]]]:
@@ -205,7 +206,9 @@ class Workflow:
         if isinstance(call, protocol.WebSearch):
             result = await self.tools.web_search(call.queries, call.num)
         else:
-            result = await self.tools.crawl_page(call.urls, call.goal)
+            # Without goal= the page is summarised for the researcher's think/plan just before this call.
+            context = "".join(f"<{t}>{b}</{t}>" for t, b in r.elements[-4:] if t in ("think", "plan", "observation"))
+            result = await self.tools.crawl_page(call.urls, call.goal, context=context)
         if not result.ok:
             r.errors.append(f"{tag}: {result.error}")
         r.elements.append((tag, body.strip()))

@@ -78,6 +78,10 @@ def test_a_400_for_another_reason_is_not_retried_and_bad_declarations_are_named(
     # Servers that name the field only in their message text.
     assert _refused_param(b'{"error": {"message": "Unsupported parameter: \'top_p\' is not supported"}}') == "top_p"
     assert _refused_param(b"unsupported value: 'temperature'") == "temperature"
+    # A 400 about a value, not about the field being accepted, changes nothing.
+    too_large = {"error": {"message": "max_tokens is too large: 99999. This model supports at most 4096 "
+                                      "completion tokens", "param": "max_tokens", "code": "invalid_value"}}
+    assert _refused_param(json.dumps(too_large).encode()) == ""
 
 
 def test_run_agent_against_a_reasoning_model_writes_reports(tmp_path):
@@ -131,3 +135,18 @@ def test_llm_judge_on_a_reasoning_model_scores():
         stats = dict(server.stats)
     assert not result.abstained and result.overall == pytest.approx(0.7)
     assert stats["ok"] == 1 and stats["refused_max_tokens"] == 1 and stats["refused_temperature"] == 1
+
+
+def test_evaluation_judge_on_a_reasoning_model_reads_its_json():
+    from experiments.eval.judge import Judge
+
+    with ScriptedOpenAI(['Here it is: {"score": 8}'], reasoning=True) as server:
+        judge = Judge.from_endpoint(server.base_url, "o-eval", max_retries=1, backoff=0.001)
+
+        async def main():
+            try:
+                return await judge.ask("Rate it.", lambda data: data["score"], what="rating")
+            finally:
+                await judge.client.aclose()
+        assert asyncio.run(main()) == 8
+        assert server.stats["ok"] == 1 and server.stats["refused_max_tokens"] == 1

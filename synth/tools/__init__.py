@@ -7,6 +7,14 @@
     result = await tools.crawl_page(["https://en.wikipedia.org/wiki/Photosynthesis"], goal="how plants fix CO2")
     result.observation   # "# Synthesis Report ..." with one "## [Title](URL)" section per page
     result.pages         # the raw pages (url, title, text) behind the summaries
+    result.meta          # {"goal", "goal_source", "summaries": [{"url", "kind", "fallback"?}]}: how each page
+                         # was summarised (an LLM failure is said here, never inside the observation)
+
+Page summaries (tools.crawl.summary): "extractive" (the page's sentences that match the goal; offline, the
+default), "llm" (a goal-conditioned summary by an LLM: the endpoints of tools.crawl.llm, else the openai
+teacher's), "auto" (the LLM when one is configured). The goal is the call's goal=, else the researcher's think
+and plan just before the call (`context`). When the LLM fails or answers nothing, the extractive summary is
+used and the result's meta says so.
 
 Failures are never hidden and never replaced by made-up content: a query or URL that fails adds an explicit
 protocol.render_error section to the observation, `ok` becomes False and `error` names every failure (the
@@ -19,6 +27,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import re
 from typing import Any
 
 from oresearcher import protocol
@@ -43,12 +52,25 @@ class ToolResult:
     error: str | None = None
     hits: list[SearchHit] = dataclasses.field(default_factory=list)
     pages: list[Page] = dataclasses.field(default_factory=list)
+    meta: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
-        """Interface 5's JSON body ({"observation", "ok", "error", "hits"} or "pages")."""
+        """Interface 5's JSON body ({"observation", "ok", "error", "hits"} or "pages", and "meta")."""
         return {"observation": self.observation, "ok": self.ok, "error": self.error,
                 "hits": [dataclasses.asdict(h) for h in self.hits],
-                "pages": [dataclasses.asdict(p) for p in self.pages]}
+                "pages": [dataclasses.asdict(p) for p in self.pages], "meta": self.meta}
+
+
+_THOUGHT = re.compile(r"<(think|plan)>(.*?)(?:</\1>|$)", re.DOTALL)
+_LAST_OBSERVATION = re.compile(r".*</observation>", re.DOTALL)
+
+
+def goal_from_context(context: str, max_chars: int = 1000) -> str:
+    """The researcher's think/plan after its last observation in `context` (protocol text), as one line: what
+    it was about to read the page for. "" when there is none."""
+    tail = _LAST_OBSERVATION.sub("", context or "")
+    thoughts = " ".join(" ".join(m.group(2).split()) for m in _THOUGHT.finditer(tail))
+    return thoughts[-max_chars:].strip()
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -79,6 +101,18 @@ def _unexpected(error: BaseException) -> str:
     return f"internal tool error ({type(error).__name__})"
 
 
+def _summary_llm_spec(root: Any, crawl_cfg: Any):
+    """The config section of the page-summary LLM: tools.crawl.llm when it has endpoints, else the teacher's
+    section when the teacher is the openai one, else None."""
+    spec = _get(crawl_cfg, "llm", None)
+    if _get(spec, "endpoints", None):
+        return spec
+    teacher = _get(root, "teacher", None)
+    if _get(teacher, "kind", "") == "openai" and _get(teacher, "endpoints", None):
+        return teacher
+    return None
+
+
 class Tools:
     """web_search + crawl_page over pluggable backends, with caching and error observations.
 
@@ -89,11 +123,13 @@ class Tools:
     """
 
     def __init__(self, search, crawl, *, cache: ToolCache | None = None, llm=None, summary_chars: int = 1500,
-                 max_urls: int = 5):
+                 max_urls: int = 5, owns_llm: bool = False, summary_tokens: int = 600):
         self.search_backend = search
         self.crawl_backend = crawl
         self.cache = cache if cache is not None else ToolCache(None)
         self.llm = llm
+        self.owns_llm = owns_llm   # built here from the config: closed by aclose
+        self.summary_tokens = summary_tokens
         self.summary_chars = summary_chars
         self.max_urls = max_urls
         self.stats = {"web_search": 0, "crawl_page": 0, "errors": 0, "summary_fallbacks": 0}
@@ -108,8 +144,11 @@ class Tools:
         crawl.reader_url (default https://r.jina.ai/) and crawl.reader_key_env (default JINA_API_KEY, the NAME
         of the environment variable with the reader's key) for the reader backend,
         crawl.max_bytes, crawl.max_redirects, crawl.summary "auto" | "extractive" | "llm" (auto: the LLM when
-        `llm` is given), crawl.summary_chars, crawl.max_urls.
+        there is one), crawl.llm {endpoints, timeout, max_retries, ...} (the summary LLM; without it `llm`, else
+        the openai teacher's endpoints of a full config), crawl.summary_tokens (the summary LLM's token limit,
+        600; a reasoning model spends its thinking from it too), crawl.summary_chars, crawl.max_urls.
         """
+        root = cfg
         cfg = _get(cfg, "tools", cfg)
         search_cfg, crawl_cfg = _get(cfg, "search", {}), _get(cfg, "crawl", {})
         search_name, crawl_name = _get(search_cfg, "backend", "local"), _get(crawl_cfg, "backend", "local")
@@ -120,8 +159,16 @@ class Tools:
         summary = _get(crawl_cfg, "summary", "auto")
         if summary not in ("auto", "extractive", "llm"):
             raise ValueError(f"tools.crawl.summary={summary!r}: choose 'auto', 'extractive' or 'llm'")
+        owns_llm = False
+        if summary != "extractive" and llm is None:
+            spec = _summary_llm_spec(root, crawl_cfg)
+            if spec is not None:
+                from synth.llm import LLMClient
+
+                llm, owns_llm = LLMClient.from_config(spec), True
         if summary == "llm" and llm is None:
-            raise ValueError("tools.crawl.summary='llm' needs an LLM client (configure summary endpoints)")
+            raise ValueError("tools.crawl.summary='llm' needs an LLM: set tools.crawl.llm.endpoints="
+                             "[{'base_url': ..., 'model': ...}] (or an openai teacher's teacher.endpoints)")
         directory = cache_dir(_get(cfg, "cache_dir", "") or None)
 
         if search_name == "local":
@@ -150,7 +197,8 @@ class Tools:
         cache = ToolCache(directory / "tools.sqlite") if _get(cfg, "cache", True) else ToolCache(None)
         return cls(search, crawl, cache=cache, llm=None if summary == "extractive" else llm,
                    summary_chars=int(_get(crawl_cfg, "summary_chars", 1500)),
-                   max_urls=int(_get(crawl_cfg, "max_urls", 5)))
+                   max_urls=int(_get(crawl_cfg, "max_urls", 5)), owns_llm=owns_llm and summary != "extractive",
+                   summary_tokens=int(_get(crawl_cfg, "summary_tokens", 600)))
 
     # ------------------------------------------------------------------------------------------ web_search
     async def web_search(self, queries: list[str], num: int = 10) -> ToolResult:
@@ -185,15 +233,18 @@ class Tools:
         return [SearchHit(**row) for row in rows]
 
     # ------------------------------------------------------------------------------------------ crawl_page
-    async def crawl_page(self, urls: list[str], goal: str = "") -> ToolResult:
-        """Read every URL (concurrently) and summarise each for the goal into one Synthesis Report."""
+    async def crawl_page(self, urls: list[str], goal: str = "", context: str = "") -> ToolResult:
+        """Read every URL (concurrently) and summarise each for the goal into one Synthesis Report. context: the
+        trajectory text before the call, whose last think/plan is the goal when the call names none."""
         self.stats["crawl_page"] += 1
         urls = list(dict.fromkeys(u.strip() for u in urls if u and u.strip()))
         if not urls:
             return self._failure("crawl_page", "no URL given; write the call body as url=https://a | https://b")
+        goal, source = (goal.strip(), "call") if goal and goal.strip() else (goal_from_context(context), "context")
+        meta = {"goal": goal, "goal_source": source if goal else "none", "summaries": []}
         skipped = [f"{u}: not read (at most {self.max_urls} URLs per call)" for u in urls[self.max_urls:]]
         urls, errors = urls[: self.max_urls], []
-        outcomes = await _gather([self._read_one(u, goal) for u in urls])
+        outcomes = await _gather([self._read_one(u, goal, meta["summaries"]) for u in urls])
         sections, pages = [], []
         for url, outcome in zip(urls, outcomes):
             if isinstance(outcome, (ToolError, BlockedURL)):
@@ -207,7 +258,8 @@ class Tools:
         errors += skipped
         if not pages:
             return self._failure("crawl_page", "; ".join(errors))
-        return self._result("crawl_page", protocol.render_synthesis("\n\n".join(sections)), errors, pages=pages)
+        return self._result("crawl_page", protocol.render_synthesis("\n\n".join(sections)), errors, pages=pages,
+                            meta=meta)
 
     async def fetch_page(self, url: str) -> Page:
         """The raw page (cached); raises ToolError / BlockedURL. The judge checks citations with it."""
@@ -217,16 +269,22 @@ class Tools:
         row, _ = await self.cache.get_or_compute("page", self.crawl_backend.name, {"url": url}, compute)
         return Page(**row)
 
-    async def _read_one(self, url: str, goal: str) -> tuple[Page, str]:
+    async def _read_one(self, url: str, goal: str, notes: list) -> tuple[Page, str]:
         page = await self.fetch_page(url)
+        note: dict = {"url": page.url, "kind": "extractive"}
         if self.llm is not None:
             try:
                 summary, _ = await self.cache.get_or_compute(
                     "summary", f"llm:{self.llm.name}", {"url": page.url, "goal": goal},
-                    lambda: llm_summary(self.llm, page, goal))
-                return page, summary
-            except LLMError:  # the page's own sentences are real content; the LLM's absence is counted
-                self.stats["summary_fallbacks"] += 1
+                    lambda: llm_summary(self.llm, page, goal, max_tokens=self.summary_tokens))
+                if summary.strip():
+                    notes.append(note | {"kind": "llm"})
+                    return page, summary
+                note["fallback"] = "the summary LLM answered nothing"
+            except LLMError as error:  # the page's own sentences are real content; the LLM's failure is said
+                note["fallback"] = f"summary LLM failed: {error.reason[:300]}"
+            self.stats["summary_fallbacks"] += 1
+        notes.append(note)
         # Extractive summaries take microseconds: recomputing beats a disk round trip.
         summary = extractive_summary(page, goal, self.summary_chars)
         return page, summary
@@ -245,10 +303,10 @@ class Tools:
                           error=f"{tool}: " + "; ".join(errors) if errors else None, **found)
 
     async def aclose(self) -> None:
-        for backend in (self.search_backend, self.crawl_backend):
+        for backend in (self.search_backend, self.crawl_backend, self.llm if self.owns_llm else None):
             if hasattr(backend, "aclose"):
                 await backend.aclose()
         self.cache.close()
 
 
-__all__ = ["Page", "SearchHit", "ToolCache", "ToolError", "ToolResult", "Tools"]
+__all__ = ["Page", "SearchHit", "ToolCache", "ToolError", "ToolResult", "Tools", "goal_from_context"]

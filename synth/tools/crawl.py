@@ -192,14 +192,15 @@ SUMMARY_PROMPT = (
     "page: add no outside knowledge. If the page has nothing relevant to the goal, say so in one sentence.")
 
 
-async def llm_summary(llm, page: Page, goal: str, *, max_input_chars: int = 12000, accounting=None) -> str:
+async def llm_summary(llm, page: Page, goal: str, *, max_input_chars: int = 12000, max_tokens: int = 600,
+                      accounting=None) -> str:
     """A goal-conditioned summary written by the LLM client (raises its LLMError after its retries)."""
     messages = [
         {"role": "system", "content": SUMMARY_PROMPT},
         {"role": "user", "content": f"Research goal: {goal or 'general overview'}\nPage title: {page.title}\n"
                                     f"URL: {page.url}\n\nPage text:\n{page.text[:max_input_chars]}"},
     ]
-    result = await llm.chat(messages, temperature=0.0, max_tokens=600, accounting=accounting)
+    result = await llm.chat(messages, temperature=0.0, max_tokens=max_tokens, accounting=accounting)
     return re.sub(r"\n{3,}", "\n\n", result.text.strip())
 
 
