@@ -38,7 +38,7 @@ def abstract_like(tree, shardings=None):
 
 
 class Checkpointer:
-    def __init__(self, directory: str | Path, keep: int = 2, async_save: bool = True):
+    def __init__(self, directory: str | Path, keep: int | None = 2, async_save: bool = True):
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
@@ -72,6 +72,15 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
         return restored["state"], dict(restored["data"] or {})
+
+    def restore_params(self, step: int, target):
+        """Only the "params" subtree of `step`'s state (SFT and RL checkpoints both hold one), placed per
+        `target`'s shardings: the optimizer state is never read (an export needs a third of the memory)."""
+        restored = ocp.PyTreeCheckpointer().restore(
+            self.directory / str(step) / "state",
+            args=ocp.args.PyTreeRestore(item={"params": target}, partial_restore=True,
+                                        restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target})))
+        return restored["params"]
 
     def restore_latest(self, target, log: Callable[[str], None] = print):
         """(step, state, data_state) of the newest kept step that restores onto `target`, None when there is no

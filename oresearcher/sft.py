@@ -37,23 +37,16 @@ def build_model(config, mesh, rules):
     """(model, tokenizer) per config.model: a preset of oresearcher.model.PRESETS (random init, with
     config.model_overrides; tokenizer from config.tokenizer), "gguf:embedded" (SmolLM2-135M-Instruct), or an
     HF directory. config.param_dtype / compute_dtype / remat / attention override the model's own when set."""
-    from oresearcher.model import PRESETS, Decoder, Tokenizer, load_gguf, load_hf, overrides_from
+    from oresearcher.model import PRESETS, Decoder, Tokenizer, load_gguf, load_hf
 
     spec = str(config.model)
-    # dtype / remat / attention overrides apply while loading, so big checkpoints land sharded in their dtype
-    changes = {k: str(config[k]) for k in ("compute_dtype", "remat", "attention") if config.get(k)}
-    dtypes = {"param_dtype": str(config.get("param_dtype") or "float32"),
-              "compute_dtype": changes.pop("compute_dtype", "float32")}
+    changes, dtypes = model_dtypes(config)
     if spec == "gguf:embedded":
         model, tokenizer = load_gguf(mesh=mesh, rules=rules, **dtypes, **changes)
     elif spec in PRESETS:
-        cfg = dataclasses.replace(PRESETS[spec], **{**overrides_from(config.get("model_overrides")), **changes})
-        if config.get("param_dtype"):
-            cfg = dataclasses.replace(cfg, param_dtype=dtypes["param_dtype"])
-        if config.get("compute_dtype"):
-            cfg = dataclasses.replace(cfg, compute_dtype=dtypes["compute_dtype"])
+        cfg = preset_config(config)
         model = Decoder(cfg, rngs=nnx.Rngs(int(config.seed)))
-        tokenizer = _tokenizer(str(config.tokenizer))
+        tokenizer = load_tokenizer(str(config.tokenizer))
         if tokenizer.vocab_size > cfg.vocab_size:
             raise ValueError(f"model preset {spec!r}: vocab_size {cfg.vocab_size} < the tokenizer's "
                              f"{tokenizer.vocab_size}; set --config.model_overrides.vocab_size={tokenizer.vocab_size}")
@@ -68,7 +61,30 @@ def build_model(config, mesh, rules):
     return model, tokenizer
 
 
-def _tokenizer(spec: str):
+def model_dtypes(config) -> tuple[dict, dict]:
+    """(ModelConfig field overrides, {"param_dtype", "compute_dtype"}) from config.param_dtype / compute_dtype /
+    remat / attention: applied while loading, so big checkpoints land sharded in their dtype."""
+    changes = {k: str(config[k]) for k in ("compute_dtype", "remat", "attention") if config.get(k)}
+    dtypes = {"param_dtype": str(config.get("param_dtype") or "float32"),
+              "compute_dtype": changes.pop("compute_dtype", "float32")}
+    return changes, dtypes
+
+
+def preset_config(config):
+    """The ModelConfig of preset config.model with config.model_overrides and the dtype / remat / attention
+    overrides (a preset keeps its own dtypes unless they are set)."""
+    from oresearcher.model import PRESETS, overrides_from
+
+    changes = {k: str(config[k]) for k in ("remat", "attention") if config.get(k)}
+    for key in ("param_dtype", "compute_dtype"):
+        if config.get(key):
+            changes[key] = str(config[key])
+    return dataclasses.replace(PRESETS[str(config.model)],
+                               **{**overrides_from(config.get("model_overrides")), **changes})
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer of an HF directory, or of the embedded GGUF model ("gguf:embedded")."""
     from oresearcher.model import Tokenizer, load_gguf
     if spec == "gguf:embedded":
         return load_gguf()[1]
@@ -321,13 +337,9 @@ def evaluate(trainer: TrainStep, params, eval_batches) -> float:
 
 def _export(config, trainer: TrainStep, state, tokenizer) -> None:
     """Write the final policy in HF layout (config.export_dir), for RL's init_checkpoint and for serving."""
-    if not config.get("export_dir"):
-        return
-    from oresearcher.model import save_hf
-    save_hf(trainer.model(state["params"]), str(config.export_dir))
-    if hasattr(tokenizer, "save"):
-        tokenizer.save(str(config.export_dir))
-    print(f"sft: exported the policy to {config.export_dir}", flush=True)
+    if config.get("export_dir"):
+        from oresearcher.export import write_hf
+        write_hf(trainer.model(state["params"]), tokenizer, str(config.export_dir), log_prefix="sft")
 
 
 def summary(workdir: str | Path) -> list[dict]:

@@ -170,11 +170,8 @@ def run(config) -> dict:
             ckpt.close()
             guard.restore_handlers()
         if config.get("export_dir"):
-            from oresearcher.model import save_hf
-            save_hf(model, str(config.export_dir))
-            if hasattr(tokenizer, "save"):
-                tokenizer.save(str(config.export_dir))
-            print(f"rl: exported the policy to {config.export_dir}", flush=True)
+            from oresearcher.export import write_hf
+            write_hf(model, tokenizer, str(config.export_dir), log_prefix="rl")
     return last
 
 
