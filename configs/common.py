@@ -65,6 +65,9 @@ def base_config() -> ConfigDict:
     c.mesh = dict(MESHES["cpu"])
     c.rules = None               # None = oresearcher.sharding.RULES; else a table from `rules(...)`
     c.peak_flops_per_device = 0.0  # for MFU; 0 = the device kind's known peak (see oresearcher.metrics)
+    c.profile = ConfigDict()
+    c.profile.start_step = 0     # > 0: a JAX profiler trace of steps start_step.. under workdir/profile
+    c.profile.num_steps = 0      # how many steps the trace covers (0 = no trace)
     return c
 
 

@@ -13,8 +13,11 @@
     mfu = tokens_per_sec * flops / (num_devices * peak_flops_per_device(config_value))
     print(parameter_overview(model))                    # clu.parameter_overview's table of the parameters
 
-TensorBoard events are written only when the `tensorboard` package is importable (tensorboardX or torch's
-writer then do the writing); TensorFlow is never required. A resumed run appends to the same metrics.jsonl
+    profiler = StepProfiler(workdir, config.profile)    # a JAX profiler trace of steps start_step.. (off: 0)
+    profiler.before(step + 1); ...update...; profiler.after(step + 1, state)
+
+TensorBoard events are written by tensorboardX when it is installed (or by torch's writer when the `tensorboard`
+package is); TensorFlow is never required. A resumed run appends to the same metrics.jsonl
 after dropping lines beyond the restored step, so the file reads as one uninterrupted run.
 """
 from __future__ import annotations
@@ -151,10 +154,46 @@ def _plain(v):
 
 
 def _tensorboard_writer(logdir: Path):
-    if importlib.util.find_spec("tensorboard") is None:
-        return None
     if importlib.util.find_spec("tensorboardX") is not None:
         from tensorboardX import SummaryWriter
+    elif importlib.util.find_spec("tensorboard") is not None and importlib.util.find_spec("torch") is not None:
+        from torch.utils.tensorboard import SummaryWriter   # needs the tensorboard package, tensorboardX does not
     else:
-        from torch.utils.tensorboard import SummaryWriter
+        return None
     return SummaryWriter(str(logdir))
+
+
+class StepProfiler:
+    """A JAX profiler trace (TensorBoard's profile plugin reads it) of the steps start_step .. start_step +
+    num_steps - 1 (1-based, as logged), written under workdir/profile; inert when either is 0 or the run resumes
+    past them. Every process traces its own devices (one *.xplane.pb per host)."""
+
+    def __init__(self, workdir: str | Path, profile_config=None):
+        cfg = profile_config or {}
+        self.first = int(cfg.get("start_step", 0) or 0)
+        self.last = self.first + int(cfg.get("num_steps", 0) or 0) - 1
+        self.logdir = Path(workdir) / "profile"
+        self.active = False
+
+    def before(self, step: int) -> None:
+        """Call before running the update that produces `step`."""
+        if self.first > 0 and self.last >= self.first and step == self.first:
+            import jax
+            jax.profiler.start_trace(str(self.logdir))
+            self.active = True
+
+    def after(self, step: int, outputs=None) -> None:
+        """Call after the update that produced `step`; `outputs` (any pytree of arrays) are waited for, so the
+        trace holds the device work of the last step and not only its dispatch."""
+        if self.active and step >= self.last:
+            import jax
+            jax.block_until_ready(outputs)
+            self.stop()
+            print(f"profile: steps {self.first}-{self.last} traced to {self.logdir}", flush=True)
+
+    def stop(self) -> None:
+        """End a trace still running (a run stopped inside the traced steps); idempotent."""
+        if self.active:
+            import jax
+            jax.profiler.stop_trace()
+            self.active = False

@@ -245,6 +245,7 @@ def run(config) -> dict:
     flops_per_token = metrics_lib.train_flops_per_token(model_cfg, int(d.seq_len))
     peak = metrics_lib.peak_flops_per_device(float(config.peak_flops_per_device)) * jax.device_count()
     writer = metrics_lib.MetricsWriter(workdir, total_steps, start_step=start, progress=bool(config.progress))
+    profiler = metrics_lib.StepProfiler(workdir, config.get("profile"))
     last, window_tokens, window_start = {}, 0, time.perf_counter()
     window = metrics_lib.WindowMeans.empty()
     step = start
@@ -255,8 +256,10 @@ def run(config) -> dict:
                 print(f"sft: {guard.signal_name} at step {step}: checkpoint saved, exiting", flush=True)
                 return last
             batch = trainer.put_batch(next(batches))
+            profiler.before(step + 1)
             state, m = trainer.step(state, batch)
             step += 1
+            profiler.after(step, m)
             m = jax.device_get(m)
             check_finite(step, m, ("loss", "grad_norm", "param_norm"))  # before this state can be checkpointed
             window = window.merge(metrics_lib.WindowMeans.single_from_model_output(**m))
@@ -280,6 +283,7 @@ def run(config) -> dict:
         ckpt.wait()  # a save started before the bad step finishes, so the message names a complete checkpoint
         raise NonFiniteError(f"{e} Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}.") from None
     finally:
+        profiler.stop()
         writer.close()
         ckpt.close()
         guard.restore_handlers()

@@ -125,6 +125,7 @@ def run(config) -> dict:
         start, _ = _restore(ckpt, model, optimizer)
         _keep_episodes_until(workdir / "episodes.jsonl", start)
         writer = metrics_lib.MetricsWriter(workdir, total_steps, start_step=start, progress=False)
+        profiler = metrics_lib.StepProfiler(workdir, config.get("profile"))
         print(f"rl: synth service at {synth_url}; workdir {workdir}", flush=True)
 
         # ---------------------------------------------------------------- RL loop
@@ -137,6 +138,7 @@ def run(config) -> dict:
                     print(f"rl: {guard.signal_name} at step {step - 1}: checkpoint saved, exiting", flush=True)
                     return last
                 t_step = time.perf_counter()
+                profiler.before(step)       # the trace covers the whole step: rollout, judge and update
                 picks = [questions[order[(step * q + i) % len(order)]] for i in range(q)]
                 # rollout: G episodes per question, tools over HTTP
                 episodes, timings = rollout(sampler, tokenizer, picks, synth_url, rcfg,
@@ -154,6 +156,7 @@ def run(config) -> dict:
                 train_metrics = _update(model, optimizer, ref_model, episodes, adv.reshape(-1), keep.reshape(-1),
                                         gcfg, config, mesh, np.random.default_rng(int(config.seed) + step))
                 timings["time/train"] = time.perf_counter() - t0
+                profiler.after(step, nnx.state(model, nnx.Param))
                 if jax.process_index() == 0:
                     _log_episodes(workdir / "episodes.jsonl", step, episodes, scored, adv.reshape(-1),
                                   keep.reshape(-1))
@@ -166,6 +169,7 @@ def run(config) -> dict:
                 if step % int(config.checkpoint_every) == 0 or step == total_steps:
                     ckpt.save(step, _train_state(model, optimizer), {"step": step})
         finally:
+            profiler.stop()
             writer.close()
             ckpt.close()
             guard.restore_handlers()
