@@ -9,7 +9,8 @@ Orbax's CheckpointManager writes step directories atomically (a step that was be
 never the one restored) and deletes all but the newest `keep`. `target` is a pytree of jax.ShapeDtypeStruct with
 `.sharding` set (see `abstract_like`): restoring reads each shard straight onto those devices, so a checkpoint
 written on one mesh restores onto another (8 devices -> 1, FSDP -> tensor parallel) without a host gather.
-The data state is JSON, so the resumed run sees the very same batches in the same order.
+The data state is JSON, so the resumed run sees the very same batches in the same order. The directory may be
+a cloud URL (gs://bucket/run/checkpoints): orbax writes there directly.
 
 `restore_latest` resumes from the newest step that restores: a damaged step (a file truncated or lost after its
 write was committed) is reported in one line and the previous kept step is used, and the damaged step is
@@ -18,12 +19,14 @@ naming the checkpoint directory and both model sizes, before anything is read.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from oresearcher import paths
 
 
 class CheckpointError(RuntimeError):
@@ -38,8 +41,8 @@ def abstract_like(tree, shardings=None):
 
 
 class Checkpointer:
-    def __init__(self, directory: str | Path, keep: int | None = 2, async_save: bool = True):
-        self.directory = Path(directory).absolute()
+    def __init__(self, directory: str | os.PathLike, keep: int | None = 2, async_save: bool = True):
+        self.directory = paths.absolute(directory)   # gs://bucket/run/checkpoints stays a bucket path
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         # handlers named up front so that a step's metadata (its shapes) can be read before any restore

@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from oresearcher import checkpoint as checkpoint_lib, sharding
+from oresearcher import checkpoint as checkpoint_lib, paths, sharding
 
 
 class ExportError(ValueError):
@@ -41,7 +41,7 @@ def run_config(workdir: str | Path):
     """The ConfigDict a run saved in workdir/config.json."""
     from ml_collections import ConfigDict
 
-    path = Path(workdir) / "config.json"
+    path = paths.path(workdir) / "config.json"   # the workdir may be a cloud URL (gs://bucket/run)
     if not path.exists():
         raise ExportError(f"{path} not found: --workdir must be the workdir of an SFT or RL run "
                           "(python -m oresearcher.train writes config.json there)")
@@ -74,7 +74,7 @@ def restore_policy(workdir: str | Path, step: int | None = None, mesh=None):
     run in `workdir`, sharded on `mesh` (default: fsdp over every device)."""
     from oresearcher.model import Decoder
 
-    workdir = Path(workdir)
+    workdir = paths.path(workdir)
     config = run_config(workdir)
     ckpt_dir = workdir / "checkpoints"
     steps = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) if ckpt_dir.is_dir() else []

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import math
 import sys
 import time
@@ -101,14 +100,15 @@ class MetricsWriter:
 
         # In a multi-host run every process computes the same global metrics; only the first one writes them.
         self.primary = jax.process_index() == 0
-        self.path = Path(workdir) / "metrics.jsonl" if self.primary else Path(os.devnull)
+        from oresearcher import paths
+
+        self.path = paths.path(workdir) / "metrics.jsonl"   # local, or a cloud URL (gs://bucket/run)
+        self._tb, self._bar = None, None
         if not self.primary:
-            self._file, self._tb, self._bar = open(os.devnull, "a"), None, None
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._truncate_after(start_step)
-        self._file = open(self.path, "a")
-        self._tb = _tensorboard_writer(Path(workdir) / "tensorboard")
+        self._tb = _tensorboard_writer(self.path.parent / "tensorboard")
         self._bar = None
         if progress:
             from tqdm import tqdm
@@ -125,8 +125,10 @@ class MetricsWriter:
 
     def write(self, step: int, metrics: dict) -> None:
         row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        if not self.primary:
+            return
+        from oresearcher import paths
+        paths.append_text(self.path, json.dumps(row) + "\n")   # on disk at once: a killed run keeps its lines
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):
@@ -140,7 +142,6 @@ class MetricsWriter:
             self._bar.update(step - self._bar.n)
 
     def close(self) -> None:
-        self._file.close()
         if self._tb is not None:
             self._tb.close()
         if self._bar is not None:
@@ -172,7 +173,8 @@ class StepProfiler:
         cfg = profile_config or {}
         self.first = int(cfg.get("start_step", 0) or 0)
         self.last = self.first + int(cfg.get("num_steps", 0) or 0) - 1
-        self.logdir = Path(workdir) / "profile"
+        from oresearcher import paths
+        self.logdir = paths.path(workdir) / "profile"
         self.active = False
 
     def before(self, step: int) -> None:

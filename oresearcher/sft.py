@@ -26,7 +26,7 @@ import optax
 from flax import nnx
 
 from oresearcher import checkpoint as checkpoint_lib
-from oresearcher import losses, metrics as metrics_lib, optim, sharding
+from oresearcher import losses, metrics as metrics_lib, optim, paths, sharding
 from oresearcher.preemption import NonFiniteError, PreemptionGuard, check_finite
 
 BATCH_KEYS = ("input_ids", "targets", "loss_mask", "positions", "segment_ids")
@@ -50,7 +50,7 @@ def build_model(config, mesh, rules):
         if tokenizer.vocab_size > cfg.vocab_size:
             raise ValueError(f"model preset {spec!r}: vocab_size {cfg.vocab_size} < the tokenizer's "
                              f"{tokenizer.vocab_size}; set --config.model_overrides.vocab_size={tokenizer.vocab_size}")
-    elif Path(spec).is_dir():
+    elif paths.path(spec).is_dir():
         model, tokenizer = load_hf(spec, mesh=mesh, rules=rules, **dtypes, **changes), Tokenizer.from_dir(spec)
     else:
         raise ValueError(f"config.model={spec!r}: use a preset ({sorted(PRESETS)}), 'gguf:embedded' or an HF "
@@ -204,7 +204,7 @@ def _moment_shardings(opt_state, params, param_sh, mesh):
 def run(config) -> dict:
     """Train per `config` (configs/sft.py); returns the last logged metrics. Exits early (returning) on SIGTERM
     after saving a checkpoint; raises NonFiniteError on a NaN/Inf loss with the last good checkpoint kept."""
-    workdir = Path(config.workdir)
+    workdir = paths.path(config.workdir)   # a local directory or a cloud URL (gs://bucket/run)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
     guard = PreemptionGuard()  # before anything slow, so an early SIGTERM is seen at the first step boundary
@@ -348,5 +348,5 @@ def _export(config, trainer: TrainStep, state, tokenizer) -> None:
 
 def summary(workdir: str | Path) -> list[dict]:
     """The metrics.jsonl rows of a run (for tests and plots)."""
-    path = Path(workdir) / "metrics.jsonl"
+    path = paths.path(workdir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -127,10 +127,13 @@ def read_records(path_or_url: str | os.PathLike, on_bad_record: str = "skip", *,
 
 
 def _jsonl(path: str):
-    if not Path(path).exists():
+    from oresearcher import paths
+
+    file = paths.path(path)   # a local file or a cloud URL (gs://bucket/data.jsonl)
+    if not file.exists():
         raise FileNotFoundError(f"{path}: no such file (expected JSONL trajectories)")
     # bytes, decoded line by line: one bad byte is one bad record (named), not the end of the whole read
-    with open(path, "rb") as f:
+    with file.open("rb") as f:
         for n, raw in enumerate(f, 1):
             where = f"{path} line {n}"
             try:

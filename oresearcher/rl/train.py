@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from oresearcher import checkpoint as checkpoint_lib, metrics as metrics_lib, optim, sharding
+from oresearcher import checkpoint as checkpoint_lib, metrics as metrics_lib, optim, paths, sharding
 from oresearcher.preemption import PreemptionGuard, check_finite
 from oresearcher.rl import grpo, rewards as rewards_lib
 from oresearcher.rl.rollout import RolloutConfig, make_generator, rollout, to_batch
@@ -62,8 +62,8 @@ def _restore(ckpt, model, optimizer) -> tuple[int, dict]:
 # ------------------------------------------------------------------------------------------------ inputs
 def load_questions(path: str) -> list[str]:
     """Questions from JSONL ({"question": ...} per line) or plain text (one per line)."""
-    p = Path(path)
-    if not p.exists() and not p.is_absolute():
+    p = paths.path(path)
+    if not paths.is_cloud(path) and not p.exists() and not p.is_absolute():
         p = Path(__file__).resolve().parents[2] / path      # configs/... relative to the repository
     if not p.exists():
         raise FileNotFoundError(f"rl questions file {path} does not exist; set --config.questions=FILE "
@@ -94,7 +94,7 @@ def load_policy(config, mesh, workdir: Path):
 # -------------------------------------------------------------------------------------------------- run
 def run(config) -> dict:
     """GRPO per `config` (configs/rl.py); returns the last step's metrics. On SIGTERM: checkpoint, return."""
-    workdir = Path(config.workdir)
+    workdir = paths.path(config.workdir)   # a local directory or a cloud URL (gs://bucket/run)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
     guard = PreemptionGuard()
@@ -205,22 +205,21 @@ def _update(model, optimizer, ref_model, episodes, adv, keep, gcfg, config, mesh
     return result
 
 
-def _keep_episodes_until(path: Path, step: int) -> None:
+def _keep_episodes_until(path, step: int) -> None:
     """On resume from checkpoint `step`, drop the episodes logged after it (those steps run again)."""
     if path.exists():
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
         path.write_text("".join(x for x in lines if json.loads(x)["step"] <= step), encoding="utf-8")
 
 
-def _log_episodes(path: Path, step, episodes, scored, adv, keep) -> None:
+def _log_episodes(path, step, episodes, scored, adv, keep) -> None:
     """Append this step's episodes: what the policy wrote and how it was scored (for reading samples)."""
-    with open(path, "a", encoding="utf-8") as f:
-        for e, r, a, k in zip(episodes, scored, adv, keep):
-            f.write(json.dumps({"step": step, "group": e.group, "question": e.question, "response": e.response,
-                                "finish": e.finish, "reward": r.total, "reward/base": r.base, "reward/tool": r.tool,
-                                "reward/format": r.format, "abstained": r.abstained, "judge": r.judge,
-                                "advantage": float(a), "kept": bool(k),
-                                "tool_calls": [c.tool for c in e.tool_calls]}, ensure_ascii=False) + "\n")
+    lines = [json.dumps({"step": step, "group": e.group, "question": e.question, "response": e.response,
+                         "finish": e.finish, "reward": r.total, "reward/base": r.base, "reward/tool": r.tool,
+                         "reward/format": r.format, "abstained": r.abstained, "judge": r.judge,
+                         "advantage": float(a), "kept": bool(k), "tool_calls": [c.tool for c in e.tool_calls]},
+                        ensure_ascii=False) + "\n" for e, r, a, k in zip(episodes, scored, adv, keep)]
+    paths.append_text(path, "".join(lines))
 
 
 def _step_metrics(step, episodes, scored, keep, timings, train_metrics) -> dict:

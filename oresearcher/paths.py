@@ -1,0 +1,38 @@
+"""Paths that may name cloud storage: `gs://bucket/run` works wherever a local directory does.
+
+    from oresearcher import paths
+    workdir = paths.path(config.workdir)          # etils.epath.Path: pathlib's API over local disk, gs://, s3://
+    ckpt_dir = paths.absolute(workdir / "checkpoints")   # local: made absolute; gs://bucket/x: unchanged
+
+etils.epath (installed with orbax) reads and writes cloud URLs through its backends (gcsfs or tf.io.gfile);
+pathlib would turn `gs://B/x` into `gs:/B/x`, and `.absolute()` of either into `/cwd/gs:/B/x`.
+"""
+from __future__ import annotations
+
+import os
+
+from etils import epath
+
+
+def is_cloud(p: str | os.PathLike) -> bool:
+    """True for a URL with a scheme (gs://, s3://, ...): a path that is already absolute and not on local disk."""
+    return "://" in os.fspath(p)
+
+
+def path(p: str | os.PathLike) -> epath.Path:
+    return epath.Path(p)
+
+
+def absolute(p: str | os.PathLike) -> epath.Path:
+    """A local path made absolute (resolved against the working directory); a cloud URL as it is."""
+    return epath.Path(p) if is_cloud(p) else epath.Path(os.path.abspath(os.fspath(p)))
+
+
+def append_text(p: epath.Path, text: str) -> None:
+    """Append `text` to the file at `p` (created if absent). Object stores have no append: there the file is
+    rewritten whole, which suits the small logs written this way (one line per logged step)."""
+    if is_cloud(p):
+        p.write_text((p.read_text(encoding="utf-8") if p.exists() else "") + text, encoding="utf-8")
+    else:
+        with open(os.fspath(p), "a", encoding="utf-8") as f:
+            f.write(text)
