@@ -1,4 +1,6 @@
 """Any saved step of an SFT or RL run as an HF directory (config.json + safetensors + tokenizer files).
+The workdir and the output may be cloud URLs (gs://bucket/run); the run's model, when an HF directory, must be
+readable on this host.
 
     python -m oresearcher.export --workdir=/tmp/sft --out=/tmp/sft-step200               # the newest step
     python -m oresearcher.export --workdir=/tmp/sft --step=100 --out=/tmp/sft-step100
@@ -26,12 +28,25 @@ class ExportError(ValueError):
     """The workdir has no config.json or checkpoints, or not the requested step."""
 
 
-def write_hf(model, tokenizer, out: str | Path, *, log_prefix: str = "export") -> Path:
+def write_hf(model, tokenizer, out: str | Path, *, log_prefix: str = "export"):
     """Write `model` (an oresearcher Decoder) and `tokenizer` to `out` in HF layout; every process of a multi-host
-    job must call it (each parameter is gathered to process 0, which writes)."""
+    job must call it (each parameter is gathered to process 0, which writes). A cloud URL (gs://bucket/policy)
+    is written through a local temporary directory, one file copied up at a time."""
+    import tempfile
+
     from oresearcher.model import save_hf
 
-    path = save_hf(model, out, tokenizer=tokenizer if hasattr(tokenizer, "save") else None)
+    tokenizer = tokenizer if hasattr(tokenizer, "save") else None
+    if not paths.is_cloud(out):
+        path = save_hf(model, out, tokenizer=tokenizer)
+    else:
+        with tempfile.TemporaryDirectory(prefix="oresearcher-export-") as local:
+            save_hf(model, local, tokenizer=tokenizer)
+            path = paths.path(out)
+            if jax.process_index() == 0:
+                path.mkdir(parents=True, exist_ok=True)
+                for f in sorted(Path(local).iterdir()):
+                    paths.path(f).copy(path / f.name, overwrite=True)
     if jax.process_index() == 0:
         print(f"{log_prefix}: exported the policy to {out}", flush=True)
     return path
