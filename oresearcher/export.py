@@ -76,12 +76,12 @@ def model_config(config):
     if spec == "gguf:embedded":
         model, tokenizer = load_gguf(**dtypes, **changes)
         return model.cfg, tokenizer
-    hf_config = Path(spec) / "config.json"
+    hf_config = paths.path(spec) / "config.json"
     if not hf_config.exists():
         raise ExportError(f"the run's model {spec!r} is neither a preset, 'gguf:embedded' nor an HF directory "
                           f"readable here ({hf_config} not found); export on a host that can read it")
     cfg = from_hf_config(json.loads(hf_config.read_text()), where=str(hf_config), **dtypes, **changes)
-    return cfg, Tokenizer.from_dir(spec)
+    return cfg, Tokenizer.from_dir(paths.local_copy(spec, skip_suffixes=(".safetensors",)))  # no weights
 
 
 def restore_policy(workdir: str | Path, step: int | None = None, mesh=None):

@@ -36,3 +36,24 @@ def append_text(p: epath.Path, text: str) -> None:
     else:
         with open(os.fspath(p), "a", encoding="utf-8") as f:
             f.write(text)
+
+
+def local_copy(directory: str | os.PathLike, cache_root: str | os.PathLike | None = None,
+               skip_suffixes: tuple[str, ...] = ()) -> str:
+    """A local directory with the files of `directory`: itself when local; for a cloud URL, a copy under
+    `cache_root` ($ORESEARCHER_CACHE or ~/.cache/oresearcher)/models/<bucket>/<path>, made once (a file already
+    there with the same size is kept; files ending in `skip_suffixes` are not copied). Safetensors are
+    memory-mapped, which needs a local file."""
+    if not is_cloud(directory):
+        return os.fspath(directory)
+    root = cache_root or os.environ.get("ORESEARCHER_CACHE") or os.path.expanduser("~/.cache/oresearcher")
+    source = epath.Path(directory)
+    local = epath.Path(root) / "models" / os.fspath(directory).split("://", 1)[1]
+    local.mkdir(parents=True, exist_ok=True)
+    for f in source.iterdir():
+        if f.is_dir() or f.name.endswith(skip_suffixes):
+            continue
+        target = local / f.name
+        if not (target.exists() and target.stat().length == f.stat().length):
+            f.copy(target, overwrite=True)
+    return os.fspath(local)

@@ -51,7 +51,8 @@ def build_model(config, mesh, rules):
             raise ValueError(f"model preset {spec!r}: vocab_size {cfg.vocab_size} < the tokenizer's "
                              f"{tokenizer.vocab_size}; set --config.model_overrides.vocab_size={tokenizer.vocab_size}")
     elif paths.path(spec).is_dir():
-        model, tokenizer = load_hf(spec, mesh=mesh, rules=rules, **dtypes, **changes), Tokenizer.from_dir(spec)
+        local = paths.local_copy(spec)   # gs://bucket/model: copied to this host's cache once (memory-mapped)
+        model, tokenizer = load_hf(local, mesh=mesh, rules=rules, **dtypes, **changes), Tokenizer.from_dir(local)
     else:
         raise ValueError(f"config.model={spec!r}: use a preset ({sorted(PRESETS)}), 'gguf:embedded' or an HF "
                          "directory (config.json + safetensors + tokenizer)")

@@ -54,6 +54,16 @@ def test_each_sft_step_exports_to_a_loadable_hf_directory(sft_workdir, tmp_path)
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "D2")
     assert tokenizer("hello world")["input_ids"]
 
+    # a run whose model is an HF directory (here D2, the same shapes) rebuilds it from that directory's config
+    hf_run = tmp_path / "hf_run"
+    hf_run.mkdir()
+    config = json.loads((sft_workdir / "config.json").read_text())
+    (hf_run / "config.json").write_text(json.dumps({**config, "model": str(tmp_path / "D2"), "tokenizer": ""}))
+    (hf_run / "checkpoints").symlink_to(sft_workdir / "checkpoints")
+    export.export(hf_run, tmp_path / "D3", step=1)
+    np.testing.assert_array_equal(_hf_weights(tmp_path / "D3")["model.embed_tokens.weight"],
+                                  d1["model.embed_tokens.weight"])
+
 
 def test_newest_step_by_default_and_clear_errors(sft_workdir, tmp_path):
     model, _, step = export.restore_policy(sft_workdir)

@@ -22,3 +22,8 @@ def test_local_paths_through_the_same_code(tmp_path, monkeypatch):
     paths.append_text(log, "é 1\n")
     paths.append_text(log, "2\n")
     assert log.read_text(encoding="utf-8") == "é 1\n2\n"
+
+
+def test_a_local_model_directory_is_used_in_place(tmp_path):
+    assert paths.local_copy(tmp_path) == str(tmp_path)
+    assert paths.local_copy(paths.path(tmp_path), skip_suffixes=(".safetensors",)) == str(tmp_path)

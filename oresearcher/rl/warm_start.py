@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 # ------------------------------------------------------------------------------------------------ policy
 def _load_weights(model, directory: str, mesh, rules):
+    from oresearcher import paths
     from oresearcher.model import load_hf
-    loaded = load_hf(directory, mesh=mesh, rules=rules)
+    loaded = load_hf(paths.local_copy(directory), mesh=mesh, rules=rules)   # gs:// is copied to the host once
     nnx.update(model, nnx.state(loaded, nnx.Param))
     return model
 
