@@ -116,6 +116,8 @@ def run(config) -> dict:
     # The synth service (tools + judge) lives for the whole run; a subprocess is stopped on the way out.
     with synth_service(config) as synth_url, jax.set_mesh(mesh):
         model, tokenizer = load_policy(config, mesh, workdir)
+        if jax.process_index() == 0:
+            print(metrics_lib.parameter_overview(model), flush=True)
         ref_model = load_policy(config, mesh, workdir)[0] if gcfg.kl_beta else None   # the frozen start
         optimizer = make_optimizer(model, config)
         sampler = make_generator(model, tokenizer, config.rollout, int(config.questions_per_step) * rcfg.group_size)
