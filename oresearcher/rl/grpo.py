@@ -331,6 +331,20 @@ def _split_rows(x, k: int):
     return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
 
 
+def _pin_like(params, model):
+    """tree -> tree with every leaf constrained to the sharding of its parameter: the gradient accumulator of the
+    microbatch scan is otherwise free to be replicated (a whole fp32 copy of the model on every device)."""
+    if model.mesh is None:
+        return lambda tree: tree
+    shardings = jax.tree.leaves(sharding.param_shardings(params, model.mesh, model.rules))
+
+    def pin(tree):
+        leaves, treedef = jax.tree.flatten(tree)
+        return jax.tree.unflatten(treedef, [jax.lax.with_sharding_constraint(x, s)
+                                            for x, s in zip(leaves, shardings)])
+    return pin
+
+
 def update_fn(graphdef, cfg: GRPOConfig, microbatches: int = 1):
     """The pure GRPO update update(state, batch) -> (state, metrics), with state = nnx.state((model, optimizer)).
 
@@ -362,13 +376,16 @@ def update_fn(graphdef, cfg: GRPOConfig, microbatches: int = 1):
             (loss, metrics), grads = grad_fn(params, batch)
         else:
             micro = jax.tree.map(lambda x: _split_rows(x, microbatches), batch)
+            pin = _pin_like(params, model)
 
             def body(carry, mb):
                 (loss, metrics), grads = grad_fn(params, mb)
-                return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
+                loss, metrics, grads = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
+                return (loss, metrics, pin(grads)), None
 
             (loss0, metrics0), grads0 = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro))
             zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), (loss0, metrics0, grads0))
+            zeros = (zeros[0], zeros[1], pin(zeros[2]))
             (loss, metrics, grads), _ = jax.lax.scan(body, zeros, micro)
             grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         optimizer.update(model, grads)
