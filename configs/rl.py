@@ -251,7 +251,9 @@ def qwen72b_v5p128() -> ConfigDict:
     episode's tokens split over 4 chips (ring attention), fp32 weights and Adam moments over all 64
     (fsdp 16 x sequence 4; RL's lr 1e-6 updates vanish in bf16 weights), 4 optimizer steps of 128 episodes, each
     accumulated over microbatches of 16 episodes (one per fsdp group).
-    AOT: python -m oresearcher.aot --config=configs/rl.py:qwen2.5-72b-v5p-128."""
+    AOT: python -m oresearcher.aot --config=configs/rl.py:qwen2.5-72b-v5p-128 -> does NOT fit yet: XLA:TPU
+    refuses with 341.35 GiB of temporaries per chip (BUILD.md section 5), against 56 GiB for the SFT step of the
+    same layout (configs/sft.py:qwen2.5-72b-v5p128-64k); what holds the difference is still to be found."""
     c = qwen_gpu8()
     c.model = "gs://your-bucket/qwen2.5-72b-sft"
     c.mesh = dict(common.MESHES["v5p-128-cp4"])
