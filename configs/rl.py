@@ -32,9 +32,13 @@ Presets (each says how to run it and what it should reach):
       are scattered sampling slips at temperature 1.0.
   qwen2.5-7b-gpu8     one 8xH100 host: FSDP over 8 GPUs, the paper's RL settings (group 8, lr 1e-6, no KL,
       clip 0.2/0.28, temperature 1.0, <= 25 turns, 0.6/0.2/0.2), 32k-token episodes. Set init_checkpoint to the
-      SFT export and synth_url to a synth service with real tools and an LLM judge.
-  qwen2.5-72b-v5p-256 a TPU v5p-256 slice (configs/common.py MESHES["v5p-256"]: data 2 x fsdp 64), bf16, full
-      remat, 64k-token episodes, 64 questions x group 8 per step: the paper's 72B RL run.
+      SFT export and synth_url to a synth service with real tools and an LLM judge. Each of the 4 optimizer
+      steps accumulates its gradient over microbatches of grpo.microbatch_tokens (one episode per GPU).
+  qwen2.5-72b-v5p-128 a TPU v5p-128 slice (64 chips: fsdp 16 x sequence 4, ring attention), fp32 weights, bf16
+      compute, full remat, 64k-token episodes, 64 questions x group 8 per step: the paper's 72B RL run.
+  qwen2.5-72b-v5p-256 the same on a v5p-256 slice (128 chips: fsdp 32 x sequence 4).
+  Every accelerator preset names its target (aot_target): `python -m oresearcher.aot --config=configs/rl.py:PRESET`
+  compiles its update for that target and ends with `fits: yes|no (peak X GiB of Y GiB)` (BUILD.md section 5).
 """
 from pathlib import Path
 
@@ -61,6 +65,8 @@ def _base() -> ConfigDict:
     c.model_overrides = common.model_overrides()  # any ModelConfig field, replaced on a preset model
     c.init_checkpoint = ""              # an SFT result: HF directory (save_hf export) or SFT workdir
     c.export_dir = ""                   # write the final policy here in HF layout (save_hf), if set
+    c.aot_target = ""                   # the accelerator an accelerator preset is sized for: `python -m
+                                        # oresearcher.aot --config=configs/rl.py:PRESET` compiles for it
 
     c.synth_url = ""                    # empty: start `python -m synth serve` on loopback for the run
     c.synth_config = "configs/synth.py"
@@ -116,6 +122,12 @@ def _base() -> ConfigDict:
     c.grpo.kl_beta = 0.0                # > 0 adds beta * k3 KL to the initial policy
     c.grpo.epochs = 1
     c.grpo.minibatches = 2              # optimizer steps per epoch over one rollout batch
+    c.grpo.microbatch_tokens = 0        # > 0: each optimizer step accumulates gradients over microbatches of at
+                                        # most this many tokens (rows x padded length; whole rows per device), so
+                                        # memory is set by this, not by minibatches (0 = the whole minibatch)
+    c.grpo.loss_normalizer = 0          # sequence-mean-token-sum's fixed tokens per episode (0 = max_tokens)
+    c.grpo.dynamic_sampling_rounds = 3  # redraws of questions for zero-variance groups, so each update has
+                                        # questions_per_step informative groups (0 = train on what is left)
     c.grpo.length_multiple = 128
     c.grpo.logprob_chunk = 512
 
@@ -153,6 +165,7 @@ def smollm2() -> ConfigDict:
     c.rollout.max_observation_tokens = 128
     c.rollout.prefill_chunk = 256
     c.grpo.minibatches = 4              # 2 rows per optimizer step
+    c.grpo.dynamic_sampling_rounds = 0  # on CPU a rollout is most of a step: no redraws (timings above)
     c.optim.lr = 2e-6
     return c
 
@@ -163,6 +176,7 @@ def smollm2_v5e8() -> ConfigDict:
     c = smollm2()
     c.workdir = "/tmp/oresearcher/rl-smollm2-v5e8"   # on a TPU VM: a gcsfuse-mounted bucket (BUILD.md, section 4)
     c.mesh = {"data": 8}
+    c.aot_target = "tpu:v5e-8"
     c.compute_dtype = "bfloat16"
     c.total_steps = 100
     c.checkpoint_every = 10
@@ -172,6 +186,7 @@ def smollm2_v5e8() -> ConfigDict:
     c.warm_start.batch_size = 8
     c.rollout.group_size = 8
     c.grpo.minibatches = 4
+    c.grpo.dynamic_sampling_rounds = 3
     return c
 
 
@@ -205,16 +220,22 @@ def tiny() -> ConfigDict:
     c.rollout.prefill_chunk = 512
     c.grpo.minibatches = 1
     c.grpo.length_multiple = 640                  # episodes of ~1000 tokens train at T = 1280, not 2048
+    c.grpo.dynamic_sampling_rounds = 0            # the measured curve above is without redraws
     c.optim.lr = 2e-4
     return c
 
 
 def qwen_gpu8() -> ConfigDict:
+    """Qwen2.5-7B, 32k-token episodes, 16 questions x 8 per step on one 8xH100 host (fp32 weights and Adam
+    moments over fsdp 8). 4 optimizer steps of 32 episodes each, every one accumulated over 4 microbatches of 8
+    episodes (one per GPU): memory is set by grpo.microbatch_tokens, not by the number of optimizer steps.
+    AOT: python -m oresearcher.aot --config=configs/rl.py:qwen2.5-7b-gpu8 (BUILD.md section 5)."""
     c = _base()
     c.model = "/ckpt/qwen2.5-7b-sft"                      # the SFT export (HF layout)
     c.init_checkpoint = ""
     c.warm_start.enabled = False
     c.mesh = dict(common.MESHES["gpu-8"])
+    c.aot_target = "gpu:h100x8"
     c.compute_dtype = "bfloat16"
     c.remat = "full"
     c.total_steps = 500
@@ -223,20 +244,43 @@ def qwen_gpu8() -> ConfigDict:
     c.rollout.max_turn_tokens = 4096
     c.rollout.max_observation_tokens = 4096
     c.grpo.minibatches = 4
+    c.grpo.microbatch_tokens = 8 * 32768                  # one 32k episode per GPU per microbatch
     c.optim.lr = 1e-6
     return c
 
 
-def qwen72b_v5p() -> ConfigDict:
+def qwen72b_v5p128() -> ConfigDict:
+    """Qwen2.5-72B, 64k-token episodes, 64 questions x 8 per step on a TPU v5p-128 slice (64 chips): every
+    episode's tokens split over 4 chips (ring attention), fp32 weights and Adam moments over all 64
+    (fsdp 16 x sequence 4; RL's lr 1e-6 updates vanish in bf16 weights), 4 optimizer steps of 128 episodes, each
+    accumulated over microbatches of 16 episodes (one per fsdp group).
+    AOT: python -m oresearcher.aot --config=configs/rl.py:qwen2.5-72b-v5p-128 -> does NOT fit yet: XLA:TPU
+    refuses with 341.35 GiB of temporaries per chip (BUILD.md section 5), against 56 GiB for the SFT step of the
+    same layout (configs/sft.py:qwen2.5-72b-v5p128-64k); what holds the difference is still to be found."""
     c = qwen_gpu8()
     c.model = "gs://your-bucket/qwen2.5-72b-sft"
-    c.mesh = dict(common.MESHES["v5p-256"])
+    c.mesh = dict(common.MESHES["v5p-128-cp4"])
+    c.rules = common.rules(*common.CONTEXT_PARALLEL)
+    c.attention = "ring"
+    c.aot_target = "tpu:v5p-128"
     c.questions_per_step = 64
     c.rollout.max_tokens = 65536
+    c.grpo.microbatch_tokens = 16 * 65536
     return c
 
 
-PRESETS = {"smollm2": smollm2, "smollm2-v5e8": smollm2_v5e8, "tiny": tiny, "qwen2.5-7b-gpu8": qwen_gpu8, "qwen2.5-72b-v5p-256": qwen72b_v5p}
+def qwen72b_v5p() -> ConfigDict:
+    """The same on a v5p-256 slice (128 chips, a 4x4x8 torus): fsdp 32 x sequence 4 (data 2 x fsdp 16 would
+    split a torus axis), microbatches of 32 episodes."""
+    c = qwen72b_v5p128()
+    c.mesh = {"fsdp": 32, "sequence": 4}
+    c.aot_target = "tpu:v5p-256"
+    c.grpo.microbatch_tokens = 32 * 65536
+    return c
+
+
+PRESETS = {"smollm2": smollm2, "smollm2-v5e8": smollm2_v5e8, "tiny": tiny, "qwen2.5-7b-gpu8": qwen_gpu8,
+           "qwen2.5-72b-v5p-128": qwen72b_v5p128, "qwen2.5-72b-v5p-256": qwen72b_v5p}
 
 
 def get_config(preset: str | None = None) -> ConfigDict:

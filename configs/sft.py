@@ -15,13 +15,13 @@ Presets (each says how to run it and what it should reach):
       it is learning the protocol), and keeps falling.
   qwen2.5-7b-gpu8     python -m oresearcher.train --config=configs/sft.py:qwen2.5-7b-gpu8 \
                           --config.model=/ckpt/Qwen2.5-7B-Instruct --config.data.train=/data/sft.jsonl
-      One 8xH100 host, FSDP over 8 GPUs, bf16, full remat, 32k-token packed rows, 16 rows per step (4 x 4
-      microbatches); PAPER §5 hyper-parameters (lr 1.4e-5, warmup 10%, 4 epochs). Targets (not yet measured on
+      One 8xH100 host, FSDP over 8 GPUs, bf16, full remat, 32k-token packed rows, 16 rows per step (2 x 8
+      microbatches: one row per GPU); PAPER §5 hyper-parameters (lr 1.4e-5, warmup 10%, 4 epochs). Targets (not yet measured on
       GPUs): ~35-45% MFU, final train loss ~0.3-0.5 on synthesized trajectories.
   qwen2.5-72b-v5p     python -m oresearcher.train --config=configs/sft.py:qwen2.5-72b-v5p \
                           --config.model=gs://.../Qwen2.5-72B-Instruct --config.data.train=...
-      The paper's run: a TPU v5p-256 slice (128 chips: data 2 x fsdp 16 x sequence 4), 64k-token rows with ring
-      attention over the sequence axis, bf16 params and compute. To be proven to fit by ahead-of-time
+      The paper's run: a TPU v5p-256 slice (128 chips: fsdp 32 x sequence 4), 64k-token rows with ring
+      attention over the sequence axis, bf16 params and compute, 32 rows per step (one per data x fsdp group). To be proven to fit by ahead-of-time
       compilation (oresearcher.aot).
 """
 from ml_collections import ConfigDict
@@ -49,6 +49,8 @@ def _base() -> ConfigDict:
     c.remat = ""                      # "" = the model's own; "full" | "dots_saveable" | ... (ModelConfig.remat)
     c.attention = ""                  # "" = the model's own; "ring" | "allgather" | "flash" | ... for long rows
     c.export_dir = ""                 # write the final policy here in HF layout (save_hf) when set
+    c.aot_target = ""                 # the accelerator an accelerator preset is sized for: `python -m
+                                      # oresearcher.aot --config=configs/sft.py:PRESET` compiles for it
 
     c.data = ConfigDict()
     c.data.train = f"{FIXTURES}/trajectories.jsonl"  # JSONL trajectory records; several separated by commas
@@ -118,9 +120,10 @@ def qwen_gpu8() -> ConfigDict:
     c.param_dtype = "float32"         # fp32 weights, grads, Adam moments: 7.6B x 16 B / 8 GPUs = 15 GB per GPU
     c.compute_dtype = "bfloat16"
     c.remat = "full"
+    c.aot_target = "gpu:h100x8"       # python -m oresearcher.aot --config=configs/sft.py:qwen2.5-7b-gpu8
     c.data.seq_len = 32768
     c.data.batch_size = 16
-    c.grad_accum = 4
+    c.grad_accum = 2                  # microbatches of 8 rows: one 32k row per GPU (4 rows would not split over 8)
     c.loss_chunk = 1024
     c.total_steps = 2000              # ~4 epochs of ~8k trajectories packed ~2 per 32k row
     c.log_every = 10
@@ -134,14 +137,18 @@ def qwen72b_v5p() -> ConfigDict:
     c = _base()
     c.workdir = "gs://BUCKET/oresearcher/sft-qwen2.5-72b"
     c.model = "gs://BUCKET/Qwen2.5-72B-Instruct"
-    c.mesh = {"data": 2, "fsdp": 16, "sequence": 4}  # 128 chips (v5p-256 counts TensorCores)
+    # 128 chips (v5p-256 counts TensorCores), a 4x4x8 torus: each mesh axis must be a product of torus axes, so
+    # data 2 x fsdp 16 x sequence 4 cannot be built; fsdp 32 (4x8) x sequence 4 can
+    c.mesh = {"fsdp": 32, "sequence": 4}
+    c.rules = common.rules(*common.CONTEXT_PARALLEL)  # weights and moments over fsdp x sequence
+    c.aot_target = "tpu:v5p-256"
     c.param_dtype = "bfloat16"        # 72.7B x (2 param + 2 grad + 4 Adam, all bf16) B / 128 chips ~ 4.5 GB per chip
     c.compute_dtype = "bfloat16"
     c.remat = "full"
     c.attention = "ring"
     c.data.seq_len = 65536
-    c.data.batch_size = 32
-    c.grad_accum = 2
+    c.data.batch_size = 32            # one 64k row per fsdp group, split over 4 chips (sequence)
+    c.grad_accum = 1                  # 2 microbatches of 16 rows would not split over fsdp = 32
     c.loss_chunk = 2048
     c.total_steps = 1000
     c.checkpoint_every = 100
@@ -159,6 +166,7 @@ def qwen_gpu8_64k() -> ConfigDict:
     AOT: --target=gpu:h100x8 -> fits (see BUILD.md section 5 for the peak)."""
     c = qwen_gpu8()
     c.workdir = "/tmp/oresearcher/sft-qwen2.5-7b-64k"
+    c.aot_target = "gpu:h100x8"
     c.attention = "flash"
     c.data.seq_len = 65536
     c.data.batch_size = 8
@@ -171,6 +179,7 @@ def qwen_gpu8x2_64k() -> ConfigDict:
     AOT: --target=gpu:h100x16."""
     c = qwen_gpu8_64k()
     c.workdir = "/tmp/oresearcher/sft-qwen2.5-7b-64k-2hosts"
+    c.aot_target = "gpu:h100x16"
     c.mesh = dict(common.MESHES["gpu-8x2"])
     c.data.batch_size = 16
     return c
@@ -181,6 +190,7 @@ def qwen_v5e256_64k() -> ConfigDict:
     chips (ring attention), parameters over all 256. AOT: --target=tpu:v5e-256."""
     c = qwen_gpu8_64k()
     c.workdir = "gs://BUCKET/oresearcher/sft-qwen2.5-7b-v5e"
+    c.aot_target = "tpu:v5e-256"
     c.mesh = dict(common.MESHES["v5e-256-cp4"])
     c.rules = common.rules(*common.CONTEXT_PARALLEL)
     c.param_dtype = "bfloat16"
@@ -196,6 +206,7 @@ def qwen72b_v5p128_64k() -> ConfigDict:
     c = qwen72b_v5p()
     c.mesh = dict(common.MESHES["v5p-128-cp4"])
     c.rules = common.rules(*common.CONTEXT_PARALLEL)
+    c.aot_target = "tpu:v5p-128"
     c.data.batch_size = 16
     c.grad_accum = 1
     return c
@@ -206,6 +217,7 @@ def qwen72b_v6e256_64k() -> ConfigDict:
     16x16 torus maps mesh axes of 16, not 8). AOT: --target=tpu:v6e-256."""
     c = qwen72b_v5p128_64k()
     c.mesh = dict(common.MESHES["v6e-256-cp16"])
+    c.aot_target = "tpu:v6e-256"
     c.data.batch_size = 16
     c.peak_flops_per_device = 918e12  # TPU v6e dense bf16
     return c

@@ -1,8 +1,10 @@
 """Ahead-of-time proof that a preset fits its target: compile the real train step for TPU/GPU on a CPU host.
 
-    python -m oresearcher.aot --config=configs/sft.py:qwen2.5-7b-gpu8-64k --target=gpu:h100x8
-    python -m oresearcher.aot --config=configs/sft.py:qwen2.5-72b-v5p128-64k --target=tpu:v5p-128
-    python -m oresearcher.aot --config=configs/rl.py:qwen2.5-7b-gpu8 --target=gpu:h100x8
+    python -m oresearcher.aot --config=configs/rl.py:qwen2.5-7b-gpu8             # its target: gpu:h100x8
+    python -m oresearcher.aot --config=configs/sft.py:qwen2.5-72b-v5p128-64k     # its target: tpu:v5p-128
+    python -m oresearcher.aot --config=configs/sft.py:qwen2.5-7b-gpu8-64k --target=gpu:h200x8   # another one
+
+Every accelerator preset names the target it is sized for (config.aot_target); --target overrides it.
 
 Nothing here needs an accelerator. The compiler for the target runs on this machine:
   TPU  libtpu (PyPI) describes any slice (`jax.experimental.topologies.get_topology_desc`), and XLA:TPU compiles
@@ -322,9 +324,11 @@ def _sft_step(config, model_cfg, mesh, rules):
 
 @step_builder("rl")
 def _rl_step(config, model_cfg, mesh, rules):
-    """GRPO's update step (oresearcher.rl.grpo.train_step) on one minibatch of the longest episodes the config
-    allows (rollout.max_tokens), every response token policy-sampled: the worst case for memory. The batch is
-    whatever rl.rollout.to_batch makes of such episodes, placed as grpo.place_batch places it."""
+    """GRPO's update (oresearcher.rl.grpo.update_fn, as grpo.Updater jits it) on one minibatch of the longest
+    episodes the config allows (rollout.max_tokens), every response token policy-sampled: the worst case for
+    memory. The minibatch is questions_per_step x group_size / grpo.minibatches rows, its gradient accumulated
+    over microbatches of at most grpo.microbatch_tokens tokens; the batch is whatever rl.rollout.to_batch makes of
+    such episodes, placed as grpo.place_batch places it."""
     import jax
     import numpy as np
 
@@ -343,8 +347,11 @@ def _rl_step(config, model_cfg, mesh, rules):
     if gcfg.kl_beta:
         example["ref_logp"] = example["old_logp"]
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding.logical_sharding(
-        ("activation_batch", "activation_length")[:v.ndim], mesh, None, v.shape)) for k, v in example.items()}
-    return _stateful(graphdef, grpo.train_step, gcfg), (state, batch)
+        ("activation_batch", "activation_length")[:v.ndim], mesh, rules, v.shape)) for k, v in example.items()}
+    k = grpo.num_microbatches(rows, example["input_ids"].shape[1], gcfg, grpo.batch_shards(mesh))
+    update = grpo.update_fn(graphdef, gcfg, k)
+    update.description = f"{k} microbatch(es) of {rows // k} x {example['input_ids'].shape[1]} tokens"
+    return update, (state, batch)
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -385,10 +392,15 @@ def model_config_for(config, out=print, attention: str = ""):
                                compute_dtype=str(config.get("compute_dtype") or "float32"), **changes)
 
 
-def run(config, target_spec: str, mem_fraction: float = 0.95, out=print, attention: str = "") -> MemoryReport:
-    """Compile config's train step for target_spec and print the per-device memory table."""
+def run(config, target_spec: str = "", mem_fraction: float = 0.95, out=print, attention: str = "") -> MemoryReport:
+    """Compile config's train step for target_spec (default: the preset's own config.aot_target) and print the
+    per-device memory table."""
     from oresearcher import sharding
 
+    target_spec = target_spec or str(config.get("aot_target") or "")
+    if not target_spec:
+        raise ValueError("no target: this config names none (config.aot_target); pass --target=tpu:v5p-128, "
+                         "--target=gpu:h100x8, ...")
     target = make_target(target_spec, mem_fraction)
     stage = str(config.get("stage", "sft"))
     if stage not in STEP_BUILDERS:
@@ -401,7 +413,8 @@ def run(config, target_spec: str, mem_fraction: float = 0.95, out=print, attenti
     out(f"mesh: {dict(mesh.shape)}; model: {config.model} ({model_cfg.num_params / 1e9:.2f} B params, "
         f"params {model_cfg.param_dtype}, compute {model_cfg.compute_dtype}, attention={model_cfg.attention}, "
         f"remat={model_cfg.remat})")
-    out(f"batch: {tuple(batch['input_ids'].shape)} tokens per step")
+    out(f"batch: {tuple(batch['input_ids'].shape)} tokens per step"
+        + (f", {step.description}" if getattr(step, "description", "") else ""))
     import jax
 
     # The trainers pin the new state to the old state's shardings (so the donated buffers are reused in place)
@@ -435,10 +448,11 @@ if __name__ == "__main__":
     from ml_collections import config_flags
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<stage>.py:<preset>", lock_config=False)
-    _TARGET = flags.DEFINE_string("target", None, "tpu:v5p-128, tpu:v5e-256, tpu:v6e-256, gpu:h100x8, ...")
+    _TARGET = flags.DEFINE_string("target", "", "tpu:v5p-128, tpu:v5e-256, tpu:v6e-256, gpu:h100x8, ...; default: "
+                                  "the preset's config.aot_target")
     _MEM_FRACTION = flags.DEFINE_float("mem_fraction", 0.95, "GPU: share of HBM the allocator may use "
                                        "(set XLA_PYTHON_CLIENT_MEM_FRACTION to the same value on the host)")
     _ATTENTION = flags.DEFINE_string("attention", "", "compile with this ModelConfig.attention (e.g. flash for a "
                                      "cudnn preset: cuDNN kernels need a GPU to compile)")
-    flags.mark_flags_as_required(["config", "target"])
+    flags.mark_flags_as_required(["config"])
     app.run(main)

@@ -249,8 +249,9 @@ def _sharded(q, k, v, segment_ids, *, implementation, mesh, rules, block):
     heads = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
     kv_heads = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")
     q_spec = sharding.logical_to_spec(heads, mesh, rules, q.shape)
-    kv_spec = sharding.logical_to_spec(kv_heads, mesh, rules, k.shape)
-    if q_spec[2] != kv_spec[2]:
+    try:
+        kv_spec = sharding.logical_to_spec(kv_heads, mesh, rules, k.shape)
+    except sharding.IndivisibleAxisError:
         # The tensor axis splits the query heads but not the (fewer) K/V heads: give every query head its own
         # K/V head so both split the same way (head h uses K/V head h // G either way).
         g = q.shape[2] // k.shape[2]

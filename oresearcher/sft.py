@@ -57,8 +57,6 @@ def build_model(config, mesh, rules):
         raise ValueError(f"config.model={spec!r}: use a preset ({sorted(PRESETS)}), 'gguf:embedded' or an HF "
                          "directory (config.json + safetensors + tokenizer)")
     sharding.shard_model(model, mesh, rules)
-    if jax.process_index() == 0:
-        print(metrics_lib.parameter_overview(model), flush=True)
     return model, tokenizer
 
 
@@ -218,6 +216,8 @@ def run(config) -> dict:
 
     # ---------------------------------------------------------------- Model, tokenizer, data
     model, tokenizer = build_model(config, mesh, rules)
+    if jax.process_index() == 0:
+        print(metrics_lib.parameter_overview(model), flush=True)
     d = config.data
     batches, eval_set = build_data(config, tokenizer)
 

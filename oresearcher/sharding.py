@@ -7,8 +7,11 @@ Every parameter and every large activation carries *logical* axis names ("embed"
     model = shard_model(model, mesh, RULES)                       # params placed per their logical axes
     y = constrain(x, ("activation_batch", "activation_length", "activation_embed"))   # inside jit
 
-A mesh axis that does not divide an array dimension is dropped for that dimension (that dimension is then
-replicated over it): e.g. SmolLM2's 3 KV heads on a tensor axis of 2. Constraints are applied whenever a mesh
+A mesh axis that does not divide an array dimension is an error (IndivisibleAxisError) naming the axis, the
+dimension and the mesh: dropping it would replicate that dimension over the axis, and every device would then
+hold (or compute) the whole of it, e.g. a microbatch of 4 rows on an fsdp axis of 8 computed 8 times over, or
+SmolLM2's 3 KV heads on a tensor axis of 2 copied to both devices. The one exception is a dimension of size 1 (a
+single row, the sampler's shared prompt prefix): there is nothing to split, and it is replicated. Constraints are applied whenever a mesh
 is known (the model's, or the one set with `jax.set_mesh`), CPU included; with no mesh there is nothing to
 constrain against and `constrain` returns its input.
 """
@@ -87,10 +90,15 @@ def _mesh_axes_for(name: str | None, rules) -> tuple[str, ...]:
     raise KeyError(f"logical axis {name!r} has no entry in the sharding rules; add ({name!r}, <mesh axes>) to them")
 
 
+class IndivisibleAxisError(ValueError):
+    """A mesh axis does not divide the array dimension the rules map onto it."""
+
+
 def logical_to_spec(logical_axes: Sequence[str | None], mesh: Mesh | Any, rules=None,
                     shape: Sequence[int] | None = None) -> PartitionSpec:
-    """PartitionSpec for logical axes. With `shape`, mesh axes that do not divide a dimension are dropped; a
-    mesh axis is used at most once per array (later dimensions lose it)."""
+    """PartitionSpec for logical axes. With `shape`, a mesh axis that does not divide its dimension raises
+    IndivisibleAxisError (a dimension of size 1 is replicated); a mesh axis is used at most once per array (later
+    dimensions lose it, by design: e.g. ("fsdp", "sequence") parameters under context parallelism)."""
     rules = RULES if rules is None else rules
     used: set[str] = set()
     spec = []
@@ -100,8 +108,16 @@ def logical_to_spec(logical_axes: Sequence[str | None], mesh: Mesh | Any, rules=
         for ax in _mesh_axes_for(name, rules):
             if ax in used or ax not in mesh.shape or mesh.shape[ax] == 1:
                 continue
+            if shape is not None and shape[dim] == 1:
+                break
             if shape is not None and shape[dim] % (size * mesh.shape[ax]):
-                continue
+                raise IndivisibleAxisError(
+                    f"mesh axis {ax!r} (size {mesh.shape[ax]}) does not divide dimension {dim} ({name!r}, size "
+                    f"{shape[dim]}) of an array of shape {tuple(shape)}"
+                    + (f" (already split {size} ways over {axes})" if axes else "")
+                    + f" on mesh {dict(mesh.shape)}; make that dimension a multiple of "
+                    f"{size * mesh.shape[ax]} (e.g. the batch or microbatch rows), or change the mesh or the rules "
+                    f"(map {name!r} to other mesh axes or None)")
             axes.append(ax)
             size *= mesh.shape[ax]
         used.update(axes)

@@ -13,7 +13,8 @@ jax.config.update("jax_enable_x64", False)
 
 
 def _cfg(**kw):
-    base = dict(policy_loss="grpo", aggregation="token-mean", clip_low=0.2, clip_high=0.28, kl_beta=0.0)
+    base = dict(policy_loss="grpo", aggregation="token-mean", clip_low=0.2, clip_high=0.28, kl_beta=0.0,
+                loss_normalizer=16)
     base.update(kw)
     return types.SimpleNamespace(**base)
 
@@ -63,8 +64,8 @@ def _np_reference(logits, targets, old, ref, mask, adv, temperature, clip_low, c
         w = m / m.sum()
     elif aggregation == "sequence-mean-token-mean":
         w = m / m.sum(1, keepdims=True) / b
-    else:
-        w = m / (b * t)
+    else:  # a fixed normaliser L = 16 tokens per episode, whatever the padded length t
+        w = m / ((m.sum(1) > 0).sum() * 16)
     loss = (w * per_tok).sum()
     dlp = w * dper
     onehot = np.eye(logits.shape[-1])[targets]

@@ -132,10 +132,14 @@ def test_sharded_forward_and_cache_on_mesh():
     assert logits.sharding.spec[0] == ("data", "fsdp")
 
 
-def test_rules_drop_mesh_axes_that_do_not_divide():
+def test_rules_refuse_mesh_axes_that_do_not_divide():
     mesh = sharding.make_mesh({"fsdp": 4, "tensor": 2})
-    # SmolLM2's 3 KV heads cannot split over tensor=2: that dimension stays whole, the rest still shards
-    spec = sharding.logical_to_spec(("layers", "embed", "kv_heads", "head_dim"), mesh, shape=(30, 576, 3, 64))
+    # SmolLM2's 3 KV heads cannot split over tensor=2: an error naming it, not a silent copy on both devices;
+    # a rules table that maps kv_heads to None replicates them on purpose, the rest still shards
+    with pytest.raises(sharding.IndivisibleAxisError, match="'tensor' \\(size 2\\).*'kv_heads', size 3"):
+        sharding.logical_to_spec(("layers", "embed", "kv_heads", "head_dim"), mesh, shape=(30, 576, 3, 64))
+    rules = tuple((k, None if k == "kv_heads" else v) for k, v in sharding.RULES)
+    spec = sharding.logical_to_spec(("layers", "embed", "kv_heads", "head_dim"), mesh, rules, (30, 576, 3, 64))
     assert spec == jax.sharding.PartitionSpec(None, "fsdp", None, None)
     with pytest.raises(KeyError, match="no_such_axis"):
         sharding.logical_to_spec(("no_such_axis",), mesh)

@@ -149,6 +149,12 @@ def main():
     equal = all(eng["tokens"][i] == lock["tokens"][i] for i in range(args.episodes))
     stats = {k: v for k, v in eng["stats"].items() if k != "spans"}
     result = {
+        "title": "rollout_throughput",
+        "description": "Multi-turn episodes with a loopback tool server (lognormal latency, median 0.5 s, p95 3 s): "
+                       "the engine (continuous batching, parked tool calls) against the lockstep sampler, greedy, "
+                       "on SmolLM2-135M; the second of two runs of each is timed.",
+        "command": "python -m experiments.bench.rollout_throughput" + (
+            f" --episodes {args.episodes} --slots {args.slots} --seed {args.seed} --max-len {args.max_len}"),
         "episodes": args.episodes, "slots": args.slots, "seed": args.seed, "max_len": args.max_len,
         "episodes_per_s_engine": args.episodes / eng["seconds"],
         "episodes_per_s_lockstep": args.episodes / lock["seconds"],
@@ -158,7 +164,8 @@ def main():
         "generated_tokens": sum(len(t) for t in eng["tokens"].values()),
         "tool_seconds_total": float(sum(d for i in range(args.episodes) for d in delays[i][:turns[i] - 1])),
         "engine_stats": stats, "platform": platform.platform(), "cpus": os.cpu_count(),
-        "device": str(jax.devices()[0]), "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "device": f"{jax.devices()[0].platform} ({os.cpu_count()} cores)", "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
     }
     for key in ("episodes_per_s_engine", "episodes_per_s_lockstep", "engine_over_lockstep", "slot_occupancy",
                 "tokens_equal"):

@@ -451,11 +451,13 @@ class Engine:
         pos = np.array([s.written for s in slots], np.int32)
         budget = np.array([s.budget - len(s.turn_tokens) if s.state == DECODING else 0 for s in slots], np.int32)
         stop_state = np.array([s.stop_state for s in slots], np.int32)
-        cache = self.cache if self.kv == "dense" else {**self.cache, "table": jnp.asarray(self._table(range(self.slots)))}
+        cache = self.cache
+        if self.kv == "paged":
+            cache = {**cache, "table": jnp.asarray(self._table(range(self.slots)))}
         out_t, out_lp, count, finish, stop_state, self.logits, cache = self._decode(
             graphdef, state, weights, cache, self.logits, jnp.asarray(pos), jnp.asarray(active),
-            jnp.asarray(budget), jnp.asarray(stop_state), key, jnp.float32(params.temperature), jnp.float32(params.top_p),
-            jnp.int32(params.top_k), table, eos, steps=self.chunk, use_filter=use_filter,
+            jnp.asarray(budget), jnp.asarray(stop_state), key, jnp.float32(params.temperature),
+            jnp.float32(params.top_p), jnp.int32(params.top_k), table, eos, steps=self.chunk, use_filter=use_filter,
             window=self.window if self.kv == "dense" else 0)
         self.cache = cache if self.kv == "dense" else {"k": cache["k"], "v": cache["v"]}
         out_t, out_lp, count, finish, stop_state = map(np.asarray, jax.device_get((out_t, out_lp, count, finish,

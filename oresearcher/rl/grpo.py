@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import weakref
 from typing import Callable
 
 import jax
@@ -150,29 +152,52 @@ def clipped_surrogate(logp, old_logp, advantages, mask, cfg):
 
 
 # ----------------------------------------------------------------------------------------- aggregations
-# Signature: (per-token values [B,T], mask [B,T] bool) -> scalar.
+# An aggregation is a weight per token: loss = sum_{i,t} w_it l_it. Signature: (mask [B,T] bool, cfg) -> w [B,T]
+# float32, zero where masked. The weights are computed once over a whole minibatch, before it is split into
+# microbatches for gradient accumulation, so that the accumulated loss and gradient are exactly the minibatch's.
+
+def token_weights(mask):
+    """1 / (policy tokens in the batch) on every policy token: the weights of a token mean."""
+    m = mask.astype(jnp.float32)
+    return m / jnp.maximum(jnp.sum(m), 1.0)
+
 
 @register_loss_aggregation("token-mean")
-def token_mean(values, mask):
+def token_mean_weights(mask, cfg):
     """sum_{i,t} m l / sum_{i,t} m: every policy token weighs the same, so long episodes are not down-weighted
     per token (DAPO). This is the default."""
-    m = mask.astype(jnp.float32)
-    return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(m), 1.0)
+    del cfg
+    return token_weights(mask)
 
 
 @register_loss_aggregation("sequence-mean-token-mean")
-def sequence_mean_token_mean(values, mask):
+def sequence_mean_token_mean_weights(mask, cfg):
     """Mean over episodes of each episode's token mean (the original GRPO): every episode weighs the same."""
+    del cfg
     m = mask.astype(jnp.float32)
-    per_seq = jnp.sum(jnp.where(mask, values, 0.0), axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
-    has = jnp.sum(m, axis=1) > 0
-    return jnp.sum(jnp.where(has, per_seq, 0.0)) / jnp.maximum(jnp.sum(has.astype(jnp.float32)), 1.0)
+    per_seq = jnp.sum(m, axis=1, keepdims=True)
+    episodes = jnp.sum((per_seq > 0).astype(jnp.float32))
+    return m / jnp.maximum(per_seq, 1.0) / jnp.maximum(episodes, 1.0)
 
 
 @register_loss_aggregation("sequence-mean-token-sum")
-def sequence_mean_token_sum(values, mask):
-    """sum_{i,t} m l / (B * T): a constant normaliser (Dr. GRPO), so no length bias from per-episode division."""
-    return jnp.sum(jnp.where(mask, values, 0.0)) / (values.shape[0] * values.shape[1])
+def sequence_mean_token_sum_weights(mask, cfg):
+    """sum_{i,t} m l / (episodes * L): every episode's token sum over a fixed L = cfg.loss_normalizer tokens
+    (Dr. GRPO's generation budget), averaged over the episodes that have policy tokens. L does not depend on the
+    episode's length nor on the padded length of its minibatch, so no length bias."""
+    m = mask.astype(jnp.float32)
+    episodes = jnp.sum((jnp.sum(m, axis=1) > 0).astype(jnp.float32))
+    return m / (jnp.maximum(episodes, 1.0) * float(cfg.loss_normalizer))
+
+
+def token_mean(values, mask):
+    """The token mean of per-token values over the policy tokens (metrics)."""
+    return jnp.sum(jnp.where(mask, values, 0.0) * token_weights(mask))
+
+
+def aggregate(values, weights):
+    """sum_{i,t} w_it v_it (weights are zero off the policy tokens; masked values are never read)."""
+    return jnp.sum(jnp.where(weights > 0, values, 0.0) * weights)
 
 
 # ------------------------------------------------------------------------------------------- the objective
@@ -186,27 +211,36 @@ def grpo_objective(logp, batch, cfg):
     """Scalar loss and metrics from the policy's token logprobs.
 
     logp [B,T] float32: log pi_theta of each target token; batch: "old_logp" [B,T] (sampler's), "loss_mask" [B,T]
-    (1 = policy-authored token, 0 = prompt / observation / pad), "advantages" [B], optional "ref_logp" [B,T].
-    cfg: policy_loss, aggregation, clip_low, clip_high, kl_beta.
+    (1 = policy-authored token, 0 = prompt / observation / pad), "advantages" [B], optional "ref_logp" [B,T], and
+    optionally the token weights "loss_weights" / "metric_weights" [B,T] of the whole minibatch when `batch` is
+    one microbatch of it (grpo_update); without them they are computed from this batch's mask.
+    cfg: policy_loss, aggregation, clip_low, clip_high, kl_beta (and loss_normalizer for sequence-mean-token-sum).
     """
     mask = batch["loss_mask"].astype(bool)
     loss_fn = get_policy_loss(cfg.policy_loss)
-    aggregate = get_loss_aggregation(cfg.aggregation)
+    weights = batch.get("loss_weights")
+    if weights is None:
+        weights = get_loss_aggregation(cfg.aggregation)(mask, cfg)
+    metric_weights = batch.get("metric_weights")
+    if metric_weights is None:
+        metric_weights = token_weights(mask)
     per_token, token_metrics = loss_fn(logp, batch["old_logp"], batch["advantages"], mask, cfg)
     metrics = {}
     if cfg.kl_beta:
         kl = k3_kl(logp, batch["ref_logp"], mask)
         per_token = per_token + cfg.kl_beta * kl
-        metrics["kl"] = aggregate(kl, mask)
-    loss = aggregate(per_token, mask)
+        metrics["kl"] = aggregate(kl, weights)
+    loss = aggregate(per_token, weights)
     for name, value in token_metrics.items():
-        metrics[name] = token_mean(value, mask)
+        metrics[name] = aggregate(value, metric_weights)
     metrics["policy_tokens"] = jnp.sum(mask.astype(jnp.float32))
     return loss, metrics
 
 
-def target_logprobs(model, batch, temperature: float = 1.0, chunk: int = 512, index=None):
-    """log softmax(logits / temperature)[target]: float32 [B, T], or [B, P] at positions `index` [B, P] only.
+def target_logprobs(model, batch, temperature: float = 1.0, chunk: int = 512, index=None,
+                    with_entropy: bool = False):
+    """log softmax(logits / temperature)[target]: float32 [B, T], or [B, P] at positions `index` [B, P] only;
+    with `with_entropy`, also the policy's entropy at each of those positions (nats, no gradient).
 
     The same temperature as the sampler's, so that the ratio at the first update is 1 up to numerics. The vocab
     projection runs in chunks of `chunk` positions (rematerialised in the backward pass), so the [B, T, V] logits
@@ -223,22 +257,33 @@ def target_logprobs(model, batch, temperature: float = 1.0, chunk: int = 512, in
 
     @jax.checkpoint
     def chunk_logprobs(h, tgt):
-        logits = model.unembed(h) / temperature
+        logits = model.unembed(h).astype(jnp.float32) / temperature
+        lse = jax.nn.logsumexp(logits, axis=-1)
         picked = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
-        return picked - jax.nn.logsumexp(logits, axis=-1)
+        if not with_entropy:
+            return picked - lse, None
+        z = jax.lax.stop_gradient(logits)
+        # H = logsumexp(z) - sum_v p_v z_v: one more pass over the chunk's logits, none in the backward
+        entropy = jax.lax.stop_gradient(lse) - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1)
+        return picked - lse, entropy
 
     pieces = [chunk_logprobs(hidden[:, s:s + chunk], targets[:, s:s + chunk]) for s in range(0, t, chunk)]
-    return jnp.concatenate(pieces, axis=1)
+    logp = jnp.concatenate([p[0] for p in pieces], axis=1)
+    if not with_entropy:
+        return logp
+    return logp, jnp.concatenate([p[1] for p in pieces], axis=1)
 
 
 def policy_view(batch: dict) -> dict:
     """The loss inputs gathered at the policy positions batch["policy_index"] [B, P] (see rollout.to_batch):
-    old_logp, loss_mask (and ref_logp if present) as [B, P]; advantages as they are."""
+    old_logp, loss_mask (and ref_logp, loss_weights, metric_weights if present) as [B, P]; advantages as they
+    are."""
     index = batch["policy_index"]
     view = {"advantages": batch["advantages"], "loss_mask": batch["policy_mask"],
             "old_logp": jnp.take_along_axis(batch["old_logp"], index, axis=1)}
-    if "ref_logp" in batch:
-        view["ref_logp"] = batch["ref_logp"]
+    for key in ("ref_logp", "loss_weights", "metric_weights"):
+        if key in batch:
+            view[key] = batch[key]
     return view
 
 
@@ -253,25 +298,160 @@ class GRPOConfig:
     kl_beta: float = 0.0
     temperature: float = 1.0
     logprob_chunk: int = 512
+    loss_normalizer: int = 8192         # sequence-mean-token-sum's fixed L (tokens); rollout.max_tokens by default
+    microbatch_tokens: int = 0          # gradient accumulation: rows x padded length per microbatch (0 = no limit)
 
     @classmethod
     def from_config(cls, config) -> "GRPOConfig":
         g = config.grpo
         return cls(g.policy_loss, g.aggregation, float(g.clip_low), float(g.clip_high), float(g.kl_beta),
-                   float(config.rollout.temperature), int(g.logprob_chunk))
+                   float(config.rollout.temperature), int(g.logprob_chunk),
+                   int(g.get("loss_normalizer", 0) or config.rollout.max_tokens),
+                   int(g.get("microbatch_tokens", 0)))
 
 
-@functools.partial(nnx.jit, static_argnames=("cfg",))
+def num_microbatches(rows: int, length: int, cfg: GRPOConfig, batch_shards: int = 1) -> int:
+    """The fewest microbatches k that split `rows` rows of `length` tokens into equal microbatches of at most
+    cfg.microbatch_tokens tokens, each still a whole number of rows per batch shard (data x fsdp devices)."""
+    if cfg.microbatch_tokens <= 0:
+        return 1
+    for k in range(1, rows + 1):
+        if rows % k == 0 and (rows // k) % batch_shards == 0 and (rows // k) * length <= cfg.microbatch_tokens:
+            return k
+    raise ValueError(
+        f"grpo.microbatch_tokens={cfg.microbatch_tokens}: no split of a minibatch of {rows} rows x {length} tokens "
+        f"into equal microbatches of at most that many tokens with a multiple of {batch_shards} rows each (the "
+        f"mesh's data x fsdp devices); raise grpo.microbatch_tokens to at least {batch_shards * length}, or use "
+        f"more grpo.minibatches")
+
+
+def _split_rows(x, k: int):
+    """[B, ...] -> [k, B/k, ...], microbatch j = rows j, j+k, j+2k, ...: a device holding a contiguous block of
+    rows holds an equal share of every microbatch, so the split moves no data between devices."""
+    return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+
+def _pin_like(params, model):
+    """tree -> tree with every leaf constrained to the sharding of its parameter: the gradient accumulator of the
+    microbatch scan is otherwise free to be replicated (a whole fp32 copy of the model on every device)."""
+    if model.mesh is None:
+        return lambda tree: tree
+    shardings = jax.tree.leaves(sharding.param_shardings(params, model.mesh, model.rules))
+
+    def pin(tree):
+        leaves, treedef = jax.tree.flatten(tree)
+        return jax.tree.unflatten(treedef, [jax.lax.with_sharding_constraint(x, s)
+                                            for x, s in zip(leaves, shardings)])
+    return pin
+
+
+def update_fn(graphdef, cfg: GRPOConfig, microbatches: int = 1):
+    """The pure GRPO update update(state, batch) -> (state, metrics), with state = nnx.state((model, optimizer)).
+
+    One optimizer step on the minibatch `batch`: the gradient of its loss is accumulated over `microbatches`
+    sequential microbatches (a lax.scan) with the token weights of the whole minibatch, so the result equals the
+    unsplit minibatch's up to float summation order, at the activation memory of one microbatch. Metrics: loss,
+    grad_norm, clip_fraction, ratio, entropy (token means), policy_tokens, kl (with kl_beta).
+    Module-level and pure so that the trainer jits it with explicit shardings and donation, and oresearcher.aot
+    compiles exactly this function for a target."""
+    aggregation = get_loss_aggregation(cfg.aggregation)
+
+    def update(state, batch):
+        model, optimizer = nnx.merge(graphdef, state)
+        model_def, params, rest = nnx.split(model, nnx.Param, ...)
+        mask = batch["policy_mask"].astype(bool)
+        batch = dict(batch, loss_weights=aggregation(mask, cfg), metric_weights=token_weights(mask))
+
+        def loss_fn(p, mb):
+            m = nnx.merge(model_def, p, rest)
+            logp, entropy = target_logprobs(m, mb, cfg.temperature, cfg.logprob_chunk, mb["policy_index"],
+                                            with_entropy=True)
+            view = policy_view(mb)
+            loss, metrics = grpo_objective(logp, view, cfg)
+            metrics["entropy"] = aggregate(entropy, view["metric_weights"])
+            return loss, metrics
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if microbatches == 1:
+            (loss, metrics), grads = grad_fn(params, batch)
+        else:
+            micro = jax.tree.map(lambda x: _split_rows(x, microbatches), batch)
+            pin = _pin_like(params, model)
+
+            def body(carry, mb):
+                (loss, metrics), grads = grad_fn(params, mb)
+                loss, metrics, grads = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
+                return (loss, metrics, pin(grads)), None
+
+            (loss0, metrics0), grads0 = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro))
+            zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), (loss0, metrics0, grads0))
+            zeros = (zeros[0], zeros[1], pin(zeros[2]))
+            (loss, metrics, grads), _ = jax.lax.scan(body, zeros, micro)
+            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        optimizer.update(model, grads)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        return nnx.state((model, optimizer)), metrics
+
+    return update
+
+
+class Updater:
+    """The jitted update for one (model, optimizer): explicit in/out shardings (the new state keeps the old
+    state's, the metrics are replicated), the state donated so parameters and Adam moments are updated in place,
+    and one compile per (microbatch count, batch layout). `updater(model, optimizer, batch)` applies one optimizer
+    step to the placed minibatch `batch` and returns its metrics (device arrays)."""
+
+    def __init__(self, model, optimizer, cfg: GRPOConfig, mesh):
+        self.graphdef, state = nnx.split((model, optimizer))
+        # Parameters (and the Adam moments made from them) are already on the mesh; what is not (the optimizer's
+        # step counter, made on one device) is replicated over it, so every input of the update shares one mesh.
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        on_mesh = lambda x: isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh
+        self.state_shardings = jax.tree.map(lambda x: x.sharding if on_mesh(x) else replicated, state)
+        nnx.update((model, optimizer), jax.device_put(state, self.state_shardings))
+        self.cfg, self.mesh = cfg, mesh
+        self.batch_shards = batch_shards(mesh)
+        self._compiled: dict = {}
+
+    def __call__(self, model, optimizer, batch: dict) -> dict:
+        rows, length = batch["input_ids"].shape
+        k = num_microbatches(rows, length, self.cfg, self.batch_shards)
+        key = (k, tuple(sorted((name, x.sharding.spec) for name, x in batch.items())))
+        if key not in self._compiled:
+            replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+            self._compiled[key] = jax.jit(
+                update_fn(self.graphdef, self.cfg, k), donate_argnums=0,
+                in_shardings=(self.state_shardings, {name: x.sharding for name, x in batch.items()}),
+                out_shardings=(self.state_shardings, replicated))
+        state, metrics = self._compiled[key](nnx.state((model, optimizer)), batch)
+        nnx.update((model, optimizer), state)
+        metrics["microbatches"] = k
+        return metrics
+
+
+def batch_shards(mesh) -> int:
+    """How many ways a batch's rows are split: the sizes of the mesh axes activation_batch maps to."""
+    spec = sharding.logical_to_spec(("activation_batch",), mesh)[0]
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+_UPDATERS: dict[int, tuple] = {}
+
+
 def train_step(model, optimizer, batch, cfg: GRPOConfig):
-    def loss_fn(m):
-        logp = target_logprobs(m, batch, cfg.temperature, cfg.logprob_chunk, batch["policy_index"])
-        return grpo_objective(logp, policy_view(batch), cfg)
-
-    (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    optimizer.update(model, grads)
-    metrics["loss"] = loss
-    metrics["grad_norm"] = optax.global_norm(grads)
-    return metrics
+    """One GRPO optimizer step on the placed minibatch `batch` with the Updater of (model, optimizer) (made on
+    first use, on the model's mesh or a one-device mesh where its parameters live); returns the metrics."""
+    entry = _UPDATERS.get(id(optimizer))
+    if entry is None or entry[0]() is not optimizer or entry[1].cfg != cfg:
+        mesh = model.mesh
+        if mesh is None:
+            device = next(iter(jax.tree.leaves(nnx.state(model))[0].devices()))
+            mesh = sharding.make_mesh({"data": 1}, devices=[device])
+        entry = (weakref.ref(optimizer), Updater(model, optimizer, cfg, mesh))
+        _UPDATERS[id(optimizer)] = entry
+        weakref.finalize(optimizer, _UPDATERS.pop, id(optimizer), None)
+    return entry[1](model, optimizer, batch)
 
 
 @functools.partial(nnx.jit, static_argnames=("temperature", "chunk"))
@@ -287,5 +467,3 @@ def place_batch(batch: dict, mesh) -> dict:
         axes = ("activation_batch", "activation_length")[:v.ndim]
         out[k] = jax.device_put(v, sharding.logical_sharding(axes, mesh, None, v.shape))
     return out
-
-

@@ -1,4 +1,4 @@
-"""Multi-turn tool-use rollouts: groups of G episodes per question, generated together on one sampler session.
+"""Multi-turn tool-use rollouts: groups of G episodes per question, on the rollout engine (or a lockstep session).
 
 One episode, token-in/token-out:
     prompt = chat template(system: protocol.system_prompt(), user: question) + assistant header
@@ -8,9 +8,12 @@ One episode, token-in/token-out:
     until:   </suggested_answer> ("answer"), EOS ("eos"), more than `max_turns` tool calls ("turn_limit"),
              or the episode's token limit ("token_limit").
 
-Every row of the batch is one episode; rows waiting for tools are continued together in the next sampler step,
-and the tool calls of one turn go out concurrently (asyncio + httpx). Sampled ids are kept as ids; only the
-observation text is tokenised. The per-token record (tokens, loss mask, sampler logprobs) is what GRPO trains on.
+The turn logic is `RolloutAgent` (oresearcher.engine.Agent), run by either driver (config rollout.backend):
+"engine" (oresearcher.engine.Engine: episodes fill fixed slots, a slot whose tool call is out is parked while the
+others decode, and a finished episode's slot takes the next one) or "lockstep" (one Sampler session: rows waiting
+for tools are continued together in the next step, after the slowest call of the turn). Tool calls go out over
+asyncio + httpx. Sampled ids are kept as ids; only the observation text is tokenised. The per-token record
+(tokens, loss mask, sampler logprobs) is what GRPO trains on.
 """
 from __future__ import annotations
 

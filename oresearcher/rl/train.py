@@ -116,13 +116,15 @@ def run(config) -> dict:
     # The synth service (tools + judge) lives for the whole run; a subprocess is stopped on the way out.
     with synth_service(config) as synth_url, jax.set_mesh(mesh):
         model, tokenizer = load_policy(config, mesh, workdir)
+        if jax.process_index() == 0:
+            print(metrics_lib.parameter_overview(model), flush=True)
         ref_model = load_policy(config, mesh, workdir)[0] if gcfg.kl_beta else None   # the frozen start
         optimizer = make_optimizer(model, config)
         sampler = make_generator(model, tokenizer, config.rollout, int(config.questions_per_step) * rcfg.group_size)
 
         # ---------------------------------------------------------------- Checkpointing
         ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=int(config.keep_checkpoints))
-        start, _ = _restore(ckpt, model, optimizer)
+        start, data_state = _restore(ckpt, model, optimizer)
         _keep_episodes_until(workdir / "episodes.jsonl", start)
         writer = metrics_lib.MetricsWriter(workdir, total_steps, start_step=start, progress=False)
         profiler = metrics_lib.StepProfiler(workdir, config.get("profile"))
@@ -131,30 +133,53 @@ def run(config) -> dict:
         # ---------------------------------------------------------------- RL loop
         order = np.random.default_rng(int(config.seed)).permutation(len(questions))
         q = int(config.questions_per_step)
+        # the question queue: a cursor into the shuffled order, saved with every checkpoint (dynamic sampling
+        # draws a varying number of questions per step); step s starts at s * q when nothing was redrawn
+        cursor = [int(data_state.get("cursor", (start + 1) * q))]
+
+        def next_questions(n: int) -> list[str]:
+            picks = [questions[order[(cursor[0] + i) % len(order)]] for i in range(n)]
+            cursor[0] += n
+            return picks
+
+        updater = grpo.Updater(model, optimizer, gcfg, mesh)
         try:
             for step in range(start + 1, total_steps + 1):
                 if guard.stop_requested:
-                    ckpt.save(step - 1, _train_state(model, optimizer), {"step": step - 1}, wait=True)
+                    ckpt.save(step - 1, _train_state(model, optimizer), {"step": step - 1, "cursor": cursor[0]},
+                              wait=True)
                     print(f"rl: {guard.signal_name} at step {step - 1}: checkpoint saved, exiting", flush=True)
                     return last
                 t_step = time.perf_counter()
                 profiler.before(step)       # the trace covers the whole step: rollout, judge and update
-                picks = [questions[order[(step * q + i) % len(order)]] for i in range(q)]
-                # rollout: G episodes per question, tools over HTTP
-                episodes, timings = rollout(sampler, tokenizer, picks, synth_url, rcfg,
-                                            seed=int(config.seed) * 100003 + step)
-                # rewards: R_format, R_tool here; R_base from the judge
+                timings = {"time/generate": 0.0, "time/tools": 0.0, "time/judge": 0.0}
+
+                def sample(picks: list[str], round_: int):
+                    # rollout: G episodes per question, tools over HTTP; rewards: R_format, R_tool here, R_base
+                    # from the judge; advantages per group
+                    episodes, t = rollout(sampler, tokenizer, picks, synth_url, rcfg,
+                                          seed=int(config.seed) * 100003 + step + 1000003 * round_)
+                    for k, v in t.items():
+                        timings[k] = timings.get(k, 0.0) + v
+                    t0 = time.perf_counter()
+                    scored = asyncio.run(rewards_lib.score_all(synth_url, [e.question for e in episodes],
+                                                               [e.response for e in episodes], wcfg))
+                    timings["time/judge"] += time.perf_counter() - t0
+                    n = len(picks)
+                    totals = np.array([r.total if r.total is not None else 0.0 for r in scored]).reshape(n, -1)
+                    valid = np.array([not r.abstained for r in scored]).reshape(n, -1)
+                    adv, keep = advantage(totals, valid)
+                    return episodes, scored, adv, keep
+
+                episodes, scored, adv, keep, train_groups, rounds = sample_informative_groups(
+                    sample, next_questions, q, int(config.grpo.get("dynamic_sampling_rounds", 0)))
+                # update: several optimizer steps against the rollout logprobs, on `q` informative groups
                 t0 = time.perf_counter()
-                scored = asyncio.run(rewards_lib.score_all(synth_url, [e.question for e in episodes],
-                                                           [e.response for e in episodes], wcfg))
-                timings["time/judge"] = time.perf_counter() - t0
-                totals = np.array([r.total if r.total is not None else 0.0 for r in scored]).reshape(q, -1)
-                valid = np.array([not r.abstained for r in scored]).reshape(q, -1)
-                adv, keep = advantage(totals, valid)
-                # update: several optimizer steps against the rollout logprobs
-                t0 = time.perf_counter()
-                train_metrics = _update(model, optimizer, ref_model, episodes, adv.reshape(-1), keep.reshape(-1),
-                                        gcfg, config, mesh, np.random.default_rng(int(config.seed) + step))
+                g = rcfg.group_size
+                rows = [i * g + j for i in train_groups for j in range(g)]
+                train_metrics = _update(updater, model, optimizer, ref_model, [episodes[i] for i in rows],
+                                        adv.reshape(-1)[rows], keep.reshape(-1)[rows], gcfg, config, mesh,
+                                        np.random.default_rng(int(config.seed) + step))
                 timings["time/train"] = time.perf_counter() - t0
                 profiler.after(step, nnx.state(model, nnx.Param))
                 if jax.process_index() == 0:
@@ -162,12 +187,14 @@ def run(config) -> dict:
                                   keep.reshape(-1))
                 check_finite(step, {k.removeprefix("train/"): v for k, v in train_metrics.items()})
                 last = _step_metrics(step, episodes, scored, keep, timings, train_metrics)
+                last.update({"groups/sampled": int(keep.shape[0]), "groups/informative": len(train_groups),
+                             "groups/rounds": rounds})
                 last["time/step"] = time.perf_counter() - t_step
                 if step % int(config.log_every) == 0 or step == total_steps:
                     writer.write(step, last)
                     print(_console(last), flush=True)
                 if step % int(config.checkpoint_every) == 0 or step == total_steps:
-                    ckpt.save(step, _train_state(model, optimizer), {"step": step})
+                    ckpt.save(step, _train_state(model, optimizer), {"step": step, "cursor": cursor[0]})
         finally:
             profiler.stop()
             writer.close()
@@ -179,15 +206,37 @@ def run(config) -> dict:
     return last
 
 
-def _update(model, optimizer, ref_model, episodes, adv, keep, gcfg, config, mesh, rng) -> dict:
+def sample_informative_groups(sample, next_questions, want: int, max_rounds: int):
+    """Dynamic sampling: groups whose rewards do not vary teach nothing (every advantage is 0), so they are
+    replaced by groups of further questions from the queue until `want` groups are informative or `max_rounds`
+    redraws were made (0 = no redraw: today's loop, which trains on what is left).
+
+    sample(questions, round) -> (episodes, scored, advantages [n, G], keep [n, G]); next_questions(n) -> the next
+    n questions of the queue. Returns every sampled group (episodes, scored, advantages, keep concatenated in
+    order), the indices of the groups to train on (the first `want` informative ones) and the redraws made."""
+    episodes, scored, adv, keep = sample(next_questions(want), 0)
+    rounds = 0
+    while rounds < max_rounds and int(keep.any(axis=1).sum()) < want:
+        rounds += 1
+        more = sample(next_questions(want - int(keep.any(axis=1).sum())), rounds)
+        for e in more[0]:
+            e.group += len(adv)         # groups numbered across the step's rounds (episodes.jsonl)
+        episodes, scored = episodes + more[0], scored + more[1]
+        adv, keep = np.concatenate([adv, more[2]]), np.concatenate([keep, more[3]])
+    informative = [int(i) for i in np.nonzero(keep.any(axis=1))[0][:want]]
+    return episodes, scored, adv, keep, informative, rounds
+
+
+def _update(updater, model, optimizer, ref_model, episodes, adv, keep, gcfg, config, mesh, rng) -> dict:
     """`grpo.epochs` passes over the kept episodes in `grpo.minibatches` optimizer steps each, every step against
-    the rollout's logprobs. Minibatches have a fixed row count (len(episodes) / minibatches, padded with empty
-    rows) so the update compiles once per length bucket. {} when every group was dropped."""
+    the rollout's logprobs. Minibatches have a fixed row count (questions_per_step x group / minibatches, padded
+    with empty rows) so the update compiles once per length bucket; each is one optimizer step, its gradient
+    accumulated over microbatches of at most grpo.microbatch_tokens tokens. {} when every group was dropped."""
     kept = [i for i in range(len(episodes)) if keep[i]]
     if not kept:
         return {}
     minibatches = max(1, int(config.grpo.minibatches))
-    rows = -(-len(episodes) // minibatches)
+    rows = -(-int(config.questions_per_step) * int(config.rollout.group_size) // minibatches)
     out: dict[str, list] = {}
     for _ in range(int(config.grpo.epochs)):
         order = rng.permutation(kept)
@@ -197,7 +246,7 @@ def _update(model, optimizer, ref_model, episodes, adv, keep, gcfg, config, mesh
             batch = grpo.place_batch(batch, mesh)
             if ref_model is not None:
                 batch["ref_logp"] = grpo.reference_logprobs(ref_model, batch, gcfg.temperature, gcfg.logprob_chunk)
-            metrics = grpo.train_step(model, optimizer, batch, gcfg)
+            metrics = updater(model, optimizer, batch)
             for k, v in jax.device_get(metrics).items():
                 out.setdefault(k, []).append(float(v))
     result = {f"train/{k}": float(np.mean(v)) for k, v in out.items() if k != "policy_tokens"}
@@ -256,6 +305,8 @@ def _step_metrics(step, episodes, scored, keep, timings, train_metrics) -> dict:
 def _console(r: dict) -> str:
     return (f"step {r['step']:>4} | reward {r['reward']:.3f} (base {r['reward/base']:.3f} tool {r['reward/tool']:+.3f} "
             f"format {r['reward/format']:.2f}) abstained {r['judge/abstained']} | tool calls {r['tool_calls']:.1f} | "
-            f"response tokens {r['response_tokens']:.0f} | kept {r['episodes/kept']}/{r['episodes']} | "
+            f"response tokens {r['response_tokens']:.0f} | kept {r['episodes/kept']}/{r['episodes']} "
+            f"(informative groups {r['groups/informative']}/{r['groups/sampled']}) | "
+            f"entropy {r.get('train/entropy', float('nan')):.3f} | "
             f"generate {r['time/generate']:.1f}s tools {r['time/tools']:.1f}s judge {r['time/judge']:.1f}s "
             f"train {r['time/train']:.1f}s")
