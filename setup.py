@@ -54,7 +54,8 @@ EXTRAS = {
     # torch is for parity tests and side-by-side benchmarks only; pinned to the CPU build on disk.
     "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0", "scipy==1.17.1", "accelerate==1.15.0",
             # the Colab notebook, executed by tests/test_colab_notebook.py
-            "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
+            "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
+            "tensorboardX==2.6.5"],
 }
 
 setup(
