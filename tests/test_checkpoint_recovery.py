@@ -122,7 +122,10 @@ def test_train_command_resumes_past_a_damaged_step_and_names_bad_flags(tmp_path)
     assert damaged == [line for line in out if line.startswith(f"sft: checkpoint {work / 'checkpoints' / '2'} ")]
     assert len(damaged) == 1 and damaged[0].endswith("using the previous kept step 1")
     assert f"sft: resumed from {work / 'checkpoints'}/1" in out
-    assert "Traceback" not in again.stderr
+    # No traceback of the restore. On a loaded machine orbax's background thread can also print, at interpreter
+    # exit, a traceback of scheduling onto its already-closed event loop: that shutdown race is not the restore.
+    restore_tracebacks = [t for t in again.stderr.split("Traceback")[1:] if "Event loop is closed" not in t]
+    assert not restore_tracebacks, again.stderr[-3000:]
 
     # another model size over the same workdir: one line naming it and both sizes (num_layers is not a key the
     # preset's model_overrides sets: every ModelConfig field can be overridden)

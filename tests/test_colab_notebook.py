@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_notebook_runs_top_to_bottom_and_plots_the_reward_parts(tmp_path, monkeypatch):
     monkeypatch.setenv("ORESEARCHER_NOTEBOOK_CI", "1")       # read by the notebook: tiny settings, no accelerator
     monkeypatch.setenv("ORESEARCHER_NOTEBOOK_WORK", str(tmp_path / "work"))
+    monkeypatch.delenv("XLA_FLAGS", raising=False)            # one CPU device, as on Colab (not the 8 fake ones)
     nb = nbformat.read(ROOT / "experiments" / "colab.ipynb", as_version=4)
     NotebookClient(nb, timeout=1800, kernel_name="python3",
                    resources={"metadata": {"path": str(ROOT / "experiments")}}).execute()

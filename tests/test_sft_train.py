@@ -55,7 +55,7 @@ def test_tiny_loss_falls_by_half_in_200_steps(tmp_path):
 
 @pytest.mark.slow
 def test_one_device_and_2x2x2_mesh_give_the_same_losses(tmp_path):
-    steps = ["--config.total_steps=6", "--config.log_every=1", "--config.data.batch_size=2",
+    steps = ["--config.total_steps=6", "--config.log_every=1", "--config.data.batch_size=4",   # 4 rows: data x fsdp
              "--config.optim.warmup_steps=1", "--config.eval_every=3"]
     _train(tmp_path / "one", *steps, "--config.mesh.data=1", devices=1)
     # --config.mesh is a dict: replace it wholesale with a 2x2x2 mesh over 8 fake devices
