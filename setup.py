@@ -36,6 +36,7 @@ INSTALL_REQUIRES = [
     "pydantic>=2.14.3",
     "bm25s>=0.3.16",                  # the embedded corpus's search index
     "trafilatura>=2.3.1",             # crawl_page: the main content of an HTML page (menus, banners, footers dropped)
+    "lxml-html-clean>=0.4.7",         # trafilatura's HTML cleaner: lxml 6 no longer ships it, and trafilatura does not declare it
     "pypdf>=7.1.1",                   # crawl_page: the text of PDF pages
     "tqdm>=4.70.1",                   # progress bars
     "matplotlib>=3.11.2",             # plots written by evaluation, ablations and benchmarks
