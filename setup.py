@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "flax>=0.12.8",                   # the NNX decoder
     "optax>=0.2.8",                   # AdamW, schedules, gradient clipping
     "orbax-checkpoint>=0.12.8",       # sharded, asynchronous train-state checkpoints (tensorstore under it)
+    "etils[epath]>=1.15.0",          # oresearcher/paths.py: workdirs, data and checkpoints on local disk or gs://
     "grain>=0.2.18",                  # the SFT data loader: shuffling, sharding by process, resumable state
     "array-record>=0.8.6",            # ArrayRecord datasets (synth's output, the trainer's input)
     "ml-collections>=1.1.0",          # configs/*.py and their --config.key=value flags
@@ -33,6 +34,8 @@ INSTALL_REQUIRES = [
     "certifi>=2026.10.19",            # CA bundle of synth's own HTTP/1.1 client (synth/http1.py)
     "fastapi>=0.165.0",               # the synth service and oresearcher.serve
     "uvicorn>=0.54.0",
+    "starlette>=1.10.0",             # oresearcher/openai_api.py raises its HTTPException (FastAPI is built on it)
+    "uvloop>=0.23.0; sys_platform != 'win32'",   # synth's event loop (less CPU per LLM call); asyncio where absent
     "pydantic>=2.14.3",
     "bm25s>=0.3.16",                  # the embedded corpus's search index
     "trafilatura>=2.3.1",             # crawl_page: the main content of an HTML page (menus, banners, footers dropped)
