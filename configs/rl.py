@@ -64,7 +64,7 @@ def _base() -> ConfigDict:
     c.tokenizer = ""                    # for a preset model: "gguf:embedded" or an HF directory
     c.model_overrides = common.model_overrides()  # any ModelConfig field, replaced on a preset model
     c.init_checkpoint = ""              # an SFT result: HF directory (save_hf export) or SFT workdir
-    c.export_dir = ""                   # write the final policy here in HF layout (save_hf), if set
+    c.export_dir = "policy"             # the final policy in HF layout (save_hf); relative: inside the workdir
     c.aot_target = ""                   # the accelerator an accelerator preset is sized for: `python -m
                                         # oresearcher.aot --config=configs/rl.py:PRESET` compiles for it
 

@@ -347,7 +347,8 @@ def _export(config, trainer: TrainStep, state, tokenizer) -> None:
     """Write the final policy in HF layout (config.export_dir), for RL's init_checkpoint and for serving."""
     if config.get("export_dir"):
         from oresearcher.export import write_hf
-        write_hf(trainer.model(state["params"]), tokenizer, str(config.export_dir), log_prefix="sft")
+        write_hf(trainer.model(state["params"]), tokenizer, paths.under(config.workdir, config.export_dir),
+                 log_prefix="sft")
 
 
 def summary(workdir: str | Path) -> list[dict]:

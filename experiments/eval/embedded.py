@@ -45,7 +45,7 @@ from pathlib import Path
 
 
 from experiments.eval.kpr import LexicalKeyPoints, kpr_report
-from oresearcher import protocol, synth_client
+from oresearcher import paths, protocol, synth_client
 
 HERE = Path(__file__).resolve().parent
 QUESTIONS = HERE.parent / "data" / "embedded_eval.jsonl"
@@ -196,7 +196,7 @@ def find_policy(system: str, given: str | None) -> tuple[str, Path]:
     if is_hf_export(workdir):
         return "hf", workdir
     cfg = _run_config(workdir) or {}
-    export = Path(cfg["export_dir"]) if cfg.get("export_dir") else None
+    export = Path(paths.under(workdir, cfg["export_dir"])) if cfg.get("export_dir") else None
     if system == "sft":
         for candidate in (workdir / "warm_start" / "policy", export):
             if candidate is not None and is_hf_export(candidate):
