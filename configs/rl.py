@@ -87,6 +87,8 @@ def _base() -> ConfigDict:
     c.warm_start.max_references = 3     # keep this many reference lines in each answer
     c.warm_start.max_subtasks = 1       # keep this many subtasks of each trajectory (0 = all)
     c.warm_start.max_tool_calls = 2     # keep this many tool calls (with observations) per subtask (0 = all)
+    c.warm_start.report_sentences = 0   # > 0: keep the final report as a report (its sections for the kept
+                                        # subtasks and its conclusion, this many sentences per paragraph)
 
     c.rollout = ConfigDict()
     c.rollout.group_size = 8
@@ -150,19 +152,21 @@ def smollm2() -> ConfigDict:
     c.total_steps = 4
     c.checkpoint_every = 2
     c.questions_per_step = 2
-    c.warm_start.num_questions = 8
-    c.warm_start.steps = 10
+    c.warm_start.num_questions = 16
+    c.warm_start.steps = 60
     c.warm_start.batch_size = 1
-    c.warm_start.lr = 5e-5
-    c.warm_start.max_len = 1024
-    c.warm_start.abridge_words = 8      # ~300-token responses: a whole episode fits the turn budget below
-    c.warm_start.max_tool_calls = 1
+    c.warm_start.lr = 1e-4
+    c.warm_start.max_len = 2048
+    c.warm_start.abridge_words = 6      # thoughts, plans and calls cut to 6 words: the protocol, not the prose
+    c.warm_start.max_subtasks = 4       # 4 subtasks x (search, read): N = 4 in R_tool's band (2 <= N <= 8)
+    c.warm_start.max_tool_calls = 2
     c.warm_start.max_references = 1
+    c.warm_start.report_sentences = 1   # a report with its sections and citations (what the judge reads)
     c.rollout.group_size = 4
-    c.rollout.max_turns = 2
-    c.rollout.max_tokens = 1024
-    c.rollout.max_turn_tokens = 160
-    c.rollout.max_observation_tokens = 128
+    c.rollout.max_turns = 10            # 8 tool calls and the answer
+    c.rollout.max_tokens = 2048
+    c.rollout.max_turn_tokens = 384     # the report is the longest turn (~250 tokens)
+    c.rollout.max_observation_tokens = 64
     c.rollout.prefill_chunk = 256
     c.grpo.minibatches = 4              # 2 rows per optimizer step
     c.grpo.dynamic_sampling_rounds = 0  # on CPU a rollout is most of a step: no redraws (timings above)
