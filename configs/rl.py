@@ -160,13 +160,13 @@ def smollm2() -> ConfigDict:
     c.warm_start.abridge_words = 6      # thoughts, plans and calls cut to 6 words: the protocol, not the prose
     c.warm_start.max_subtasks = 4       # 4 subtasks x (search, read): N = 4 in R_tool's band (2 <= N <= 8)
     c.warm_start.max_tool_calls = 2
-    c.warm_start.max_references = 1
+    c.warm_start.max_references = 0     # subtask answers without reference lists (the report keeps its own)
     c.warm_start.report_sentences = 1   # a report with its sections and citations (what the judge reads)
     c.rollout.group_size = 4
     c.rollout.max_turns = 10            # 8 tool calls and the answer
     c.rollout.max_tokens = 2048
     c.rollout.max_turn_tokens = 384     # the report is the longest turn (~250 tokens)
-    c.rollout.max_observation_tokens = 64
+    c.rollout.max_observation_tokens = 48   # 24 tokens of each observation and a truncation note
     c.rollout.prefill_chunk = 256
     c.grpo.minibatches = 4              # 2 rows per optimizer step
     c.grpo.dynamic_sampling_rounds = 0  # on CPU a rollout is most of a step: no redraws (timings above)
