@@ -63,6 +63,9 @@ def _base() -> ConfigDict:
         temperature=0.7, max_tokens=2048,
         answer_prefix="",               # opens the researcher's last turn (see synth/teachers/openai.py); needs a
                                         # server with vLLM's continue_final_message (oresearcher.serve, vLLM)
+        # the extractive teacher's sizes (smaller: shorter trajectories; synth.config.sized_for picks them for a
+        # token budget): results per query, queries per search, sentences per sub-report (at most)
+        search_num=5, search_queries=2, answer_sentences=6,
         roles=ConfigDict(dict(          # several teachers: per role, endpoints taking turns (teachers/multi.py);
             planner=[], researcher=[], summarizer=[])),   # [] -> the teacher above plays the role
     ))

@@ -145,9 +145,15 @@ def searches_of(research) -> list:
 class ExtractiveTeacher:
     name = "extractive"
 
-    def __init__(self, tools, *, min_sentences: int = 3):
+    def __init__(self, tools, *, min_sentences: int = 3, search_num: int = 5, search_queries: int = 2,
+                 answer_sentences: int = 6):
+        """search_num: results per query; search_queries: queries per search (the subject, then the subject
+        expanded); answer_sentences: at most this many sentences per sub-report (2 fewer at least). Smaller
+        values make shorter trajectories (configs/synth.py teacher.*, synth.config.sized_for)."""
         self.tools = tools
-        self.min_sentences = min_sentences
+        self.min_sentences = min(min_sentences, answer_sentences)
+        self.search_num, self.search_queries = max(1, search_num), max(1, search_queries)
+        self.answer_sentences = max(1, answer_sentences)
 
     # ------------------------------------------------------------------------------------------ planner
     async def plan(self, question: str, rng: random.Random) -> list[str]:
@@ -213,8 +219,12 @@ class ExtractiveTeacher:
             base = " ".join(_QUALIFIER.sub("", s) for s in named[:1])
             queries = [" ".join([base] + terms[3:6]) if terms[3:6] else f"{base} facts", " ".join(terms[:5])]
         queries = [q.replace("|", " ").replace("&", " and ").strip() for q in queries if q.strip()]
+        if self.search_queries == 1 and len(queries) > 1:
+            # one query: the expanded one, which differs between the sub-queries (a repeated search counts once)
+            queries = queries[1:] if not searches else queries[:1]
+        queries = list(dict.fromkeys(queries))[: self.search_queries]
         return Step([("think", think), ("plan", plan)],
-                    call=("web_search", f"query={' | '.join(dict.fromkeys(queries))}&num=5"))
+                    call=("web_search", f"query={' | '.join(queries)}&num={self.search_num}"))
 
     def _crawl(self, research, search, rng) -> Step:
         read = {p.url for o in research.observed for p in o.result.pages}
@@ -281,7 +291,7 @@ class ExtractiveTeacher:
         return out
 
     def _answer(self, research, evidence, rng) -> Step:
-        keep = evidence[: rng.randint(4, 6)]
+        keep = evidence[: rng.randint(max(1, self.answer_sentences - 2), self.answer_sentences)]
         if not keep:   # no sentence matched: fall back to each read page's first sentences
             for o in research.observed:
                 for title, url, body in _SECTION.findall(o.result.observation):
