@@ -276,7 +276,9 @@ class ExtractiveTeacher:
             if o.tool != "crawl_page":
                 continue
             for title, url, body in _SECTION.findall(o.result.observation):
-                own = _QUALIFIER.sub("", title).lower() in named
+                # A sub-query on several subjects (how they relate) wants what links them, not each one's
+                # definition, which their own sub-queries give: no own-page bonus there.
+                own = _QUALIFIER.sub("", title).lower() in named and len(named) == 1
                 for position, sentence in enumerate(text_lib.sentences(body)):
                     if len(sentence) < 40 or len(sentence) > 400 or "[" in sentence or sentence in seen:
                         continue
@@ -321,7 +323,9 @@ class ExtractiveTeacher:
         for sub, body in zip(subtasks, bodies):
             fresh = [s for s in text_lib.sentences(body) if re.sub(r"\s*\[\d+\]", "", s) not in said]
             said.update(re.sub(r"\s*\[\d+\]", "", s) for s in fresh)
-            body = " ".join(fresh) or "The sources repeat what the sections above already cover."
+            if not any(re.search(r"\[\d+\]", s) for s in fresh):   # nothing new and cited: no section
+                continue
+            body = " ".join(fresh)
             parts.append(f"## {sub}\n{body}")
             first = text_lib.sentences(body)[:1]
             if first and re.search(r"\[\d+\]", first[0]):
