@@ -148,6 +148,7 @@ def eval_kpr(cache: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--label", default="current", help="the row's name in the results file (e.g. before, after)")
+    ap.add_argument("--note", default="", help="what the row measured (kept in the results file)")
     ap.add_argument("--questions", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = asyncio.run(funnel_records(unseen_questions(args.questions, args.seed), Path(tmp) / "cache"))
         figures, per_q = unseen_figures(rows)
         figures["eval_kpr"] = round(eval_kpr(Path(tmp) / "cache"), 2)
-    figures = {"label": args.label, **figures, "seconds": round(time.perf_counter() - start, 1)}
+    figures = {"label": args.label, **figures, "seconds": round(time.perf_counter() - start, 1),
+               **({"note": args.note} if args.note else {})}
     for key in ("N_mean", "r_tool", "judge"):
         figures[key] = None if figures[key] is None else round(figures[key], 3)
     print(json.dumps(figures, indent=1))

@@ -246,7 +246,7 @@ class ExtractiveTeacher:
         # The first sub-query reads the subject itself; later ones on the same subject add one related page,
         # A different related page for each (the researchers run side by side and cannot see each other).
         if own and research.index > 0 and len(named) < 2 and rest:
-            k = (research.index - 1) % len(rest)
+            k = research.index % len(rest)   # the first sub-query may add rest[0]; the others rest[1], rest[2]
             picks = own + rest[k:k + 1]
         else:
             picks = (own + rest[: rng.randint(0, 1)]) if own else rest[: rng.randint(1, 2)]
