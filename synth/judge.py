@@ -24,8 +24,8 @@ in [0, 1]:
                     No citations at all scores 0.
   length            min(1, substantive words / target_words): the words of the cited sentences, each weighted
                     by its citation support and its novelty (share of its content words no earlier cited sentence
-                    used); repeating or rewording a sentence, or padding with uncited or unsupported text, adds
-                    (almost) nothing.
+                    used; 0 below MIN_NOVELTY); repeating a sentence, rewording it or changing one word of a
+                    template, or padding with uncited or unsupported text, adds nothing.
   on_topic          share of the report's sections (a "##" heading and its text; the introduction before the
                     first one and a closing conclusion aside) holding a supported cited sentence that shares a
                     content word with the question (plurals folded): a section about something else, however well
@@ -68,6 +68,7 @@ _MARKER_AFTER_STOP = re.compile(r"([.!?。！？])((?:\s*%s)+)" % _MARKER.patter
 _URL = re.compile(r"https?://[^\s)\]>|\"']+")
 _BLANK_LINE = re.compile(r"\n\s*\n")
 _SECTION_START = re.compile(r"\n(?=## |\d+\. \[)")   # a page section "## [T](URL)" or a search entry "n. [T](URL)"
+MIN_NOVELTY = 1 / 3   # a cited sentence adds to length only when a third of its content words are new
 # What tool output looks like (protocol.render_search, the crawl's page sections): pasted, not written.
 _TOOL_FORMAT = re.compile(r"^\s*(?:Source:\s*https?://|#+\s*\[[^\]]*\]\(https?://|\d+\.\s*\[[^\]]*\]\(https?://|"
                           r"#\s*(?:Synthesis Report|Search Summary)\b|Found \d+ results)", re.MULTILINE)
@@ -248,6 +249,7 @@ class HeuristicJudge:
         for claim, weight in best.items():
             vocabulary = set(text_lib.content_words(claim))
             novelty = len(vocabulary - used) / len(vocabulary) if vocabulary else 0.0
+            novelty = novelty if novelty >= MIN_NOVELTY else 0.0   # a template with one word changed is a repeat
             used |= vocabulary
             words += (len(claim.split()) + len(re.findall(r"[\u3400-\u9fff]", claim))) * weight * novelty
         length = min(1.0, words / self.target_words)
