@@ -34,13 +34,13 @@ in [0, 1]:
                     page headings, numbered "[T](URL)" search entries, "# Synthesis Report"/"# Search Summary"):
                     observations pasted, not synthesised.
   language_match    1 if protocol.detect_language(report) == detect_language(question), else 0.
-Mapped onto the four RACE dimensions (so every judge speaks the same JSON):
-  comprehensiveness     = (question_coverage + evidence_coverage + length) / 3
-  insight               = (citation_support + min(1, supported distinct sources / 4)) / 2
-  instruction_following = (language_match + question_coverage) / 2
+Mapped onto the four RACE dimensions (so every judge speaks the same JSON), with topical = (1 + on_topic) / 2 (a
+report whose sections are all off the question keeps half of what it says):
+  comprehensiveness     = (question_coverage + evidence_coverage + length) / 3 x topical
+  insight               = (citation_support + min(1, supported distinct sources / 4)) / 2 x topical
+  instruction_following = (language_match + question_coverage) / 2 x topical
   readability           = structure x (1 - copied)
-  overall               = mean of the four x (1 + on_topic) / 2 (a report whose sections are all off the question
-                          keeps half), halved when the language does not match the question's.
+  overall               = mean of the four, halved when the language does not match the question's.
 """
 from __future__ import annotations
 
@@ -273,13 +273,14 @@ class HeuristicJudge:
         question_language = protocol.detect_language(question)
         language_match = 1.0 if report_language == question_language else 0.0
 
+        topical = (1.0 + on_topic) / 2   # what the report says counts as far as it is about the question
         scores = {
-            "comprehensiveness": (question_coverage + evidence_coverage + length) / 3,
-            "insight": (citation_support + min(1.0, len(supported_sources) / 4)) / 2,
-            "instruction_following": (language_match + question_coverage) / 2,
+            "comprehensiveness": (question_coverage + evidence_coverage + length) / 3 * topical,
+            "insight": (citation_support + min(1.0, len(supported_sources) / 4)) / 2 * topical,
+            "instruction_following": (language_match + question_coverage) / 2 * topical,
             "readability": structure * (1.0 - copied),
         }
-        overall = sum(scores.values()) / len(scores) * (1.0 + on_topic) / 2 * (1.0 if language_match else 0.5)
+        overall = sum(scores.values()) / len(scores) * (1.0 if language_match else 0.5)
         details = {
             "structure": round(structure, 4), "structure_checks": checks,
             "question_coverage": round(question_coverage, 4), "evidence_coverage": round(evidence_coverage, 4),

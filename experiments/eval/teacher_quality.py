@@ -16,7 +16,9 @@ the heuristic judge picks one):
 On the 30 questions of experiments/data/embedded_eval.jsonl: the teacher's KPR (lexical key-point recall, 0-100),
 computed exactly as `python -m experiments.eval.embedded --systems teacher` computes its `kpr` column (one
 candidate per question, the workflow of the same config).
-Words are compared after a light plural fold ("mosquitoes" ~ "mosquito"). The row goes to
+`--records FILE` re-scores saved records (an older teacher's, on the same questions) with this checkout's judge:
+how much a judge notices what the teacher gets wrong. Words are compared after a light plural fold
+("mosquitoes" ~ "mosquito", synth.text.fold). The row goes to
 experiments/eval/results/teacher_quality.json under `--label` (rows with other labels are kept, so a before and
 an after sit side by side; render with `python -m experiments.results`).
 """
@@ -49,22 +51,14 @@ main important importance overview context background examples example kinds typ
 _HIT_TITLE = re.compile(r"^\d+\.\s*\[(.*?)\]\(", re.MULTILINE)
 
 
-def fold(word: str) -> str:
-    """A light plural fold so "mosquitoes" and "mosquito" count as one word."""
-    for suffix in ("ies", "es", "s"):
-        if len(word) > len(suffix) + 3 and word.endswith(suffix):
-            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
-    return word
-
-
 def words(text: str) -> set[str]:
-    return {fold(w) for w in text_lib.content_words(text)}
+    return {text_lib.fold(w) for w in text_lib.content_words(text)}
 
 
 def off_topic(subtask: str, question: str) -> bool:
     focus = " ".join(question.split()).rstrip("?.!").lower()
     own = " ".join(subtask.split()).lower().replace(focus, " ")
-    rest = words(own) - {fold(w) for w in ASPECT_WORDS}
+    rest = words(own) - {text_lib.fold(w) for w in ASPECT_WORDS}
     return bool(rest) and not rest & words(question)
 
 
@@ -95,6 +89,26 @@ async def funnel_records(questions: list[dict], cache: Path) -> list[dict]:
     finally:
         await synth.aclose()
     return [{"question": q, "record": o.record, "rejections": o.rejections} for q, o in zip(questions, outcomes)]
+
+
+async def rejudged(path: Path, cache: Path) -> list[dict]:
+    """Saved records, each re-scored by this checkout's funnel judge (synth.selection.score_candidate with the
+    heuristic judge), as funnel_records gives them."""
+    from synth.judge import HeuristicJudge
+    from synth.selection import score_candidate
+    from synth.tools import Tools
+
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    tools = Tools.from_config({"cache_dir": str(cache), "search": {"backend": "local"}, "crawl": {"backend": "local"}})
+    judge = HeuristicJudge(tools)
+    try:
+        for record in records:
+            verdict = await score_candidate(judge, record["question"], record["report"],
+                                            record["messages"][-1]["content"])
+            record["meta"]["judge"] = verdict.to_json()
+    finally:
+        await tools.aclose()
+    return [{"question": {"id": r["id"], "question": r["question"]}, "record": r, "rejections": []} for r in records]
 
 
 def unseen_figures(rows: list[dict]) -> tuple[dict, list[dict]]:
@@ -151,14 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="what the row measured (kept in the results file)")
     ap.add_argument("--questions", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--records", type=Path, help="score these trajectory records (a synth run's trajectories.jsonl, "
+                    "e.g. an older teacher's on the same questions) with this checkout's judge, instead of "
+                    "synthesizing; no eval_kpr")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")   # the eval helpers import JAX; nothing here needs a device
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="teacher-quality-") as tmp:
-        rows = asyncio.run(funnel_records(unseen_questions(args.questions, args.seed), Path(tmp) / "cache"))
-        figures, per_q = unseen_figures(rows)
-        figures["eval_kpr"] = round(eval_kpr(Path(tmp) / "cache"), 2)
+        if args.records:
+            rows = asyncio.run(rejudged(args.records, Path(tmp) / "cache"))
+            figures, per_q = unseen_figures(rows)
+            figures["eval_kpr"] = None
+        else:
+            rows = asyncio.run(funnel_records(unseen_questions(args.questions, args.seed), Path(tmp) / "cache"))
+            figures, per_q = unseen_figures(rows)
+            figures["eval_kpr"] = round(eval_kpr(Path(tmp) / "cache"), 2)
     figures = {"label": args.label, **figures, "seconds": round(time.perf_counter() - start, 1),
                **({"note": args.note} if args.note else {})}
     for key in ("N_mean", "r_tool", "judge"):
