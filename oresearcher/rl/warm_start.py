@@ -107,7 +107,7 @@ def synthesize(config, directory: Path) -> list[dict]:
     if Path(path).exists():
         synth_config = str(Path(path).absolute()) + (f":{preset}" if preset else "")
     cmd = [sys.executable, "-m", "synth", "run", f"--config={synth_config}", f"--seeds={seeds}",
-           f"--out={directory / 'synth'}"]
+           f"--out={directory / 'synth'}", *synth_overrides(config)]
     start = time.perf_counter()
     print(f"warm start: synthesizing {len(questions)} trajectories: {' '.join(cmd)}", flush=True)
     done = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True)
@@ -123,6 +123,20 @@ def synthesize(config, directory: Path) -> list[dict]:
                            f"rejected.jsonl")
     print(f"warm start: {len(records)} trajectories in {time.perf_counter() - start:.0f}s", flush=True)
     return records
+
+
+def synth_overrides(config) -> list[str]:
+    """`--config.KEY=VALUE` for the warm start's `synth run`: the reward's tool-call band (the funnel keeps only
+    trajectories whose N the reward pays for); with warm_start.synth_tokens > 0, the sizes under which the embedded
+    teacher's trajectories fit that many tokens (`synth.config.sized_for`: give the SFT sequence length less the
+    prompt's tokens); then warm_start.synth_overrides, a list of "KEY=VALUE" strings."""
+    from synth.config import sized_for
+    reward, w = config.get("reward") or {}, config.warm_start
+    items = {f"workflow.{k}": reward[k] for k in ("tool_low", "tool_high") if k in reward}
+    if int(w.get("synth_tokens", 0) or 0) > 0:
+        items.update(sized_for(int(w.synth_tokens)))
+    items.update(item.split("=", 1) for item in (w.get("synth_overrides") or []))
+    return [f"--config.{key}={value}" for key, value in items.items()]
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
