@@ -145,7 +145,7 @@ def run(config) -> dict:
         updater = grpo.Updater(model, optimizer, gcfg, mesh)
         try:
             for step in range(start + 1, total_steps + 1):
-                if guard.stop_requested:
+                if guard.should_stop():
                     ckpt.save(step - 1, _train_state(model, optimizer), {"step": step - 1, "cursor": cursor[0]},
                               wait=True)
                     print(f"rl: {guard.signal_name} at step {step - 1}: checkpoint saved, exiting", flush=True)
