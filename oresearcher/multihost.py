@@ -4,22 +4,40 @@
     gather_objects(obj)        [obj of process 0, obj of process 1, ...] on every process (picklable objects)
     broadcast_object(obj)      process 0's obj on every process
     barrier(name)              every process waits here for the others
+    process_share(n)           this process's contiguous share of n items (its questions of a step)
     host_mesh(mesh)            the block of `mesh` on this process's own devices (same axis names)
-    to_host(tree, mesh, host)  global arrays on `mesh` -> copies on the host mesh (what a host-local rollout reads)
+    to_host(tree, mesh, host)  global arrays on `mesh` -> copies on the host mesh
+    host_model(model, mesh)    a copy of a model on this process's devices (what its share of the rollouts runs on)
 
-With one process every function is the identity (no collective runs). Objects travel as pickled bytes inside a
-uint8 array through `multihost_utils`, so they ride the collectives JAX already set up (gloo on CPU, NCCL or ICI
-on accelerators) and need no side channel. Every process must make the same calls in the same order.
+With one process every function is the identity (nothing is exchanged). Between processes, objects travel as
+pickled bytes through the key-value store of JAX's coordination service (the one `jax.distributed.initialize`
+starts), not through device collectives: a host may wait minutes here for another (process 0 starting the synth
+service, a host whose rollouts run longer), and a device collective on CPU (gloo) gives up after 30 s. A host
+that dies is noticed by the coordination service's heartbeats, which end the others' waits with an error. Every
+process must make the same calls in the same order.
 """
 from __future__ import annotations
 
+import itertools
 import pickle
 from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+_WAIT_MS = 24 * 3600 * 1000          # how long a host waits for the others; a dead host ends the wait sooner
+_CHUNK = 1 << 20                      # the coordination service's messages stay under gRPC's 4 MiB default
+_calls = itertools.count()            # the same sequence on every process: names each exchange
+
+
+def _client():
+    from jax._src import distributed   # the coordination service client; no public accessor exists yet
+    client = distributed.global_state.client
+    if client is None:
+        raise RuntimeError("several JAX processes but no distributed client: call jax.distributed.initialize() "
+                           "first (python -m oresearcher.train does it from the JAX_* environment variables)")
+    return client
 
 
 def is_primary() -> bool:
@@ -27,39 +45,54 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
-def any_process(flag: bool) -> bool:
-    if jax.process_count() == 1:
-        return bool(flag)
-    return bool(np.asarray(multihost_utils.process_allgather(np.int32(bool(flag)))).any())
+def _put(client, key: str, data: bytes) -> None:
+    chunks = [data[i:i + _CHUNK] for i in range(0, len(data), _CHUNK)] or [b""]
+    for i, c in enumerate(chunks):
+        client.key_value_set_bytes(f"{key}/{i}", c)
+    client.key_value_set(f"{key}/n", str(len(chunks)))
 
 
-def barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(name)
+def _get(client, key: str) -> bytes:
+    n = int(client.blocking_key_value_get(f"{key}/n", _WAIT_MS))
+    return b"".join(client.blocking_key_value_get_bytes(f"{key}/{i}", _WAIT_MS) for i in range(n))
+
+
+def _exchange(obj: Any, senders) -> list:
+    """The objects of the processes in `senders` (each sends its `obj`), on every process."""
+    client, me, call = _client(), jax.process_index(), next(_calls)
+    prefix = f"oresearcher/exchange/{call}"
+    if me in senders:
+        _put(client, f"{prefix}/{me}", pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+    out = [pickle.loads(_get(client, f"{prefix}/{p}")) for p in senders]
+    client.wait_at_barrier(f"{prefix}/read", _WAIT_MS)      # everyone has read: the keys can go
+    if me in senders:
+        client.key_value_delete(f"{prefix}/{me}")
+    return out
 
 
 def gather_objects(obj: Any) -> list:
-    """Every process's `obj`, in process order, on every process."""
+    """Every process's `obj` (picklable), in process order, on every process."""
     if jax.process_count() == 1:
         return [obj]
-    data = np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)
-    sizes = np.asarray(multihost_utils.process_allgather(np.int64(data.size))).reshape(-1)
-    padded = np.zeros((int(sizes.max()),), np.uint8)
-    padded[:data.size] = data
-    rows = np.asarray(multihost_utils.process_allgather(padded))        # [processes, longest]
-    return [pickle.loads(rows[i, :int(n)].tobytes()) for i, n in enumerate(sizes)]
+    return _exchange(obj, range(jax.process_count()))
 
 
 def broadcast_object(obj: Any) -> Any:
     """Process 0's `obj` (the others' argument is ignored) on every process."""
     if jax.process_count() == 1:
         return obj
-    data = np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), np.uint8) if is_primary() else None
-    size = int(multihost_utils.broadcast_one_to_all(np.int64(data.size if data is not None else 0)))
-    buf = np.zeros((size,), np.uint8)
-    if data is not None:
-        buf[:] = data
-    return pickle.loads(np.asarray(multihost_utils.broadcast_one_to_all(buf)).tobytes())
+    return _exchange(obj, [0])[0]
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is True on any one."""
+    return any(gather_objects(bool(flag)))
+
+
+def barrier(name: str) -> None:
+    """Every process waits here until all have arrived."""
+    if jax.process_count() > 1:
+        _client().wait_at_barrier(f"oresearcher/barrier/{next(_calls)}/{name}", _WAIT_MS)
 
 
 # ------------------------------------------------------------------------------------ host-local copies
@@ -98,6 +131,8 @@ def to_host(tree, mesh: Mesh, host: Mesh):
     if host is mesh:
         return tree
     leaves, treedef = jax.tree.flatten(tree)
+    if not all(isinstance(x, jax.Array) for x in leaves):
+        raise TypeError("to_host: every leaf must be a jax.Array on the mesh")
     specs = [_host_spec(x.sharding.spec if isinstance(x.sharding, NamedSharding) else PartitionSpec(), mesh, host)
              for x in leaves]
     gathered = jax.jit(lambda xs: xs, out_shardings=[NamedSharding(mesh, s) for s in specs])(leaves)
@@ -108,3 +143,32 @@ def to_host(tree, mesh: Mesh, host: Mesh):
         out.append(jax.make_array_from_single_device_arrays(
             x.shape, target, [by_device[d] for d in target.addressable_devices_indices_map(x.shape)]))
     return jax.tree.unflatten(treedef, out)
+
+
+def process_share(n: int) -> range:
+    """This process's contiguous share of n items (shares differ by at most one; the first processes get more)."""
+    p, count = jax.process_index(), jax.process_count()
+    base, extra = divmod(n, count)
+    start = p * base + min(p, extra)
+    return range(start, start + base + (p < extra))
+
+
+def host_model(model, mesh: Mesh):
+    """A copy of the NNX `model` (sharded on the global `mesh`) that lives on this process's devices alone, for
+    work each host does by itself (its share of the rollouts); the model itself when there is one process.
+    `refresh_host_model` brings its parameters up to date after an update."""
+    host = host_mesh(mesh)
+    if host is mesh:
+        return model
+    from flax import nnx
+    graphdef, state = nnx.split(model)
+    copy = nnx.merge(graphdef, to_host(state, mesh, host))
+    copy.set_sharding(host, model.rules)   # its activation constraints name the host mesh
+    return copy
+
+
+def refresh_host_model(copy, model, mesh: Mesh) -> None:
+    if copy is model:
+        return
+    from flax import nnx
+    nnx.update(copy, to_host(nnx.state(model, nnx.Param), mesh, copy.mesh))

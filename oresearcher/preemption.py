@@ -38,11 +38,12 @@ class PreemptionGuard:
 
     def should_stop(self) -> bool:
         """True on every process when any process has been signalled. Call it at each step boundary on every
-        process (it is a collective). Why an all-reduce of the flag and not JAX's preemption sync point
-        (multihost_utils.reached_preemption_sync_point): that service installs its own SIGTERM handling in the
-        coordination agent, needs jax_enable_preemption_service and is absent in a single-process run, while one
-        tiny all-reduce per step (RL steps take seconds to minutes; SFT already syncs on its metrics every step)
-        works the same on CPU, GPU and TPU, with one process or many, and stops at the step being started."""
+        process (all of them exchange their flags). Why an exchange of the flag and not JAX's preemption sync
+        point (multihost_utils.reached_preemption_sync_point): that service catches SIGTERM in the coordination
+        agent itself, needs jax_enable_preemption_service and does not exist in a single-process run, while one
+        tiny exchange per step (through the coordination service: milliseconds, against steps of seconds to
+        minutes) works the same on CPU, GPU and TPU, with one process or many, and stops at the step being
+        started."""
         from oresearcher import multihost
 
         stop = multihost.any_process(self.stop_requested)
