@@ -51,18 +51,25 @@ def policy_from_config(config, mesh, workdir: Path):
         return _load_weights(model, str(config.init_checkpoint), mesh, rules), tokenizer
     if not config.warm_start.enabled:
         return model, tokenizer
+    from oresearcher import multihost
+
     out = workdir / "warm_start" / "policy"
-    if not (out / "config.json").exists():
-        records = synthesize(config, workdir / "warm_start")
-        data = workdir / "warm_start" / "abridged.jsonl"
-        # observations cut as the rollout cuts them: the policy learns to continue after what it will see
-        from oresearcher.rl.rollout import truncate_observation
-        limit = int(config.rollout.max_observation_tokens)
-        cut = lambda body: truncate_observation(tokenizer, body, limit)
-        with open(data, "w") as f:
-            for rec in records:
-                f.write(json.dumps(abridge_record(rec, config.warm_start, cut)) + "\n")
+    data = workdir / "warm_start" / "abridged.jsonl"
+    # multi-host: process 0 decides, synthesizes and writes the records; every process then runs the SFT (each
+    # reads its share of the rows) and reads the export once process 0 has written it
+    if not multihost.broadcast_object((out / "config.json").exists()):
+        if multihost.is_primary():
+            records = synthesize(config, workdir / "warm_start")
+            # observations cut as the rollout cuts them: the policy learns to continue after what it will see
+            from oresearcher.rl.rollout import truncate_observation
+            limit = int(config.rollout.max_observation_tokens)
+            cut = lambda body: truncate_observation(tokenizer, body, limit)
+            with open(data, "w") as f:
+                for rec in records:
+                    f.write(json.dumps(abridge_record(rec, config.warm_start, cut)) + "\n")
+        multihost.barrier("warm start: records written")
         sft_lib.run(_sft_config(config, data, workdir / "warm_start", out))
+        multihost.barrier("warm start: policy exported")
     else:
         print(f"warm start: reusing {out}", flush=True)
     return _load_weights(model, str(out), mesh, rules), tokenizer
