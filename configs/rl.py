@@ -152,11 +152,11 @@ def _base() -> ConfigDict:
 def smollm2() -> ConfigDict:
     c = _base()
     c.remat = "full"                    # GRPO's backward over 8 x 1024 tokens: ~15 GB of activations without it
-    c.total_steps = 4
+    c.total_steps = 3
     c.checkpoint_every = 2
     c.questions_per_step = 2
     c.warm_start.num_questions = 16
-    c.warm_start.steps = 60
+    c.warm_start.steps = 40
     c.warm_start.batch_size = 1
     c.warm_start.lr = 1e-4
     c.warm_start.max_len = 2048
