@@ -193,7 +193,8 @@ class HeuristicJudge:
         question_words = set(text_lib.content_words(question))
         report_words = set(text_lib.content_words(body))
         question_coverage = len(question_words & report_words) / len(question_words) if question_words else 1.0
-        gathered, evidence = _observation_sections(trajectory_text(trajectory))
+        trajectory = trajectory_text(trajectory)
+        gathered, evidence = _observation_sections(trajectory)
         cited_urls = [url_of[n] for n in dict.fromkeys(cited) if n in url_of]
         if gathered:
             hit = len(set(cited_urls) & set(gathered))
@@ -214,7 +215,10 @@ class HeuristicJudge:
                 for n in dict.fromkeys(protocol.cited_numbers(sentence)):
                     pairs.append((sentence, n, section))
         # With a trajectory, a source it never showed is invented: it supports nothing (and is not read).
-        readable = {u for u in url_of.values() if not gathered or u in evidence}
+        # (A URL ending in ")" is cut short by _URL, so the observations' text is the reference.)
+        observed = "\n".join(span.body for span in protocol.parse(trajectory) if span.tag == "observation") \
+            if gathered else ""
+        readable = {u for u in url_of.values() if not gathered or u in evidence or u in observed}
         needed = sorted({url_of[n] for _, n, _ in pairs if n in url_of} & readable)
         texts = dict(zip(needed, await asyncio.gather(*(self._page_text(u) for u in needed))))
         supports, supported_sources, unsupported = [], set(), []

@@ -150,3 +150,28 @@ def test_the_composite_reward_is_not_raised_by_hacks(case):
     # N counts distinct calls: asking each search three times pays no more tool reward. (The off-topic hack's
     # extra crawl is one more distinct call: R_tool may pay it, the total still falls.)
     assert by_name["repeated_tool_calls"].tool == honest.tool
+
+
+def test_an_observed_source_supports_even_when_its_url_ends_in_a_parenthesis(tmp_path):
+    """Only invented sources lose their support: a crawled page whose address ends in ")" is observed."""
+    from synth.tools import Tools
+
+    async def run():
+        tools = Tools.from_config({"cache_dir": str(tmp_path), "search": {"backend": "local"},
+                                   "crawl": {"backend": "local"}})
+        try:
+            crawled = await tools.crawl_page(["https://en.wikipedia.org/wiki/Western_Front_(World_War_I)"], "war")
+            page = crawled.pages[0]
+            claim = page.text.split(". ")[0]
+            trajectory = f"<crawl_page>url={page.url}</crawl_page>" + protocol.observation(crawled.observation)
+            report = f"# War\n\nIntro.\n\n## The front\n{claim} [1].\n\n## References\n[1]. {page.url} - Front"
+            observed = await HeuristicJudge(tools).score("What was the Western Front?", report, trajectory=trajectory)
+            unobserved = await HeuristicJudge(tools).score("What was the Western Front?", report,
+                                                           trajectory=trajectory.replace(page.url, "https://a.org/x"))
+            return observed, unobserved
+        finally:
+            await tools.aclose()
+
+    observed, unobserved = asyncio.run(run())
+    assert observed.details["citation_support"] == 1.0
+    assert unobserved.details["citation_support"] == 0.0 and unobserved.overall < observed.overall

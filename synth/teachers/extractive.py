@@ -78,9 +78,9 @@ def _title_index() -> dict[str, str]:
 
 def subjects(text: str) -> list[str]:
     """The subjects a text names, in order: corpus titles (longest match first, none inside another), else
-    capitalised names. A phrase made only of aspect words or stopwords, or a lone lower-case common word that
-    is also a title ("matter", "energy"), is no subject; a lone lower-case word that is a title and no common
-    English word ("photosynthesis") is."""
+    capitalised names. A phrase made only of aspect words or stopwords, a lone lower-case everyday word that
+    is also a title ("matter", "energy": COMMON_DF) or a verb ("train the"), is no subject; a lone lower-case
+    word that is a title and a rare word ("photosynthesis") is."""
     tokens = list(_TOKEN.finditer(text))
     index = _title_index()
     taken = [False] * len(tokens)
@@ -115,27 +115,44 @@ def subjects(text: str) -> list[str]:
     return list(dict.fromkeys(title for _, title in sorted(found)))
 
 
-# Lower-case one-word titles that are everyday words: they name a subject only when written as a name.
-_COMMON = frozenset("""
-energy life time water light air fire food work play matter power force heat land sea sun earth world war peace
-art music science history language money trade law state government society culture nature animal plant body
-mind health disease family city country people man woman child house school book game sport space weather
-""".split())
+# A lower-case word that more corpus pages than this use is an everyday word ("energy", "technology", "medicine"):
+# as a one-word title it names a subject only when written as a name. Rarer words ("photosynthesis", "malaria")
+# name their article.
+COMMON_DF = 80
+
+
+@functools.lru_cache(maxsize=1)
+def _document_frequency() -> dict[str, int]:
+    """Content word -> number of corpus pages using it (about 0.7 s once per process)."""
+    import collections
+    try:
+        from synth import corpus as corpus_lib
+        pages = corpus_lib.load().pages
+    except (FileNotFoundError, OSError):
+        return {}
+    df: collections.Counter = collections.Counter()
+    for page in pages:
+        df.update(set(text_lib.content_words(page.text)))
+    return dict(df)
 
 
 def _common(word: str) -> bool:
-    return text_lib.fold(word.lower()) in _COMMON or word.lower() in ASPECT_WORDS
+    word = word.lower()
+    df = _document_frequency()
+    return word in ASPECT_WORDS or max(df.get(word, 0), df.get(text_lib.fold(word), 0)) > COMMON_DF
 
 
 _DETERMINERS = frozenset("the a an its their his her our this these those".split())
+_BEFORE_VERBS = frozenset("to i you he she it we they can could will would should may might must".split())
 
 
 def _verb_like(tokens: list, i: int) -> bool:
-    """A lower-case word used as a verb ("vaccines train the immune system", "to play"): followed by a
-    determiner or preceded by "to"; such a word names no subject even when it is a title ("Train")."""
+    """A lower-case word used as a verb ("vaccines train the immune system", "to play", "did they travel"):
+    followed by a determiner, or after "to", a pronoun or a modal; such a word names no subject even when it is
+    a title ("Train", "Travel")."""
     after = tokens[i + 1].group(0).lower() if i + 1 < len(tokens) else ""
     before = tokens[i - 1].group(0).lower() if i > 0 else ""
-    return after in _DETERMINERS or before == "to"
+    return after in _DETERMINERS or before in _BEFORE_VERBS
 
 
 def searches_of(research) -> list:
@@ -168,12 +185,17 @@ class ExtractiveTeacher:
         if len(named) >= 2:
             pair = " and ".join(named[:2]) if len(named) == 2 else ", ".join(named[:-1]) + " and " + named[-1]
             subtasks.append(f"How are {pair} related, and how do they compare?")
+        main = max(named, key=lambda s: len(s.split()))   # the most specific subject ("Industrial Revolution")
         if words & {"cause", "causes", "caused", "consequence", "consequences", "effect", "effects", "impact",
                     "impacts", "matter", "significance"} or len(named) < 2:
-            subtasks.append(f"What causes, consequences and significance are reported for {named[0]}?")
+            subtasks.append(f"What causes, consequences and significance are reported for {main}?")
         if len(subtasks) < max(3, n):
             subtasks.append(f"Which key facts, figures and dates about {' and '.join(named[:2])} matter most "
                             f"for the question?")
+        subject_words = {w for s in named for w in text_lib.content_words(s)}
+        rest = [t for t in key_terms(question, 8) if t not in subject_words][:3]
+        if len(subtasks) < n and rest:   # what else the question asks about, tied to its subject
+            subtasks.append(f"What do the sources report about {main} and {', '.join(rest)}?")
         if len(subtasks) < 3:
             subtasks.append(f"What do the sources say about: {focus}?")
         return list(dict.fromkeys(subtasks))[:6]
