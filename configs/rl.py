@@ -45,6 +45,7 @@ from pathlib import Path
 from ml_collections import ConfigDict
 
 from configs import common
+from oresearcher import protocol
 
 TINY_TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_tokenizer"
 
@@ -89,6 +90,8 @@ def _base() -> ConfigDict:
     c.warm_start.max_tool_calls = 2     # keep this many tool calls (with observations) per subtask (0 = all)
     c.warm_start.report_sentences = 0   # > 0: keep the final report as a report (its sections for the kept
                                         # subtasks and its conclusion, this many sentences per paragraph)
+    c.warm_start.synth_tokens = 0       # > 0: the embedded teacher sized to trajectories of about this many tokens
+    c.warm_start.synth_overrides = []   # further "KEY=VALUE" overrides of the warm start's synth config
 
     c.rollout = ConfigDict()
     c.rollout.group_size = 8
@@ -112,9 +115,9 @@ def _base() -> ConfigDict:
     c.reward.w_base = 0.6
     c.reward.w_tool = 0.2
     c.reward.w_format = 0.2
-    c.reward.tool_low = 2
-    c.reward.tool_high = 8
-    c.reward.tool_over_penalty = -1.0
+    c.reward.tool_low = protocol.TOOL_LOW           # R_tool's band: N = min(#web_search, #crawl_page) distinct
+    c.reward.tool_high = protocol.TOOL_HIGH         # calls; the warm start's synthesizer keeps only trajectories
+    c.reward.tool_over_penalty = protocol.TOOL_OVER_PENALTY   # within it (workflow.rules="band")
     c.reward.normalize = "unit"
     c.reward.judge_timeout_s = 120.0
 
