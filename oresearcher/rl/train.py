@@ -357,11 +357,16 @@ def _step_metrics(step, episodes, scored, keep, timings, train_metrics) -> dict:
     return record
 
 
+def _entropy_part(r: dict) -> str:
+    """The policy's entropy over the trained tokens, or why there is none (no group had reward variance)."""
+    return f"entropy {r['train/entropy']:.3f}" if "train/entropy" in r else "no update (no informative group)"
+
+
 def _console(r: dict) -> str:
     return (f"step {r['step']:>4} | reward {r['reward']:.3f} (base {r['reward/base']:.3f} tool {r['reward/tool']:+.3f} "
             f"format {r['reward/format']:.2f}) abstained {r['judge/abstained']} | tool calls {r['tool_calls']:.1f} | "
             f"response tokens {r['response_tokens']:.0f} | kept {r['episodes/kept']}/{r['episodes']} "
             f"(informative groups {r['groups/informative']}/{r['groups/sampled']}) | "
-            f"entropy {r.get('train/entropy', float('nan')):.3f} | "
+            f"{_entropy_part(r)} | "
             f"generate {r['time/generate']:.1f}s tools {r['time/tools']:.1f}s judge {r['time/judge']:.1f}s "
             f"train {r['time/train']:.1f}s")
