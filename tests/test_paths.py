@@ -27,3 +27,12 @@ def test_local_paths_through_the_same_code(tmp_path, monkeypatch):
 def test_a_local_model_directory_is_used_in_place(tmp_path):
     assert paths.local_copy(tmp_path) == str(tmp_path)
     assert paths.local_copy(paths.path(tmp_path), skip_suffixes=(".safetensors",)) == str(tmp_path)
+
+
+def test_under_puts_relative_paths_in_the_workdir():
+    from oresearcher import paths
+
+    assert paths.under("/runs/a", "policy") == "/runs/a/policy"
+    assert paths.under("gs://bucket/run", "policy") == "gs://bucket/run/policy"
+    assert paths.under("/runs/a", "/exports/p") == "/exports/p"              # absolute: as given
+    assert paths.under("/runs/a", "gs://bucket/p") == "gs://bucket/p"        # a URL: as given
