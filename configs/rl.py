@@ -4,16 +4,16 @@ Presets (each says how to run it and what it should reach):
 
   smollm2 (default)   python -m oresearcher.train --config=configs/rl.py
       Embedded SmolLM2-135M-Instruct on a fresh CPU machine, no network, no keys. With no init_checkpoint it
-      first synthesizes trajectories with the embedded synthesizer (extractive teacher, local Wikipedia corpus),
-      runs a short SFT on them (abridged: bodies cut to 8 words, one tool call, observations cut as rollouts cut
-      them), then runs GRPO against the synth service started as a subprocess on a free loopback port (or
-      `synth_url`), and stops it at the end: 10 SFT steps, then 4 GRPO steps of 2 questions x group 4. Every step
-      prints the reward parts (base / tool / format), tool calls, response lengths and the time split (generate /
-      tools / judge / train). Measured end to end (`/usr/bin/time -v`, idle 2-core AVX-512 machine): 7:55 wall,
-      exit 0, 7.4 GB peak RSS: synthesis 6 s, SFT 2 min, GRPO 5 min: steps 1-4 generate 23-36 s each (the
-      prompts' shared prefix is prefilled once), train 64-76 s (every group had reward variance). An earlier
-      build on a slower AVX2 machine took 17:00 (generate 73-143 s); on a loaded machine (load ~8), 29 min.
-      With so little training the rewards are a smoke signal, not a learning curve.
+      first synthesizes 16 trajectories with the embedded synthesizer (extractive teacher planning 3-4 subtasks
+      within R_tool's band, local Wikipedia corpus), abridges them to ~1.5k tokens (thoughts and calls cut to 6
+      words, observations cut as rollouts cut them, the report kept as a report: its sections, one sentence per
+      paragraph, the references it cites), runs 40 SFT steps on them (loss printed above a progress bar), then 3
+      GRPO steps of 2 questions x group 4 against the synth service started as a subprocess on a free loopback
+      port (or `synth_url`), and exports the final policy to <workdir>/policy, printing the commands that serve
+      it and evaluate it on the held-out questions. Every step prints the reward parts (base / tool / format),
+      tool calls, response lengths and the time split (generate / tools / judge / train). Why these sizes: an
+      episode of 3-4 subtasks x (search, read) is what R_tool pays for (N = 3-4 of its 2-8 band), and 40 steps of
+      ~1.5k-token episodes are what 2 cores train in about 12 minutes.
   smollm2-v5e8        python -m oresearcher.train --config=configs/rl.py:smollm2-v5e8   (on a TPU v5e-8 VM)
       The same job on 8 TPU chips, data parallel, bf16, 64 episodes per step, 100 steps (BUILD.md section 4).
       AOT: python -m oresearcher.aot --config=configs/rl.py:smollm2-v5e8 --target=tpu:v5e-8
@@ -169,7 +169,7 @@ def smollm2() -> ConfigDict:
     c.warm_start.max_references = 0     # subtask answers without reference lists (the report keeps its own)
     c.warm_start.report_sentences = 1   # a report with its sections and citations (what the judge reads)
     c.rollout.group_size = 4
-    c.rollout.max_turns = 10            # 8 tool calls and the answer
+    c.rollout.max_turns = 10            # tool calls per episode (R_tool pays up to 8)
     c.rollout.max_tokens = 2048
     c.rollout.max_turn_tokens = 384     # the report is the longest turn (~250 tokens)
     c.rollout.max_observation_tokens = 48   # 24 tokens of each observation and a truncation note

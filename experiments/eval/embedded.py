@@ -357,14 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synth-url", help="a running synth service (default: tools and judge served in process)")
     ap.add_argument("--synth-config", default="configs/synth.py:embedded", help="teacher config file[:preset]")
     ap.add_argument("--workdir", type=Path, help="service log and tool cache (default: a temporary dir)")
-    # CPU budget (three 135M policies x 30 questions in <= 10 min on 2 cores): the common prompt prefix is
-    # prefilled once (the sampler's shared prefix); what is left is ~32 rows x (decode steps + observation tokens),
-    # so 2 tool calls of 128 tokens each, observations of 128 tokens and 1024 tokens per episode (the RL preset's
-    # episode length) bound a row to ~384 decode steps.
-    ap.add_argument("--max-turns", type=int, default=2, help="tool calls per policy episode")
-    ap.add_argument("--turn-tokens", type=int, default=128, help="tokens generated per policy turn")
-    ap.add_argument("--max-tokens", type=int, default=1024, help="prompt + response tokens per policy episode")
-    ap.add_argument("--observation-tokens", type=int, default=128, help="observations are cut to this many tokens")
+    # The policies' budget is the RL preset's episode (configs/rl.py, smollm2): up to 10 tool calls,
+    # 384 tokens per turn, 2048 tokens per episode, observations cut to 48 tokens as its rollouts cut them. The
+    # common prompt prefix is prefilled once per policy (the sampler's shared prefix).
+    ap.add_argument("--max-turns", type=int, default=10, help="tool calls per policy episode")
+    ap.add_argument("--turn-tokens", type=int, default=384, help="tokens generated per policy turn")
+    ap.add_argument("--max-tokens", type=int, default=2048, help="prompt + response tokens per policy episode")
+    ap.add_argument("--observation-tokens", type=int, default=48, help="observations are cut to this many tokens")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     # The policies run on CPU here (an installed TPU/GPU plugin would otherwise be probed first).

@@ -256,9 +256,13 @@ def _next_commands(config, export: str) -> str:
             f"  python -m oresearcher.serve --checkpoint={export} --name policy --port 8000\n"
             f"  python -m experiments.run_agent --endpoint http://127.0.0.1:8000/v1 --model policy "
             f"--api completions --tokenizer {export} --tools local "
-            f"--questions experiments/data/embedded_eval.jsonl --out {out} --max-turns {r.max_turns} "
+            f"--questions experiments/data/embedded_eval.jsonl --out {out} --max-turns {r.max_turns + 1} "
             f"--max-tokens-per-turn {r.max_turn_tokens} --max-total-tokens {r.max_tokens} "
-            f"--max-observation-tokens {r.max_observation_tokens}")
+            f"--max-observation-tokens {r.max_observation_tokens}\n"
+            f"or, faster (the same questions and scores, the policies in process, with the teacher's and the SFT "
+            f"policy's rows beside it):\n"
+            f"  python -m experiments.eval.embedded --rl {config.workdir} --sft {config.workdir} "
+            f"--systems teacher,sft,rl")
 
 
 def sample_informative_groups(sample, next_questions, want: int, max_rounds: int):
