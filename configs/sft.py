@@ -48,7 +48,8 @@ def _base() -> ConfigDict:
     c.compute_dtype = ""              # "" = as param_dtype's default; "bfloat16" = bf16 matmuls (fp32 softmax/norms)
     c.remat = ""                      # "" = the model's own; "full" | "dots_saveable" | ... (ModelConfig.remat)
     c.attention = ""                  # "" = the model's own; "ring" | "allgather" | "flash" | ... for long rows
-    c.export_dir = ""                 # write the final policy here in HF layout (save_hf) when set
+    c.export_dir = ""                 # write the final policy here in HF layout (save_hf) when set; relative:
+                                      # inside the workdir
     c.aot_target = ""                 # the accelerator an accelerator preset is sized for: `python -m
                                       # oresearcher.aot --config=configs/sft.py:PRESET` compiles for it
 

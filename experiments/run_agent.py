@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import httpx
 
@@ -199,6 +199,9 @@ class Limits:
     max_turns: int = 25
     max_tokens_per_turn: int = 4096
     max_total_tokens: int = 65536
+    # the observation as the policy sees it (body -> body): RL's truncate_observation at the policy's token limit,
+    # so a policy is evaluated on what its rollouts showed it
+    cut_observation: Callable[[str], str] | None = None
 
 
 async def run_episode(ep: Episode, policy: Policy, tools: ToolRunner, limits: Limits) -> Episode:
@@ -237,6 +240,8 @@ async def run_episode(ep: Episode, policy: Policy, tools: ToolRunner, limits: Li
                 body, ok = protocol.render_error(type(call).__name__, f"tool failed: {err}"), False
         ep.timings["tools"] += time.perf_counter() - t0
         ep.tool_errors += not ok
+        if limits.cut_observation is not None:
+            body = limits.cut_observation(body)
         ep.pieces.append(("env", protocol.observation(body)))
     else:
         ep.stop_reason = "turn limit"
@@ -354,13 +359,18 @@ def write_outputs(out_dir: Path, episodes: list[Episode], questions: list[dict],
 
 
 # ------------------------------------------------------------------------------------------------- CLI
+def load_tokenizer(spec: str):
+    """The tokenizer of an HF directory, or of the embedded GGUF for "gguf:embedded"."""
+    from oresearcher.model import Tokenizer, load_gguf
+
+    return load_gguf()[1] if spec == "gguf:embedded" else Tokenizer.from_dir(spec)
+
+
 def make_template(spec: str | None):
     """A function (system, question) -> prompt text ending in the assistant generation prompt."""
     if spec is None:
         return None
-    from oresearcher.model import Tokenizer, load_gguf
-
-    tok = load_gguf()[1] if spec == "gguf:embedded" else Tokenizer.from_dir(spec)
+    tok = load_tokenizer(spec)
 
     def template(system: str, question: str) -> str:
         return tok.apply_chat_template([{"role": "system", "content": system},
@@ -409,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-turns", type=int, default=25)
     ap.add_argument("--max-tokens-per-turn", type=int, default=4096)
     ap.add_argument("--max-total-tokens", type=int, default=65536)
+    ap.add_argument("--max-observation-tokens", type=int, default=0,
+                    help="cut each observation to this many tokens of --tokenizer as RL rollouts cut them "
+                    "(rollout.max_observation_tokens; 0 = whole)")
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--limit", type=int, help="only the first N questions")
@@ -426,7 +439,15 @@ def main(argv: list[str] | None = None) -> int:
                             max_retries=args.max_retries)
     synth_cfg = load_synth_config(args.synth_config, args.cache_dir)
     tools = make_tools(args.tools, synth_cfg)
-    limits = Limits(args.max_turns, args.max_tokens_per_turn, args.max_total_tokens)
+    cut = None
+    if args.max_observation_tokens:
+        if not args.tokenizer:
+            ap.error("--max-observation-tokens counts tokens of --tokenizer: give --tokenizer (HF dir or "
+                     "gguf:embedded)")
+        from oresearcher.rl.rollout import truncate_observation
+        tok = load_tokenizer(args.tokenizer)
+        cut = lambda body: truncate_observation(tok, body, args.max_observation_tokens)
+    limits = Limits(args.max_turns, args.max_tokens_per_turn, args.max_total_tokens, cut)
     t0 = time.perf_counter()
     judge = make_judge(tools) if args.judge == "heuristic" else None
 

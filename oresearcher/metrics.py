@@ -137,6 +137,15 @@ class MetricsWriter:
         if self._bar is not None and "loss" in row:
             self._bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
 
+    def echo(self, line: str) -> None:
+        """Print a line (process 0 only) above the progress bar, so the bar stays whole."""
+        if not self.primary:
+            return
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
+
     def advance(self, step: int) -> None:
         if self._bar is not None:
             self._bar.update(step - self._bar.n)

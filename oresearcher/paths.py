@@ -28,6 +28,15 @@ def absolute(p: str | os.PathLike) -> epath.Path:
     return epath.Path(p) if is_cloud(p) else epath.Path(os.path.abspath(os.fspath(p)))
 
 
+def under(workdir: str | os.PathLike, p: str | os.PathLike) -> str:
+    """`p` itself when absolute or a cloud URL, else `p` inside the workdir (so a preset's "policy" follows
+    --config.workdir)."""
+    p = os.fspath(p)
+    if is_cloud(p) or os.path.isabs(p):
+        return p
+    return os.fspath(epath.Path(workdir) / p)
+
+
 def append_text(p: epath.Path, text: str) -> None:
     """Append `text` to the file at `p` (created if absent). Object stores have no append: there the file is
     rewritten whole, which suits the small logs written this way (one line per logged step)."""

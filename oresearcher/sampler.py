@@ -279,6 +279,25 @@ def _prefill(graphdef, state, weights, cache, tokens, positions, last_col, *, wi
     return model.unembed(last, weights["head"])[:, 0], cache
 
 
+def take_token(logits, key, i, live, out_t, out_lp, count, stop_state, finish, budget, table, eos, temperature,
+               top_p, top_k, use_filter: bool):
+    """One sampled token per row, the bookkeeping both decoders share: sample from logits [B, V]; for the live
+    rows write it and its logprob at column i of out_t / out_lp [B, N], count it, advance the stop automaton
+    (table [M + 1, V], state M = a stop string ended) and set finish (an index into FINISH_REASONS) when the
+    row hits a stop string, EOS (eos [V] bool) or its budget. Returns (tokens [B], out_t, out_lp, count,
+    stop_state, finish, ended [B])."""
+    tok, lp = _sample(logits, key, temperature, top_p, top_k, use_filter)
+    out_t = jax.lax.dynamic_update_slice(out_t, jnp.where(live, tok, 0)[:, None], (0, i))
+    out_lp = jax.lax.dynamic_update_slice(out_lp, jnp.where(live, lp, 0.0)[:, None], (0, i))
+    count = count + live
+    stop_state = table[stop_state, tok]
+    hit_stop = live & (stop_state == table.shape[0] - 1)
+    hit_eos = live & eos[tok]
+    hit_len = live & ~hit_stop & ~hit_eos & (count >= budget)
+    finish = jnp.where(hit_stop, 1, jnp.where(hit_eos, 2, jnp.where(hit_len, 0, finish)))
+    return tok, out_t, out_lp, count, stop_state, finish, hit_stop | hit_eos | hit_len
+
+
 def _decode(graphdef, state, weights, cache, logits, pos, active, budget, key, temperature, top_p, top_k, table, eos,
             *, out_len: int, use_filter: bool, window: int):
     """Sample from `logits` [B, V], then feed each sampled token back until every row has stopped.
@@ -289,22 +308,13 @@ def _decode(graphdef, state, weights, cache, logits, pos, active, budget, key, t
     model = nnx.merge(graphdef, state)
     b = logits.shape[0]
     slots = cache["segment_ids"].shape[1]
-    n_match = table.shape[0] - 1
 
     def emit(carry, logits):
         step, cache, _, pos, done, stop_state, out_t, out_lp, count, finish = carry
-        tok, lp = _sample(logits, jax.random.fold_in(key, step), temperature, top_p, top_k, use_filter)
-        live = ~done
-        out_t = jax.lax.dynamic_update_slice(out_t, jnp.where(live, tok, 0)[:, None], (0, step))
-        out_lp = jax.lax.dynamic_update_slice(out_lp, jnp.where(live, lp, 0.0)[:, None], (0, step))
-        count = count + live
-        stop_state = table[stop_state, tok]
-        hit_stop = live & (stop_state == n_match)
-        hit_eos = live & eos[tok]
-        hit_len = live & ~hit_stop & ~hit_eos & (count >= budget)
-        finish = jnp.where(hit_stop, 1, jnp.where(hit_eos, 2, jnp.where(hit_len, 0, finish)))
-        done = done | hit_stop | hit_eos | hit_len
-        return (step + 1, cache, tok, pos, done, stop_state, out_t, out_lp, count, finish)
+        tok, out_t, out_lp, count, stop_state, finish, ended = take_token(
+            logits, jax.random.fold_in(key, step), step, ~done, out_t, out_lp, count, stop_state, finish, budget,
+            table, eos, temperature, top_p, top_k, use_filter)
+        return (step + 1, cache, tok, pos, done | ended, stop_state, out_t, out_lp, count, finish)
 
     def cond(carry):
         step, done = carry[0], carry[4]

@@ -276,6 +276,9 @@ def run(config) -> dict:
                 if eval_set and int(config.eval_every) and step % int(config.eval_every) == 0:
                     last["eval_loss"] = evaluate(trainer, state["params"], eval_set)
                 writer.write(step, last)
+                writer.echo(f"sft: step {step}/{total_steps} loss {last['loss']:.4f}"
+                            + (f" eval_loss {last['eval_loss']:.4f}" if "eval_loss" in last else "")
+                            + f" grad_norm {last['grad_norm']:.3f} {tps:,.0f} tokens/s")
                 window_tokens, window_start = 0, time.perf_counter()
                 window = metrics_lib.WindowMeans.empty()
             if step % int(config.checkpoint_every) == 0 or step == total_steps:
@@ -344,7 +347,8 @@ def _export(config, trainer: TrainStep, state, tokenizer) -> None:
     """Write the final policy in HF layout (config.export_dir), for RL's init_checkpoint and for serving."""
     if config.get("export_dir"):
         from oresearcher.export import write_hf
-        write_hf(trainer.model(state["params"]), tokenizer, str(config.export_dir), log_prefix="sft")
+        write_hf(trainer.model(state["params"]), tokenizer, paths.under(config.workdir, config.export_dir),
+                 log_prefix="sft")
 
 
 def summary(workdir: str | Path) -> list[dict]:

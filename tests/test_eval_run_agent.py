@@ -135,3 +135,32 @@ def test_some_answers_exit_zero(tmp_path, capsys):
                              str(_questions(tmp_path)), "--out", str(tmp_path / "run"), "--judge", "none",
                              "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0 and "policy endpoint failed" not in capsys.readouterr().err
+
+
+def test_observations_are_cut_as_rollouts_cut_them(tmp_path):
+    """--max-observation-tokens: the policy sees each observation as RL's rollout showed it (truncate_observation
+    with the same tokenizer), not the tool's whole page."""
+    from pathlib import Path
+
+    from scripted_openai import ScriptedOpenAI
+
+    from experiments import run_agent
+    from oresearcher.model import Tokenizer
+    from oresearcher.rl.rollout import truncate_observation
+
+    tok_dir = Path(__file__).parent / "fixtures" / "tiny_tokenizer"
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"id": 1, "prompt": "What are coral reefs made of?"}) + "\n")
+    with ScriptedOpenAI(scripted_policy) as server:
+        rc = run_agent.main(["--endpoint", server.base_url, "--model", "m", "--questions", str(questions),
+                             "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"),
+                             "--judge", "none", "--tokenizer", str(tok_dir), "--max-observation-tokens", "48"])
+    assert rc == 0
+    traj = json.loads((tmp_path / "run" / "trajectories.jsonl").read_text())
+    bodies = [p.body.strip("\n") for p in protocol.parse(traj["messages"][2]["content"]) if p.tag == "observation"]
+    tok = Tokenizer.from_dir(tok_dir)
+    assert len(bodies) == 2
+    for body in bodies:      # each was cut: its first 24 tokens and the note, as the rollout writes it
+        assert body.endswith("[... observation truncated ...]")
+        assert truncate_observation(tok, body, 10_000) == body
+        assert len(tok.encode(body)) < 48

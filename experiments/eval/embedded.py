@@ -45,7 +45,7 @@ from pathlib import Path
 
 
 from experiments.eval.kpr import LexicalKeyPoints, kpr_report
-from oresearcher import protocol, synth_client
+from oresearcher import paths, protocol, synth_client
 
 HERE = Path(__file__).resolve().parent
 QUESTIONS = HERE.parent / "data" / "embedded_eval.jsonl"
@@ -130,6 +130,7 @@ def teacher_texts(questions: list[dict], *, synth_config: str | None, cache_dir:
     a policy gets (the quality funnel's best-of-3 selection is a data-making step, not a system).
     A question whose workflow fails (TeacherError) gets no trajectory: an empty report, scored as such."""
     from experiments.run_agent import load_synth_config
+    from synth.funnel import Rules
     from synth.teachers import TeacherError, make_teacher
     from synth.tools import Tools
     from synth.workflow import Workflow
@@ -138,7 +139,9 @@ def teacher_texts(questions: list[dict], *, synth_config: str | None, cache_dir:
 
     async def run_all():
         tools = Tools.from_config(cfg)
-        workflow = Workflow(make_teacher(cfg, tools), tools, step_budget=step_budget, mode=mode)
+        band = Rules.of(cfg.workflow).band if "workflow" in cfg else None   # the funnel's rules: the reward's band
+        workflow = Workflow(make_teacher(cfg, tools), tools, step_budget=step_budget, mode=mode,
+                            tool_high=band[1] if band else None)
         gate = asyncio.Semaphore(concurrency)
 
         async def one(q):
@@ -196,7 +199,7 @@ def find_policy(system: str, given: str | None) -> tuple[str, Path]:
     if is_hf_export(workdir):
         return "hf", workdir
     cfg = _run_config(workdir) or {}
-    export = Path(cfg["export_dir"]) if cfg.get("export_dir") else None
+    export = Path(paths.under(workdir, cfg["export_dir"])) if cfg.get("export_dir") else None
     if system == "sft":
         for candidate in (workdir / "warm_start" / "policy", export):
             if candidate is not None and is_hf_export(candidate):

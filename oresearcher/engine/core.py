@@ -19,8 +19,8 @@ here equals its lockstep run. Each sampled token is fed back in the step that sa
 too), so a slot's cache rows always hold all of its tokens but the pending ones.
 
 Shapes come from a few buckets, so nothing compiles in steady state: decode runs on all slots at once (inactive
-slots write nothing); prefill on the pending slots' count rounded up to a power of two and the longest pending
-piece rounded up to a power of two (>= 16, <= prefill_chunk); the cache on the slots' furthest reach rounded up to
+slots write nothing); prefill on the pending slots' count rounded up to slots / 4**k and the longest pending
+piece rounded up to prefill_chunk / 4**k (>= min_bucket), see _quarters; the cache on the slots' furthest reach rounded up to
 a power of two (>= 128), grown or shrunk (one copy) as the episodes in the slots grow or finish.
 """
 from __future__ import annotations
@@ -107,7 +107,6 @@ def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, 
     logits for each row's next token, and the cache."""
     model = nnx.merge(graphdef, state)
     b = logits.shape[0]
-    n_match = table.shape[0] - 1
 
     def forward(cache, tok, pos, live):
         if "table" in cache:      # paged: a position of -1 writes nothing
@@ -124,17 +123,10 @@ def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, 
 
     def body(c):
         i, cache, logits, done, pos, stop_state, count, finish, out_t, out_lp, _ = c
-        tok, lp = sampler_lib._sample(logits, jax.random.fold_in(key, i), temperature, top_p, top_k, use_filter)
         live = ~done
-        out_t = jax.lax.dynamic_update_slice(out_t, jnp.where(live, tok, 0)[:, None], (0, i))
-        out_lp = jax.lax.dynamic_update_slice(out_lp, jnp.where(live, lp, 0.0)[:, None], (0, i))
-        count = count + live
-        stop_state = table[stop_state, tok]
-        hit_stop = live & (stop_state == n_match)
-        hit_eos = live & eos[tok]
-        hit_len = live & ~hit_stop & ~hit_eos & (count >= budget)
-        finish = jnp.where(hit_stop, 1, jnp.where(hit_eos, 2, jnp.where(hit_len, 0, finish)))
-        ended = hit_stop | hit_eos | hit_len
+        tok, out_t, out_lp, count, stop_state, finish, ended = sampler_lib.take_token(
+            logits, jax.random.fold_in(key, i), i, live, out_t, out_lp, count, stop_state, finish, budget, table,
+            eos, temperature, top_p, top_k, use_filter)
         hidden, cache = forward(cache, tok, pos, live)
         logits = jnp.where(live[:, None], model.unembed(hidden, weights["head"])[:, 0], logits)
         return (i + 1, cache, logits, done | ended, pos + live, stop_state, count, finish, out_t, out_lp,
@@ -180,6 +172,18 @@ def _resize(cache, slots: int):
         return jnp.pad(a, pad)
     return {"k": tuple(one(a, 2) for a in cache["k"]), "v": tuple(one(a, 2) for a in cache["v"]),
             "segment_ids": one(cache["segment_ids"], 1)}
+
+
+def _quarters(n: int, top: int, least: int) -> int:
+    """The smallest of top, top / 4, top / 16, ... and least that holds n (top when n > top).
+
+    Prefill's rows and widths come from these buckets: every (rows, width, cache size) met compiles a program
+    (seconds each for a 30-layer model), and quarters give a third as many shapes per dimension as powers of
+    two for at most 4x padding, in the few prefill calls that are not decode-bound."""
+    size = top
+    while size // 4 >= max(n, least, 1):
+        size //= 4
+    return least if n <= least else size
 
 
 # ------------------------------------------------------------------------------------------------- engine
@@ -412,10 +416,10 @@ class Engine:
     # ------------------------------------------------------------------------------------------- steps
     def _prefill_step(self, slots, pending, graphdef, state, weights, max_len):
         pieces = {b: slots[b].tokens[slots[b].written:] for b in pending}
-        size = min(self.prefill_chunk, sampler_lib._bucket(max(len(p) for p in pieces.values()), self.min_bucket))
+        size = _quarters(max(len(p) for p in pieces.values()), self.prefill_chunk, self.min_bucket)
         self._reserve(max_len, [(b, slots[b].written + min(size, len(pieces[b]))) for b in pending])
         n_slots = self.cache["segment_ids"].shape[1] if self.kv == "dense" else -1
-        r = sampler_lib._bucket(len(pending), 1)
+        r = _quarters(len(pending), self.slots, 1)
         rows = np.full((r,), self.slots, np.int32)
         tok = np.zeros((r, size), np.int32)
         pos = np.full((r, size), n_slots, np.int32)

@@ -242,8 +242,24 @@ def run(config) -> dict:
             guard.restore_handlers()
         if config.get("export_dir"):
             from oresearcher.export import write_hf
-            write_hf(model, tokenizer, str(config.export_dir), log_prefix="rl")
+            export = paths.under(workdir, config.export_dir)
+            write_hf(model, tokenizer, export, log_prefix="rl")
+            if jax.process_index() == 0:
+                print(_next_commands(config, export), flush=True)
     return last
+
+
+def _next_commands(config, export: str) -> str:
+    """What to run next: serve the exported policy, then evaluate it on questions it never trained on."""
+    out, r = paths.under(config.workdir, "eval_heldout"), config.rollout
+    return (f"rl: the policy is in {export}. Serve it, then run it on the held-out questions "
+            f"(experiments/data/embedded_eval.jsonl, none of which it trained on):\n"
+            f"  python -m oresearcher.serve --checkpoint={export} --name policy --port 8000\n"
+            f"  python -m experiments.run_agent --endpoint http://127.0.0.1:8000/v1 --model policy "
+            f"--api completions --tokenizer {export} --tools local "
+            f"--questions experiments/data/embedded_eval.jsonl --out {out} --max-turns {r.max_turns} "
+            f"--max-tokens-per-turn {r.max_turn_tokens} --max-total-tokens {r.max_tokens} "
+            f"--max-observation-tokens {r.max_observation_tokens}")
 
 
 def sample_informative_groups(sample, next_questions, want: int, max_rounds: int):
