@@ -107,9 +107,11 @@ def _base() -> ConfigDict:
     c.rollout.backend = "engine"        # "engine": continuous batching (oresearcher.engine); "lockstep": Sampler
     c.rollout.slots = 0                 # engine slots; 0 = one per episode of a step (questions_per_step x G)
     c.rollout.chunk = 16                # tokens per engine decode call (a parked call waits at most this long)
-    c.rollout.seed_per_group = False    # True: each group sampled in its own engine run, seeded by its index in
-                                        # the step, so the episodes do not depend on how many hosts share a step
-                                        # (multi-host runs equal one-host runs); False: a host's groups batched
+    c.rollout.seed_per_group = False    # True: each group sampled in its own rollout, seeded by its index in the
+                                        # step: with backend "lockstep" the episodes then do not depend on how
+                                        # many hosts share a step (multi-host runs equal one-host runs; the
+                                        # engine's draws also depend on tool-call timing); False: a host's groups
+                                        # batched together
 
     c.reward = ConfigDict()
     c.reward.w_base = 0.6

@@ -19,7 +19,8 @@ oresearcher.multihost.host_model), makes their tool and judge calls to the one s
 `synth_url`), and the hosts then exchange their scored episodes, so every host holds the whole step: the same
 advantages, the same batch (each places its own shards of it) and the same update. Only process 0 writes
 metrics.jsonl, episodes.jsonl and TensorBoard events. `rollout.seed_per_group` seeds every group's sampling by
-its index in the step (one engine run per group), so a step's episodes do not depend on how many hosts share it.
+its index in the step (one rollout per group), so that with the lockstep backend a step's episodes do not depend
+on how many hosts share it (the engine's sampling also depends on when tool calls come back).
 """
 from __future__ import annotations
 
