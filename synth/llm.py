@@ -29,7 +29,10 @@ Why each piece exists:
   * `reasoning_content` (DeepSeek, vLLM, ...; `reasoning` on others) is returned apart from the answer, and
     reasoning tokens are counted in the accounting and its cost.
 
-Transport: synth/http1.py, not httpx, for the CPU cost per call explained there.
+Transport: one httpx.AsyncClient per endpoint and event loop (keep-alive pool sized to the endpoint's
+max_concurrency; TLS verified against certifi's CA bundle; proxies from the environment; HTTP/2 when the `h2`
+package is installed). Its errors map onto the retry logic: timeouts and connection errors are retried on the
+next endpoint like a 5xx; a response body over `max_response_bytes` is a failed attempt, never read whole.
 """
 from __future__ import annotations
 
@@ -39,14 +42,15 @@ import email.utils
 import json
 import logging
 import os
+import importlib.util
 import random
 import re
 import ssl
 import time
+from urllib.parse import urlsplit
 
 import certifi
-
-from synth.http1 import ConnectionPool, TransportError
+import httpx
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ _REFUSAL = re.compile(r"unsupported|not supported|does not support|unrecognized|
 MAX_ADAPTATIONS = 8   # adaptations of one call (each drops or renames one field, so this bounds the loop)
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 MAX_RETRY_AFTER = 60.0  # seconds: a longer Retry-After is treated as "try another endpoint, then wait this long"
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024   # a chat answer is kilobytes; more is a broken or hostile server
+_HTTP2 = importlib.util.find_spec("h2") is not None   # httpx speaks HTTP/2 only with the optional h2 package
 
 
 class LLMError(Exception):
@@ -98,6 +104,10 @@ class Endpoint:
 
     def __post_init__(self):
         self.base_url = self.base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"endpoint base_url={self.base_url!r}: use an http:// or https:// URL "
+                             "(e.g. https://api.openai.com/v1)")
         if self.token_param not in ("auto", *TOKEN_PARAMS):
             raise ValueError(f"endpoint {self.base_url}: token_param={self.token_param!r}; choose 'auto', "
                              "'max_tokens' or 'max_completion_tokens'")
@@ -246,12 +256,14 @@ def _count(value) -> int:
 class LLMClient:
     """Chat completions over `endpoints` (see the module docstring).
 
-    timeout: seconds per attempt (connect + read); max_retries: attempts after the first, across endpoints;
-    backoff: base delay in seconds, doubled per retry (capped at backoff_max) with full jitter in [0.5, 1.0]×.
+    timeout: seconds per attempt (connect + send + read, all together); max_retries: attempts after the first,
+    across endpoints; backoff: base delay in seconds, doubled per retry (capped at backoff_max) with full jitter
+    in [0.5, 1.0]×; max_response_bytes: the largest response body read (decoded), larger ones fail the attempt.
     """
 
     def __init__(self, endpoints: list[Endpoint | dict], *, timeout: float = 120.0, max_retries: int = 6,
-                 backoff: float = 1.0, backoff_max: float = 30.0, seed: int | None = None):
+                 backoff: float = 1.0, backoff_max: float = 30.0, seed: int | None = None,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES):
         if not endpoints:
             raise ValueError("LLMClient needs at least one endpoint (base_url + model)")
         self.endpoints = [e if isinstance(e, Endpoint) else Endpoint.from_dict(e) for e in endpoints]
@@ -259,6 +271,7 @@ class LLMClient:
         self.max_retries = max_retries
         self.backoff = backoff
         self.backoff_max = backoff_max
+        self.max_response_bytes = max_response_bytes
         self._keys = [os.environ.get(e.api_key_env, "") if e.api_key_env else "" for e in self.endpoints]
         for endpoint, key in zip(self.endpoints, self._keys):
             if endpoint.api_key_env and not key:
@@ -271,10 +284,11 @@ class LLMClient:
         self._in_flight = [0] * len(self.endpoints)
         self._random = random.Random(seed)
         self._encoded: dict[str, str] = {}   # message content -> its JSON string (_request_body)
-        # One keep-alive pool per endpoint on synth/http1.py (why not httpx: see there); TLS verified against
-        # certifi's CA bundle, as httpx does.
+        self._urls = [f"{e.base_url}/chat/completions" for e in self.endpoints]
+        # One SSL context for every connection: building one loads the CA bundle (milliseconds of CPU).
         self._tls = ssl.create_default_context(cafile=certifi.where())
-        self._pools = [ConnectionPool(e.base_url, tls=self._tls, max_idle=e.max_concurrency) for e in self.endpoints]
+        self._clients: list[httpx.AsyncClient] = []
+        self._loop = None   # the event loop self._clients belong to (_client)
 
     @classmethod
     def from_config(cls, cfg) -> "LLMClient":
@@ -394,15 +408,17 @@ class LLMClient:
         payload[self._token_param[index]] = max_tokens
         payload.update(extra or {})
         body = self._request_body(payload)
-        headers = {"authorization": f"Bearer {self._keys[index]}"} if self._keys[index] else {}
         async with self._semaphores[index]:
             self._in_flight[index] += 1
             try:
-                response = await self._pools[index].post("/chat/completions", body, headers, timeout=self.timeout)
-            except TimeoutError:
+                # httpx's timeout bounds each phase (connect, each read); the attempt as a whole gets one too.
+                async with asyncio.timeout(self.timeout):
+                    response = await self._post(index, body)
+            except (TimeoutError, httpx.TimeoutException):
                 raise _Attempt(f"timed out after {self.timeout:g} s") from None
-            except TransportError as error:
-                raise _Attempt(f"connection error ({error})") from None
+            except httpx.RequestError as error:   # connection refused/reset, protocol errors, bad encodings
+                detail = self._redact(str(error)[:200]) or "no detail"
+                raise _Attempt(f"connection error ({type(error).__name__}: {detail})") from None
             finally:
                 self._in_flight[index] -= 1
         result = self._parse(*response, endpoint)
@@ -411,6 +427,42 @@ class LLMClient:
             if stopped:
                 result.finish_reason = "stop"
         return result
+
+    def _client(self, index: int) -> httpx.AsyncClient:
+        """Endpoint `index`'s client on the running event loop. Connections belong to the loop that opened them,
+        so a second loop (a script calling asyncio.run twice) gets fresh clients; the old loop's are dropped."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop = loop
+            self._clients = [self._new_client(i) for i in range(len(self.endpoints))]
+        return self._clients[index]
+
+    def _new_client(self, index: int) -> httpx.AsyncClient:
+        endpoint, key = self.endpoints[index], self._keys[index]
+        headers = {"content-type": "application/json"}
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        # The semaphore already bounds requests in flight; the pool keeps that many connections alive for reuse.
+        limits = httpx.Limits(max_connections=endpoint.max_concurrency,
+                              max_keepalive_connections=endpoint.max_concurrency)
+        return httpx.AsyncClient(headers=headers, timeout=self.timeout, limits=limits, verify=self._tls,
+                                 http2=_HTTP2, trust_env=True, follow_redirects=False)
+
+    async def _post(self, index: int, body: bytes) -> tuple[int, httpx.Headers, bytes]:
+        """POST `body` to endpoint `index` -> (status, headers, body), reading at most max_response_bytes."""
+        async with self._client(index).stream("POST", self._urls[index], content=body) as response:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_response_bytes:
+                raise _Attempt(f"HTTP {response.status_code} response of {declared} bytes, over the "
+                               f"{self.max_response_bytes}-byte limit")
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise _Attempt(f"HTTP {response.status_code} response over the "
+                                   f"{self.max_response_bytes}-byte limit")
+                chunks.append(chunk)
+            return response.status_code, response.headers, b"".join(chunks)
 
     def _request_body(self, payload: dict) -> bytes:
         """json.dumps(payload, ensure_ascii=False) as UTF-8, reusing the JSON of recent message contents: a
@@ -438,7 +490,7 @@ class LLMClient:
             self._encoded[content] = encoded
         return f'{{"role": {_ENCODE(message["role"])}, "content": {encoded}}}'
 
-    def _parse(self, status: int, headers: dict[str, str], raw: bytes, endpoint: Endpoint) -> ChatResult:
+    def _parse(self, status: int, headers, raw: bytes, endpoint: Endpoint) -> ChatResult:
         if status != 200:
             detail = self._redact(raw[:200].decode("utf-8", "replace").replace("\n", " "))
             if status == 400:
@@ -477,5 +529,8 @@ class LLMClient:
                           reasoning=reasoning, finish_reason=str(choices[0].get("finish_reason") or ""))
 
     async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+        """Close the connections (of the running loop's clients; those of a finished loop went with it)."""
+        if self._loop is asyncio.get_running_loop():
+            for client in self._clients:
+                await client.aclose()
+        self._clients, self._loop = [], None
