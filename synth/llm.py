@@ -29,8 +29,8 @@ Why each piece exists:
   * `reasoning_content` (DeepSeek, vLLM, ...; `reasoning` on others) is returned apart from the answer, and
     reasoning tokens are counted in the accounting and its cost.
 
-Transport: one httpx.AsyncClient per endpoint and event loop (keep-alive pool sized to the endpoint's
-max_concurrency; TLS verified against certifi's CA bundle; proxies from the environment; HTTP/2 when the `h2`
+Transport: httpx.AsyncClients per endpoint and event loop (keep-alive pools holding the endpoint's
+max_concurrency connections, at most CONNECTIONS_PER_CLIENT per client; TLS verified against certifi's CA bundle; proxies from the environment; HTTP/2 when the `h2`
 package is installed). Its errors map onto the retry logic: timeouts and connection errors are retried on the
 next endpoint like a 5xx; a response body over `max_response_bytes` is a failed attempt, never read whole.
 """
@@ -46,6 +46,7 @@ import importlib.util
 import random
 import re
 import ssl
+import sys
 import time
 from urllib.parse import urlsplit
 
@@ -69,6 +70,14 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 
 MAX_RETRY_AFTER = 60.0  # seconds: a longer Retry-After is treated as "try another endpoint, then wait this long"
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024   # a chat answer is kilobytes; more is a broken or hostile server
 _HTTP2 = importlib.util.find_spec("h2") is not None   # httpx speaks HTTP/2 only with the optional h2 package
+# httpcore runs `import sniffio` for every request and falls back to asyncio when it is missing; a missing module
+# is searched for on sys.path again at each import (a millisecond of CPU per call). None in sys.modules makes that
+# import fail at once, with the same fallback.
+if importlib.util.find_spec("sniffio") is None:
+    sys.modules.setdefault("sniffio", None)
+# httpcore's pool scans all its connections and queued requests at every request start and end, so its CPU per
+# call grows with the pool's size: an endpoint's connections are spread over clients of at most this many.
+CONNECTIONS_PER_CLIENT = 16
 
 
 class LLMError(Exception):
@@ -287,7 +296,7 @@ class LLMClient:
         self._urls = [f"{e.base_url}/chat/completions" for e in self.endpoints]
         # One SSL context for every connection: building one loads the CA bundle (milliseconds of CPU).
         self._tls = ssl.create_default_context(cafile=certifi.where())
-        self._clients: list[httpx.AsyncClient] = []
+        self._clients: list[list[list]] = []   # per endpoint: [client, requests in flight] (_shard)
         self._loop = None   # the event loop self._clients belong to (_client)
 
     @classmethod
@@ -428,29 +437,45 @@ class LLMClient:
                 result.finish_reason = "stop"
         return result
 
-    def _client(self, index: int) -> httpx.AsyncClient:
-        """Endpoint `index`'s client on the running event loop. Connections belong to the loop that opened them,
-        so a second loop (a script calling asyncio.run twice) gets fresh clients; the old loop's are dropped."""
+    def _shard(self, index: int) -> list:
+        """The least busy of endpoint `index`'s clients on the running event loop, as [client, requests in flight].
+        Connections belong to the loop that opened them, so a second loop (a script calling asyncio.run twice)
+        gets fresh clients; the old loop's are dropped."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop = loop
-            self._clients = [self._new_client(i) for i in range(len(self.endpoints))]
-        return self._clients[index]
+            self._clients = [[[self._new_client(i, n), 0] for n in self._shard_sizes(e)]
+                             for i, e in enumerate(self.endpoints)]
+        return min(self._clients[index], key=lambda shard: shard[1])
 
-    def _new_client(self, index: int) -> httpx.AsyncClient:
-        endpoint, key = self.endpoints[index], self._keys[index]
+    @staticmethod
+    def _shard_sizes(endpoint: Endpoint) -> list[int]:
+        """Connections per client for `endpoint`: max_concurrency in clients of at most CONNECTIONS_PER_CLIENT.
+        Requests in flight never exceed max_concurrency (the semaphore) and go to the least busy client, so no
+        client ever holds more requests than connections."""
+        shards = -(-endpoint.max_concurrency // CONNECTIONS_PER_CLIENT)
+        return [-(-endpoint.max_concurrency // shards)] * shards
+
+    def _new_client(self, index: int, connections: int) -> httpx.AsyncClient:
+        key = self._keys[index]
         headers = {"content-type": "application/json"}
         if key:
             headers["authorization"] = f"Bearer {key}"
-        # The semaphore already bounds requests in flight; the pool keeps that many connections alive for reuse.
-        limits = httpx.Limits(max_connections=endpoint.max_concurrency,
-                              max_keepalive_connections=endpoint.max_concurrency)
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         return httpx.AsyncClient(headers=headers, timeout=self.timeout, limits=limits, verify=self._tls,
                                  http2=_HTTP2, trust_env=True, follow_redirects=False)
 
     async def _post(self, index: int, body: bytes) -> tuple[int, httpx.Headers, bytes]:
         """POST `body` to endpoint `index` -> (status, headers, body), reading at most max_response_bytes."""
-        async with self._client(index).stream("POST", self._urls[index], content=body) as response:
+        shard = self._shard(index)
+        shard[1] += 1
+        try:
+            return await self._exchange(shard[0], self._urls[index], body)
+        finally:
+            shard[1] -= 1
+
+    async def _exchange(self, client: httpx.AsyncClient, url: str, body: bytes):
+        async with client.stream("POST", url, content=body) as response:
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > self.max_response_bytes:
                 raise _Attempt(f"HTTP {response.status_code} response of {declared} bytes, over the "
@@ -531,6 +556,7 @@ class LLMClient:
     async def aclose(self) -> None:
         """Close the connections (of the running loop's clients; those of a finished loop went with it)."""
         if self._loop is asyncio.get_running_loop():
-            for client in self._clients:
-                await client.aclose()
+            for shards in self._clients:
+                for client, _ in shards:
+                    await client.aclose()
         self._clients, self._loop = [], None
