@@ -29,7 +29,7 @@ Why each piece exists:
   * `reasoning_content` (DeepSeek, vLLM, ...; `reasoning` on others) is returned apart from the answer, and
     reasoning tokens are counted in the accounting and its cost.
 
-Transport: httpx.AsyncClients per endpoint and event loop (keep-alive pools holding the endpoint's
+Transport: httpx.AsyncClients per endpoint and event loop (keep-alive pools holding up to the endpoint's
 max_concurrency connections, at most CONNECTIONS_PER_CLIENT per client; TLS verified against certifi's CA bundle; proxies from the environment; HTTP/2 when the `h2`
 package is installed). Its errors map onto the retry logic: timeouts and connection errors are retried on the
 next endpoint like a 5xx; a response body over `max_response_bytes` is a failed attempt, never read whole.
@@ -438,23 +438,24 @@ class LLMClient:
         return result
 
     def _shard(self, index: int) -> list:
-        """The least busy of endpoint `index`'s clients on the running event loop, as [client, requests in flight].
-        Connections belong to the loop that opened them, so a second loop (a script calling asyncio.run twice)
-        gets fresh clients; the old loop's are dropped."""
+        """The first of endpoint `index`'s clients on the running event loop with a free connection, as [client,
+        requests in flight]. A new client (of at most CONNECTIONS_PER_CLIENT connections) only when all are busy:
+        building one costs CPU, so clients follow the concurrency a job reaches. Requests in flight never exceed
+        max_concurrency (the semaphore), so no client holds more requests than connections. Connections belong
+        to the loop that opened them: a second loop (a script calling asyncio.run twice) gets fresh clients, and
+        the old loop's are dropped."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop = loop
-            self._clients = [[[self._new_client(i, n), 0] for n in self._shard_sizes(e)]
-                             for i, e in enumerate(self.endpoints)]
-        return min(self._clients[index], key=lambda shard: shard[1])
-
-    @staticmethod
-    def _shard_sizes(endpoint: Endpoint) -> list[int]:
-        """Connections per client for `endpoint`: max_concurrency in clients of at most CONNECTIONS_PER_CLIENT.
-        Requests in flight never exceed max_concurrency (the semaphore) and go to the least busy client, so no
-        client ever holds more requests than connections."""
-        shards = -(-endpoint.max_concurrency // CONNECTIONS_PER_CLIENT)
-        return [-(-endpoint.max_concurrency // shards)] * shards
+            self._clients = [[] for _ in self.endpoints]
+        shards = self._clients[index]
+        size = min(CONNECTIONS_PER_CLIENT, self.endpoints[index].max_concurrency)
+        for shard in shards:   # the first with a free connection: earlier clients' idle connections get reused
+            if shard[1] < size:
+                return shard
+        shard = [self._new_client(index, size), 0]
+        shards.append(shard)
+        return shard
 
     def _new_client(self, index: int, connections: int) -> httpx.AsyncClient:
         key = self._keys[index]
