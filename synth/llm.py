@@ -29,10 +29,13 @@ Why each piece exists:
   * `reasoning_content` (DeepSeek, vLLM, ...; `reasoning` on others) is returned apart from the answer, and
     reasoning tokens are counted in the accounting and its cost.
 
-Transport: httpx.AsyncClients per endpoint and event loop (keep-alive pools holding up to the endpoint's
-max_concurrency connections, at most CONNECTIONS_PER_CLIENT per client; TLS verified against certifi's CA bundle; proxies from the environment; HTTP/2 when the `h2`
-package is installed). Its errors map onto the retry logic: timeouts and connection errors are retried on the
-next endpoint like a 5xx; a response body over `max_response_bytes` is a failed attempt, never read whole.
+Transport: httpx.AsyncClients per endpoint and event loop: keep-alive pools holding up to the endpoint's
+max_concurrency connections, at most CONNECTIONS_PER_CLIENT per client; TLS verified against certifi's CA
+bundle; proxies from the environment; HTTP/2 when the `h2` package is installed. Its errors map onto the retry
+logic: timeouts and connection errors are retried on the next endpoint like a 5xx; a response body over
+`max_response_bytes` is a failed attempt, never read whole. CPU per call is several times that of a bare
+asyncio HTTP/1.1 exchange (experiments/bench/synth_transport_compare.py measures it); against endpoints that
+take seconds per answer it is not what limits a job.
 """
 from __future__ import annotations
 
