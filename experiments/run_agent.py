@@ -155,8 +155,9 @@ class EndpointPolicy:
 
 # ---------------------------------------------------------------------------------------------- tools
 class ToolRunner(Protocol):
-    async def run(self, call) -> tuple[str, bool]:
-        """(observation body, ok) for a parsed WebSearch / CrawlPage call."""
+    async def run(self, call, context: str = "") -> tuple[str, bool]:
+        """(observation body, ok) for a parsed WebSearch / CrawlPage call. context: the episode's text before the
+        call, whose last think/plan is a crawl_page's goal when the call names none."""
 
 
 class LocalTools:
@@ -165,11 +166,11 @@ class LocalTools:
     def __init__(self, tools):
         self.tools = tools
 
-    async def run(self, call) -> tuple[str, bool]:
+    async def run(self, call, context: str = "") -> tuple[str, bool]:
         if isinstance(call, protocol.WebSearch):
             result = await self.tools.web_search(call.queries, call.num)
         else:
-            result = await self.tools.crawl_page(call.urls, call.goal)
+            result = await self.tools.crawl_page(call.urls, call.goal, context=context)
         return result.observation, bool(result.ok)
 
 
@@ -181,11 +182,13 @@ class HttpTools:
         # token None: $SYNTH_TOKEN, as every client of the synth service in this project
         self.client = client or synth_client.async_client(token, timeout=300.0)
 
-    async def run(self, call) -> tuple[str, bool]:
+    async def run(self, call, context: str = "") -> tuple[str, bool]:
         if isinstance(call, protocol.WebSearch):
             path, body = "web_search", {"queries": call.queries, "num": call.num}
         else:
             path, body = "crawl_page", {"urls": call.urls, "goal": call.goal}
+            if not call.goal.strip() and context:
+                body["context"] = synth_client.crawl_context(context)
         resp = await self.client.post(f"{self.base_url}/v1/tools/{path}", json=body)
         if resp.status_code != 200:
             return protocol.render_error(path, f"tool service answered HTTP {resp.status_code}"), False
@@ -235,7 +238,7 @@ async def run_episode(ep: Episode, policy: Policy, tools: ToolRunner, limits: Li
             body, ok = protocol.render_error(call.tag, call.reason), False
         else:
             try:
-                body, ok = await tools.run(call)
+                body, ok = await tools.run(call, context=text)
             except Exception as err:          # a tool outage becomes an error observation, never fake content
                 body, ok = protocol.render_error(type(call).__name__, f"tool failed: {err}"), False
         ep.timings["tools"] += time.perf_counter() - t0

@@ -24,6 +24,14 @@ def auth_headers(token: str | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def crawl_context(text: str, max_chars: int = 100_000) -> str:
+    """What a crawl_page call sends as `context` when it names no goal: the trajectory after its last observation
+    (the think/plan the service takes the goal from), at most `max_chars` of it (the service's field limit is
+    200,000 characters)."""
+    cut = text.rfind("</observation>")
+    return text[cut:][-max_chars:] if cut >= 0 else text[-max_chars:]
+
+
 def async_client(token: str | None = None, **kwargs) -> httpx.AsyncClient:
     """An httpx.AsyncClient carrying `auth_headers(token)`; kwargs go to httpx (timeout, ...)."""
     headers = {**kwargs.pop("headers", {}), **auth_headers(token)}

@@ -29,7 +29,13 @@ Why each piece exists:
   * `reasoning_content` (DeepSeek, vLLM, ...; `reasoning` on others) is returned apart from the answer, and
     reasoning tokens are counted in the accounting and its cost.
 
-Transport: synth/http1.py, not httpx, for the CPU cost per call explained there.
+Transport: httpx.AsyncClients per endpoint and event loop: keep-alive pools holding up to the endpoint's
+max_concurrency connections, at most CONNECTIONS_PER_CLIENT per client; TLS verified against certifi's CA
+bundle; proxies from the environment; HTTP/2 when the `h2` package is installed. Its errors map onto the retry
+logic: timeouts and connection errors are retried on the next endpoint like a 5xx; a response body over
+`max_response_bytes` is a failed attempt, never read whole. CPU per call is several times that of a bare
+asyncio HTTP/1.1 exchange (experiments/bench/synth_transport_compare.py measures it); against endpoints that
+take seconds per answer it is not what limits a job.
 """
 from __future__ import annotations
 
@@ -39,14 +45,16 @@ import email.utils
 import json
 import logging
 import os
+import importlib.util
 import random
 import re
 import ssl
+import sys
 import time
+from urllib.parse import urlsplit
 
 import certifi
-
-from synth.http1 import ConnectionPool, TransportError
+import httpx
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,16 @@ _REFUSAL = re.compile(r"unsupported|not supported|does not support|unrecognized|
 MAX_ADAPTATIONS = 8   # adaptations of one call (each drops or renames one field, so this bounds the loop)
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 MAX_RETRY_AFTER = 60.0  # seconds: a longer Retry-After is treated as "try another endpoint, then wait this long"
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024   # a chat answer is kilobytes; more is a broken or hostile server
+_HTTP2 = importlib.util.find_spec("h2") is not None   # httpx speaks HTTP/2 only with the optional h2 package
+# httpcore runs `import sniffio` for every request and falls back to asyncio when it is missing; a missing module
+# is searched for on sys.path again at each import (a millisecond of CPU per call). None in sys.modules makes that
+# import fail at once, with the same fallback.
+if importlib.util.find_spec("sniffio") is None:
+    sys.modules.setdefault("sniffio", None)
+# httpcore's pool scans all its connections and queued requests at every request start and end, so its CPU per
+# call grows with the pool's size: an endpoint's connections are spread over clients of at most this many.
+CONNECTIONS_PER_CLIENT = 16
 
 
 class LLMError(Exception):
@@ -98,6 +116,10 @@ class Endpoint:
 
     def __post_init__(self):
         self.base_url = self.base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"endpoint base_url={self.base_url!r}: use an http:// or https:// URL "
+                             "(e.g. https://api.openai.com/v1)")
         if self.token_param not in ("auto", *TOKEN_PARAMS):
             raise ValueError(f"endpoint {self.base_url}: token_param={self.token_param!r}; choose 'auto', "
                              "'max_tokens' or 'max_completion_tokens'")
@@ -246,12 +268,14 @@ def _count(value) -> int:
 class LLMClient:
     """Chat completions over `endpoints` (see the module docstring).
 
-    timeout: seconds per attempt (connect + read); max_retries: attempts after the first, across endpoints;
-    backoff: base delay in seconds, doubled per retry (capped at backoff_max) with full jitter in [0.5, 1.0]×.
+    timeout: seconds per attempt (connect + send + read, all together); max_retries: attempts after the first,
+    across endpoints; backoff: base delay in seconds, doubled per retry (capped at backoff_max) with full jitter
+    in [0.5, 1.0]×; max_response_bytes: the largest response body read (decoded), larger ones fail the attempt.
     """
 
     def __init__(self, endpoints: list[Endpoint | dict], *, timeout: float = 120.0, max_retries: int = 6,
-                 backoff: float = 1.0, backoff_max: float = 30.0, seed: int | None = None):
+                 backoff: float = 1.0, backoff_max: float = 30.0, seed: int | None = None,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES):
         if not endpoints:
             raise ValueError("LLMClient needs at least one endpoint (base_url + model)")
         self.endpoints = [e if isinstance(e, Endpoint) else Endpoint.from_dict(e) for e in endpoints]
@@ -259,6 +283,7 @@ class LLMClient:
         self.max_retries = max_retries
         self.backoff = backoff
         self.backoff_max = backoff_max
+        self.max_response_bytes = max_response_bytes
         self._keys = [os.environ.get(e.api_key_env, "") if e.api_key_env else "" for e in self.endpoints]
         for endpoint, key in zip(self.endpoints, self._keys):
             if endpoint.api_key_env and not key:
@@ -271,10 +296,11 @@ class LLMClient:
         self._in_flight = [0] * len(self.endpoints)
         self._random = random.Random(seed)
         self._encoded: dict[str, str] = {}   # message content -> its JSON string (_request_body)
-        # One keep-alive pool per endpoint on synth/http1.py (why not httpx: see there); TLS verified against
-        # certifi's CA bundle, as httpx does.
+        self._urls = [f"{e.base_url}/chat/completions" for e in self.endpoints]
+        # One SSL context for every connection: building one loads the CA bundle (milliseconds of CPU).
         self._tls = ssl.create_default_context(cafile=certifi.where())
-        self._pools = [ConnectionPool(e.base_url, tls=self._tls, max_idle=e.max_concurrency) for e in self.endpoints]
+        self._clients: list[list[list]] = []   # per endpoint: [client, requests in flight] (_shard)
+        self._loop = None   # the event loop self._clients belong to (_client)
 
     @classmethod
     def from_config(cls, cfg) -> "LLMClient":
@@ -394,15 +420,17 @@ class LLMClient:
         payload[self._token_param[index]] = max_tokens
         payload.update(extra or {})
         body = self._request_body(payload)
-        headers = {"authorization": f"Bearer {self._keys[index]}"} if self._keys[index] else {}
         async with self._semaphores[index]:
             self._in_flight[index] += 1
             try:
-                response = await self._pools[index].post("/chat/completions", body, headers, timeout=self.timeout)
-            except TimeoutError:
+                # httpx's timeout bounds each phase (connect, each read); the attempt as a whole gets one too.
+                async with asyncio.timeout(self.timeout):
+                    response = await self._post(index, body)
+            except (TimeoutError, httpx.TimeoutException):
                 raise _Attempt(f"timed out after {self.timeout:g} s") from None
-            except TransportError as error:
-                raise _Attempt(f"connection error ({error})") from None
+            except httpx.RequestError as error:   # connection refused/reset, protocol errors, bad encodings
+                detail = self._redact(str(error)[:200]) or "no detail"
+                raise _Attempt(f"connection error ({type(error).__name__}: {detail})") from None
             finally:
                 self._in_flight[index] -= 1
         result = self._parse(*response, endpoint)
@@ -411,6 +439,59 @@ class LLMClient:
             if stopped:
                 result.finish_reason = "stop"
         return result
+
+    def _shard(self, index: int) -> list:
+        """The first of endpoint `index`'s clients on the running event loop with a free connection, as [client,
+        requests in flight]. A new client (of at most CONNECTIONS_PER_CLIENT connections) only when all are busy:
+        building one costs CPU, so clients follow the concurrency a job reaches. Requests in flight never exceed
+        max_concurrency (the semaphore), so no client holds more requests than connections. Connections belong
+        to the loop that opened them: a second loop (a script calling asyncio.run twice) gets fresh clients, and
+        the old loop's are dropped."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop = loop
+            self._clients = [[] for _ in self.endpoints]
+        shards = self._clients[index]
+        size = min(CONNECTIONS_PER_CLIENT, self.endpoints[index].max_concurrency)
+        for shard in shards:   # the first with a free connection: earlier clients' idle connections get reused
+            if shard[1] < size:
+                return shard
+        shard = [self._new_client(index, size), 0]
+        shards.append(shard)
+        return shard
+
+    def _new_client(self, index: int, connections: int) -> httpx.AsyncClient:
+        key = self._keys[index]
+        headers = {"content-type": "application/json"}
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        return httpx.AsyncClient(headers=headers, timeout=self.timeout, limits=limits, verify=self._tls,
+                                 http2=_HTTP2, trust_env=True, follow_redirects=False)
+
+    async def _post(self, index: int, body: bytes) -> tuple[int, httpx.Headers, bytes]:
+        """POST `body` to endpoint `index` -> (status, headers, body), reading at most max_response_bytes."""
+        shard = self._shard(index)
+        shard[1] += 1
+        try:
+            return await self._exchange(shard[0], self._urls[index], body)
+        finally:
+            shard[1] -= 1
+
+    async def _exchange(self, client: httpx.AsyncClient, url: str, body: bytes):
+        async with client.stream("POST", url, content=body) as response:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_response_bytes:
+                raise _Attempt(f"HTTP {response.status_code} response of {declared} bytes, over the "
+                               f"{self.max_response_bytes}-byte limit")
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise _Attempt(f"HTTP {response.status_code} response over the "
+                                   f"{self.max_response_bytes}-byte limit")
+                chunks.append(chunk)
+            return response.status_code, response.headers, b"".join(chunks)
 
     def _request_body(self, payload: dict) -> bytes:
         """json.dumps(payload, ensure_ascii=False) as UTF-8, reusing the JSON of recent message contents: a
@@ -438,7 +519,7 @@ class LLMClient:
             self._encoded[content] = encoded
         return f'{{"role": {_ENCODE(message["role"])}, "content": {encoded}}}'
 
-    def _parse(self, status: int, headers: dict[str, str], raw: bytes, endpoint: Endpoint) -> ChatResult:
+    def _parse(self, status: int, headers, raw: bytes, endpoint: Endpoint) -> ChatResult:
         if status != 200:
             detail = self._redact(raw[:200].decode("utf-8", "replace").replace("\n", " "))
             if status == 400:
@@ -477,5 +558,9 @@ class LLMClient:
                           reasoning=reasoning, finish_reason=str(choices[0].get("finish_reason") or ""))
 
     async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+        """Close the connections (of the running loop's clients; those of a finished loop went with it)."""
+        if self._loop is asyncio.get_running_loop():
+            for shards in self._clients:
+                for client, _ in shards:
+                    await client.aclose()
+        self._clients, self._loop = [], None

@@ -40,9 +40,11 @@ import time
 sys.modules.setdefault("jax", None)   # bm25s would import JAX for top-k; the synthesizer never needs it
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
+CODE = REPO   # the checkout whose synth/ and oresearcher/ are measured (--code)
 from scripted_openai import role_turns  # noqa: E402  (the chat after a role's prompt and worked examples)
 
 _URL = re.compile(r"\((https?://[^)\s]+)\)")
+_READ = re.compile(r"<crawl_page>\s*url=(\S+?)&goal=")
 
 
 def teacher(request: dict) -> str:
@@ -58,10 +60,15 @@ def teacher(request: dict) -> str:
     observations = [m["content"] for m in turns if m["role"] == "user" and m["content"].startswith("<observation>")]
     sub = turns[0]["content"].split("Sub-question: ", 1)[1].split("\n", 1)[0].replace("?", "")
     n = len(observations)
-    if n in (0, 2):
-        return f"<think>\nStep {n}: sources for {sub}\n</think>\n<plan>\nSearch.\n</plan>\n<web_search>query={sub}&num=3"
-    # The last URL of all observations: that of the last observation showing any (read from the end).
-    url = next((found[-1] for o in reversed(observations) if (found := _URL.findall(o))), None)
+    if n in (0, 2):   # two different searches: a repeated call is not a distinct one (protocol.tool_n)
+        query = sub if n == 0 else f"{sub} evidence"
+        return (f"<think>\nStep {n}: sources for {sub}\n</think>\n<plan>\nSearch.\n</plan>\n"
+                f"<web_search>query={query}&num=3")
+    # The last URL not read yet, from the last observation showing one (read from the end): two reads of one
+    # page would be one distinct call, below the tool band the funnel accepts.
+    read = {u for m in turns if m["role"] == "assistant" for u in _READ.findall(m["content"])}
+    url = next((fresh[-1] for o in reversed(observations)
+                if (fresh := [u for u in _URL.findall(o) if u not in read])), None)
     if n in (1, 3) and url:
         return f"<think>\nRead {url}.\n</think>\n<crawl_page>url={url}&goal={sub}"
     if not url:   # nothing found yet: search with the first words only
@@ -251,8 +258,8 @@ def profile_by_package(cfg, questions: list[str]) -> tuple[float, dict[str, floa
     by_package: dict[str, float] = {}
     for (filename, _, _), (_, _, self_time, _, _) in pstats.Stats(profiler).stats.items():
         path = pathlib.Path(filename)
-        if str(path).startswith(str(REPO)) and path.parts[len(REPO.parts)] in ("synth", "oresearcher"):
-            key = "own:" + path.parts[len(REPO.parts)]
+        if str(path).startswith(str(CODE)) and path.parts[len(CODE.parts)] in ("synth", "oresearcher"):
+            key = "own:" + path.parts[len(CODE.parts)]
         elif "site-packages" in path.parts:
             key = path.parts[path.parts.index("site-packages") + 1]
         else:
@@ -277,7 +284,14 @@ def main() -> None:
                                                   "(e.g. idle_16_core_host) instead of replacing it")
     ap.add_argument("--cache-dir", default="/tmp/oresearcher-bench-cache")
     ap.add_argument("--out", default=str(REPO / "experiments/bench/results/synth_throughput.json"))
+    ap.add_argument("--code", default=str(REPO),
+                    help="checkout whose synth/ and oresearcher/ are measured, e.g. an earlier commit's worktree "
+                         "(default: this one): the same benchmark then measures both sides of a change")
     args = ap.parse_args()
+    global CODE
+    CODE = pathlib.Path(args.code).resolve()
+    sys.path.insert(0, str(CODE))
+    os.chdir(CODE)   # configs/synth.py is read relative to the checkout
 
     base_url, servers = start_servers(args.latency, args.server_processes)
     SERVER_PIDS[:] = [p.pid for p in servers]

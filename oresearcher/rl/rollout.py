@@ -83,8 +83,11 @@ def build_prompt(tokenizer, question: str) -> list[int]:
 
 
 # -------------------------------------------------------------------------------------------------- tools
-async def call_tool(client: httpx.AsyncClient, url: str, call, timeout_s: float) -> tuple[str, ToolCall]:
-    """(observation body, record) for one parsed call; failures become error observations, never exceptions."""
+async def call_tool(client: httpx.AsyncClient, url: str, call, timeout_s: float, context: str = ""
+                    ) -> tuple[str, ToolCall]:
+    """(observation body, record) for one parsed call; failures become error observations, never exceptions.
+    context: the episode's text before the call; a crawl_page without goal= sends its last think/plan, which the
+    service summarises the pages for (the record keeps the request without it)."""
     start = time.perf_counter()
     if isinstance(call, protocol.ToolCallError):
         body = protocol.render_error(call.tag, f"malformed <{call.tag}> call: {call.reason}")
@@ -93,8 +96,11 @@ async def call_tool(client: httpx.AsyncClient, url: str, call, timeout_s: float)
         tool, request = "web_search", {"queries": list(call.queries), "num": call.num}
     else:
         tool, request = "crawl_page", {"urls": list(call.urls), "goal": call.goal}
+    sent = request
+    if tool == "crawl_page" and not call.goal.strip() and context:
+        sent = {**request, "context": synth_client.crawl_context(context)}
     try:
-        resp = await client.post(f"{url}/v1/tools/{tool}", json=request, timeout=timeout_s)
+        resp = await client.post(f"{url}/v1/tools/{tool}", json=sent, timeout=timeout_s)
         resp.raise_for_status()
         out = resp.json()
         body, ok, error = str(out.get("observation", "")), bool(out.get("ok", True)), out.get("error") or ""
@@ -158,7 +164,7 @@ class RolloutAgent:
         if call is None:
             ep.finish = "no_call"
             return None
-        return lambda client: call_tool(client, self.url, call, cfg.tool_timeout_s)
+        return lambda client: call_tool(client, self.url, call, cfg.tool_timeout_s, context=text)
 
     def on_result(self, i: int, result):
         body, record = result
