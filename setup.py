@@ -31,7 +31,9 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2.3",           # models that ship only a sentencepiece tokenizer.model
     "gguf>=0.19.0",                   # the embedded SmolLM2 GGUF (read without torch)
     "httpx>=0.28.1",                  # RL's tool and judge calls, the synth stream, run_agent, evaluation
-    "certifi>=2026.10.19",            # CA bundle of synth's own HTTP/1.1 client (synth/http1.py)
+    "certifi>=2026.10.19",            # CA bundle of the synth LLM client (synth/llm.py)
+    "sniffio>=1.3.1",                 # httpcore asks it for the event loop at every request; absent, the failed
+                                      # import is retried from disk each time (a millisecond of CPU per call)
     "fastapi>=0.165.0",               # the synth service and oresearcher.serve
     "uvicorn>=0.54.0",
     "starlette>=1.10.0",             # oresearcher/openai_api.py raises its HTTPException (FastAPI is built on it)

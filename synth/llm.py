@@ -49,7 +49,6 @@ import importlib.util
 import random
 import re
 import ssl
-import sys
 import time
 from urllib.parse import urlsplit
 
@@ -73,11 +72,6 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 
 MAX_RETRY_AFTER = 60.0  # seconds: a longer Retry-After is treated as "try another endpoint, then wait this long"
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024   # a chat answer is kilobytes; more is a broken or hostile server
 _HTTP2 = importlib.util.find_spec("h2") is not None   # httpx speaks HTTP/2 only with the optional h2 package
-# httpcore runs `import sniffio` for every request and falls back to asyncio when it is missing; a missing module
-# is searched for on sys.path again at each import (a millisecond of CPU per call). None in sys.modules makes that
-# import fail at once, with the same fallback.
-if importlib.util.find_spec("sniffio") is None:
-    sys.modules.setdefault("sniffio", None)
 # httpcore's pool scans all its connections and queued requests at every request start and end, so its CPU per
 # call grows with the pool's size: an endpoint's connections are spread over clients of at most this many.
 CONNECTIONS_PER_CLIENT = 16
