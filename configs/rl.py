@@ -102,6 +102,8 @@ def _base() -> ConfigDict:
     c.rollout.backend = "engine"        # "engine": continuous batching (oresearcher.engine); "lockstep": Sampler
     c.rollout.slots = 0                 # engine slots; 0 = one per episode of a step (questions_per_step x G)
     c.rollout.chunk = 16                # tokens per engine decode call (a parked call waits at most this long)
+    c.rollout.tensor = 0                # engine on a mesh: tensor-parallel devices of its weight copy (0 = the
+                                        # most that divide the heads; oresearcher/engine/layout.py)
 
     c.reward = ConfigDict()
     c.reward.w_base = 0.6
@@ -246,6 +248,11 @@ def qwen_gpu8() -> ConfigDict:
     c.grpo.minibatches = 4
     c.grpo.microbatch_tokens = 8 * 32768                  # one 32k episode per GPU per microbatch
     c.optim.lr = 1e-6
+    # The engine beside the trainer (colocated): its bf16 weight copy (tensor 4 x data 2: 28 heads and 4 KV heads
+    # split 4 ways) and a dense cache of 16 slots x 32k tokens (224 MiB per slot per GPU) stay resident through
+    # the update, whose own peak is most of an H100; 16 slots is what fits beside it (AOT: BUILD.md section 5).
+    # The 128 episodes of a step go through the 16 slots, each freed slot refilled at once.
+    c.rollout.slots = 16
     return c
 
 
@@ -266,6 +273,10 @@ def qwen72b_v5p128() -> ConfigDict:
     c.questions_per_step = 64
     c.rollout.max_tokens = 65536
     c.grpo.microbatch_tokens = 16 * 65536
+    # The engine's inference layout here: tensor 8 (64 heads, 8 KV heads) x data 8, bf16 weights 16.9 GiB per
+    # chip; a 64k-token slot's dense cache is 20 GiB (2.5 GiB per chip of its tensor group), so 32 slots (10 GiB
+    # per chip) stay resident beside the training state (AOT: BUILD.md section 5).
+    c.rollout.slots = 32
     return c
 
 
