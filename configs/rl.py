@@ -45,6 +45,7 @@ from pathlib import Path
 from ml_collections import ConfigDict
 
 from configs import common
+from oresearcher import protocol
 
 TINY_TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_tokenizer"
 
@@ -87,6 +88,10 @@ def _base() -> ConfigDict:
     c.warm_start.max_references = 3     # keep this many reference lines in each answer
     c.warm_start.max_subtasks = 1       # keep this many subtasks of each trajectory (0 = all)
     c.warm_start.max_tool_calls = 2     # keep this many tool calls (with observations) per subtask (0 = all)
+    c.warm_start.report_sentences = 0   # > 0: keep the final report as a report (its sections for the kept
+                                        # subtasks and its conclusion, this many sentences per paragraph)
+    c.warm_start.synth_tokens = 0       # > 0: the embedded teacher sized to trajectories of about this many tokens
+    c.warm_start.synth_overrides = []   # further "KEY=VALUE" overrides of the warm start's synth config
 
     c.rollout = ConfigDict()
     c.rollout.group_size = 8
@@ -104,14 +109,17 @@ def _base() -> ConfigDict:
     c.rollout.chunk = 16                # tokens per engine decode call (a parked call waits at most this long)
     c.rollout.tensor = 0                # engine on a mesh: tensor-parallel devices of its weight copy (0 = the
                                         # most that divide the heads; oresearcher/engine/layout.py)
+    c.rollout.seed_per_group = False    # True: each group sampled in its own engine run, seeded by its index in
+                                        # the step, so the episodes do not depend on how many hosts share a step
+                                        # (multi-host runs equal one-host runs); False: a host's groups batched
 
     c.reward = ConfigDict()
     c.reward.w_base = 0.6
     c.reward.w_tool = 0.2
     c.reward.w_format = 0.2
-    c.reward.tool_low = 2
-    c.reward.tool_high = 8
-    c.reward.tool_over_penalty = -1.0
+    c.reward.tool_low = protocol.TOOL_LOW           # R_tool's band: N = min(#web_search, #crawl_page) distinct
+    c.reward.tool_high = protocol.TOOL_HIGH         # calls; the warm start's synthesizer keeps only trajectories
+    c.reward.tool_over_penalty = protocol.TOOL_OVER_PENALTY   # within it (workflow.rules="band")
     c.reward.normalize = "unit"
     c.reward.judge_timeout_s = 120.0
 
@@ -149,22 +157,24 @@ def _base() -> ConfigDict:
 def smollm2() -> ConfigDict:
     c = _base()
     c.remat = "full"                    # GRPO's backward over 8 x 1024 tokens: ~15 GB of activations without it
-    c.total_steps = 4
+    c.total_steps = 3
     c.checkpoint_every = 2
     c.questions_per_step = 2
-    c.warm_start.num_questions = 8
-    c.warm_start.steps = 10
+    c.warm_start.num_questions = 16
+    c.warm_start.steps = 40
     c.warm_start.batch_size = 1
-    c.warm_start.lr = 5e-5
-    c.warm_start.max_len = 1024
-    c.warm_start.abridge_words = 8      # ~300-token responses: a whole episode fits the turn budget below
-    c.warm_start.max_tool_calls = 1
-    c.warm_start.max_references = 1
+    c.warm_start.lr = 1e-4
+    c.warm_start.max_len = 2048
+    c.warm_start.abridge_words = 6      # thoughts, plans and calls cut to 6 words: the protocol, not the prose
+    c.warm_start.max_subtasks = 4       # 4 subtasks x (search, read): N = 4 in R_tool's band (2 <= N <= 8)
+    c.warm_start.max_tool_calls = 2
+    c.warm_start.max_references = 0     # subtask answers without reference lists (the report keeps its own)
+    c.warm_start.report_sentences = 1   # a report with its sections and citations (what the judge reads)
     c.rollout.group_size = 4
-    c.rollout.max_turns = 2
-    c.rollout.max_tokens = 1024
-    c.rollout.max_turn_tokens = 160
-    c.rollout.max_observation_tokens = 128
+    c.rollout.max_turns = 10            # 8 tool calls and the answer
+    c.rollout.max_tokens = 2048
+    c.rollout.max_turn_tokens = 384     # the report is the longest turn (~250 tokens)
+    c.rollout.max_observation_tokens = 48   # 24 tokens of each observation and a truncation note
     c.rollout.prefill_chunk = 256
     c.grpo.minibatches = 4              # 2 rows per optimizer step
     c.grpo.dynamic_sampling_rounds = 0  # on CPU a rollout is most of a step: no redraws (timings above)

@@ -50,6 +50,8 @@ import os
 
 from ml_collections import ConfigDict
 
+from oresearcher import protocol
+
 
 def _base() -> ConfigDict:
     c = ConfigDict()
@@ -61,6 +63,9 @@ def _base() -> ConfigDict:
         temperature=0.7, max_tokens=2048,
         answer_prefix="",               # opens the researcher's last turn (see synth/teachers/openai.py); needs a
                                         # server with vLLM's continue_final_message (oresearcher.serve, vLLM)
+        # the extractive teacher's sizes (smaller: shorter trajectories; synth.config.sized_for picks them for a
+        # token budget): results per query, queries per search, sentences per sub-report (at most)
+        search_num=5, search_queries=2, answer_sentences=6,
         roles=ConfigDict(dict(          # several teachers: per role, endpoints taking turns (teachers/multi.py);
             planner=[], researcher=[], summarizer=[])),   # [] -> the teacher above plays the role
     ))
@@ -87,7 +92,13 @@ def _base() -> ConfigDict:
         min_score=0.0,                  # the chosen candidate's judge overall must reach this (0..1)
         regenerate=0,                   # rounds of fresh candidates when none is kept (all invalid, all judges
                                         # abstained, or the best below min_score)
-        min_reasoning_steps=10, min_tool_calls=5, max_tokens=65536,   # the hard rules (protocol.validate)
+        # The hard rules (synth/funnel.py). rules="band" (default): N = min(#web_search, #crawl_page) distinct
+        # calls within [tool_low, tool_high], the band R_tool pays for (oresearcher/protocol.py's TOOL_LOW and
+        # TOOL_HIGH unless set here), and the researchers' tool calls budgeted so a trajectory stays within it;
+        # rules="paper": the paper's rules for large teachers, >= 5 tool calls and >= 10 reasoning steps, no upper
+        # bound. min_reasoning_steps / min_tool_calls: None = the rules' own (band: 2 * tool_low each; paper: 10, 5).
+        rules="band", tool_low=protocol.TOOL_LOW, tool_high=protocol.TOOL_HIGH,
+        min_reasoning_steps=None, min_tool_calls=None, max_tokens=65536,
         question_concurrency=16,        # questions in flight per job
         role_chats=False,               # also record the teacher's answers as openai-teacher role chats (SFT data
                                         # for a model to serve as the `local` teacher; synth/teachers/roles.py)

@@ -1,17 +1,18 @@
-"""Transparent huge pages for the host memory XLA allocates, on Linux with glibc >= 2.35.
+"""Transparent huge pages for the host memory XLA:CPU allocates (opt-in: ORESEARCHER_HUGEPAGES=1), Linux/glibc.
 
     from oresearcher import hugepages
-    hugepages.enable()      # first thing in a command's main(): re-executes the command once, if it helps
+    hugepages.enable()      # first thing in a command's main(): re-executes the command once, if asked and useful
 
 Why: XLA:CPU allocates a step's temporaries afresh on every call (gigabytes for a training step), and glibc serves
-blocks that large with new mmaps, so every step first-touches every page again: a SmolLM2 training step at
-4 x 512 tokens takes ~1.3 M page faults on 4 KB pages. glibc's `glibc.malloc.hugetlb=1` tunable makes malloc ask
-the kernel for transparent huge pages (2 MB) on those mmaps: ~3 k faults per step, and the step takes 12.0-12.3 s
-instead of 12.7-13.4 s on a 2-core VM. Tunables are read only when a process starts, hence the re-execution.
+blocks that large with new mmaps, so every step first-touches every page again (about one page fault per 4 KB).
+glibc's `glibc.malloc.hugetlb=1` tunable makes malloc ask the kernel for transparent huge pages (2 MB) on those
+mmaps, which removes almost all of those faults (tests/test_hugepages.py counts them) and shortens CPU training
+steps by a few percent. Tunables are read only when a process starts, hence the re-execution.
 
-Nothing happens where it cannot help: not Linux, the kernel's THP mode is `never` (no huge pages) or `always`
-(every large mmap gets them already), or GLIBC_TUNABLES already names the tunable (which also stops a second
-re-execution). ORESEARCHER_HUGEPAGES=0 turns it off. Child processes inherit the setting through the environment.
+It only concerns models computed on the host CPU, so it is off unless ORESEARCHER_HUGEPAGES=1, and even then
+nothing happens where it cannot help: an accelerator host (a GPU or TPU device node, or JAX_PLATFORMS naming
+something other than cpu), not Linux, the kernel's THP mode `never` or `always`, or GLIBC_TUNABLES already naming
+the tunable (which also stops a second re-execution). Child processes inherit the setting through the environment.
 """
 from __future__ import annotations
 
@@ -33,9 +34,24 @@ def thp_mode(path: str = _THP_MODE) -> str:
     return text[start + 1:end] if 0 <= start < end else ""
 
 
-def environment(environ=os.environ, platform: str = sys.platform, mode: str | None = None) -> dict | None:
+# device nodes of NVIDIA GPUs and of TPUs (v4 and later: /dev/accel*, v2/v3 and some VMs: /dev/vfio)
+_ACCELERATOR_NODES = ("/dev/nvidiactl", "/dev/accel0", "/dev/vfio/0")
+
+
+def accelerator_host(environ=os.environ, nodes=_ACCELERATOR_NODES) -> bool:
+    """True where JAX will compute on an accelerator: JAX_PLATFORMS names one, or a GPU/TPU device node exists."""
+    platforms = environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return any(p.strip() not in ("", "cpu") for p in platforms.split(","))
+    return any(os.path.exists(n) for n in nodes)
+
+
+def environment(environ=os.environ, platform: str = sys.platform, mode: str | None = None,
+                accelerator: bool | None = None) -> dict | None:
     """The environment to re-execute with, or None when this process should go on as it is."""
-    if platform != "linux" or environ.get("ORESEARCHER_HUGEPAGES", "1") == "0":
+    if platform != "linux" or environ.get("ORESEARCHER_HUGEPAGES", "0") != "1":
+        return None
+    if accelerator_host(environ) if accelerator is None else accelerator:
         return None
     tunables = environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb" in tunables:

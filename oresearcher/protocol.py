@@ -30,6 +30,12 @@ TOOL_TAGS = ("web_search", "crawl_page")
 STOP_STRINGS = ("</web_search>", "</crawl_page>", "</suggested_answer>")
 DEFAULT_NUM = 10   # web_search results per query when `&num=` is absent
 MAX_NUM = 20       # cap on `&num=`
+# The tool-call band of R_tool (PAPER §6), N = min(#web_search, #crawl_page) distinct calls: N < TOOL_LOW pays 0,
+# N > TOOL_HIGH pays TOOL_OVER_PENALTY. The one home of the band: the reward (oresearcher/rl/rewards.py) and the
+# synthesizer's funnel and teachers (configs/synth.py workflow.tool_low/tool_high) default to these.
+TOOL_LOW = 2
+TOOL_HIGH = 8
+TOOL_OVER_PENALTY = -1.0
 
 # Canonical tags only (lowercase, no spaces): what the model writes and what the parser acts on. Longer names
 # first so `subtask_list` is not read as `subtask`.
@@ -511,11 +517,32 @@ def format_reward(text: str) -> float:
     return 1.0 if symmetric and any(s.tag == "suggested_answer" for s in spans) else 0.0
 
 
-def tool_reward(text: str, *, low: int = 2, high: int = 8, over_penalty: float = -1.0) -> float:
-    """R_tool with N = min(#web_search, #crawl_page): N < low -> 0; N > high -> over_penalty;
-    otherwise (N - low) / (high - low), so N = low gives 0 and N = high gives 1."""
-    counts = count_tool_calls(text)
-    n = min(counts["web_search"], counts["crawl_page"])
+def _call_key(span: Span) -> tuple:
+    """What a tool call asks for, so a repeat is recognised however it is spaced or ordered: the set of
+    (lower-cased, space-collapsed) queries of a search, the set of URLs of a crawl (its goal aside)."""
+    call = parse_tool_call(span.tag, span.body)
+    if isinstance(call, WebSearch):
+        return span.tag, frozenset(" ".join(q.lower().split()) for q in call.queries)
+    if isinstance(call, CrawlPage):
+        return span.tag, frozenset(call.urls)
+    return span.tag, " ".join(span.body.split())
+
+
+def tool_n(text: str) -> int:
+    """N of R_tool: min(#web_search, #crawl_page), each counting distinct closed calls (a call that repeats an
+    earlier one of the same tool adds nothing: repeating a search is no research)."""
+    seen: dict[str, set] = {tag: set() for tag in TOOL_TAGS}
+    for s in parse(text):
+        if s.tag in seen and s.closed and s.opened:
+            seen[s.tag].add(_call_key(s))
+    return min(len(keys) for keys in seen.values())
+
+
+def tool_reward(text: str, *, low: int = TOOL_LOW, high: int = TOOL_HIGH,
+                over_penalty: float = TOOL_OVER_PENALTY) -> float:
+    """R_tool with N = `tool_n(text)` (min(#web_search, #crawl_page), distinct calls): N < low -> 0;
+    N > high -> over_penalty; otherwise (N - low) / (high - low), so N = low gives 0 and N = high gives 1."""
+    n = tool_n(text)
     if n < low:
         return 0.0
     if n > high:

@@ -252,7 +252,7 @@ def run(config) -> dict:
     step = start
     try:
         while step < total_steps:
-            if guard.stop_requested:
+            if guard.should_stop():
                 ckpt.save(step, state, batches.get_state(), wait=True)
                 print(f"sft: {guard.signal_name} at step {step}: checkpoint saved, exiting", flush=True)
                 return last

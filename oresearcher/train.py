@@ -11,7 +11,8 @@ checkpoints that cannot be restored (another model's, or all damaged); 2 for an 
 Multi-host: when the environment describes more than one process (JAX_COORDINATOR_ADDRESS +
 JAX_NUM_PROCESSES + JAX_PROCESS_ID, a SLURM or Open MPI launch, or a multi-worker Cloud TPU slice), the
 processes join one JAX program through `jax.distributed.initialize()` before anything touches a device.
-ORESEARCHER_DISTRIBUTED=0 turns that off, =1 forces it.
+ORESEARCHER_DISTRIBUTED=0 turns that off, =1 forces it. Every process computes the same metrics, so only
+process 0 prints and writes them; the others report errors only, unless --log_all_processes.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<stage>.py[:preset]", lock_config=False)
+_LOG_ALL = flags.DEFINE_bool("log_all_processes", False, "multi-host: every process prints its console lines "
+                             "(default: process 0 only; the others print errors only)")
 
 
 def _multi_process_environment(env=os.environ) -> bool:
@@ -49,6 +52,12 @@ def main(argv):
             num_processes=int(env["JAX_NUM_PROCESSES"]) if env.get("JAX_NUM_PROCESSES") else None,
             process_id=int(env["JAX_PROCESS_ID"]) if env.get("JAX_PROCESS_ID") else None)
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint phase at INFO
+    if _multi_process_environment() and not _LOG_ALL.value:
+        import jax
+        if jax.process_index() != 0:
+            # N hosts would print every line N times; errors (stderr, absl ERROR) still come from every host
+            sys.stdout = open(os.devnull, "w")
+            logging.set_verbosity(logging.ERROR)
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config=configs/sft.py[:preset] is required")

@@ -22,7 +22,10 @@ WORKFLOW_RANGES: dict[str, tuple] = {
     "min_subtasks": (1, 16),
     "max_subtasks": (1, 16),
     "candidates": (1, 16),
-    "min_reasoning_steps": (0, 1000),
+    "rules": ("band", "paper"),              # the hard rules' family (synth/funnel.py RULES)
+    "tool_low": (0, 1000),                   # the band of N = min(#web_search, #crawl_page) (rules="band")
+    "tool_high": (0, 1000),
+    "min_reasoning_steps": (0, 1000),        # None: the rules' own minimum
     "min_tool_calls": (0, 1000),
     "max_tokens": (1, 1 << 20),
     "question_concurrency": (1, 4096),
@@ -32,6 +35,8 @@ WORKFLOW_RANGES: dict[str, tuple] = {
     "min_score": (0.0, 1.0),                 # a chosen candidate must score at least this (judge overall)
     "regenerate": (0, 8),                    # further rounds of candidates when a round yields none to keep
 }
+# Keys whose None means "the default of workflow.rules" (synth/funnel.py RULES).
+OPTIONAL = frozenset({"min_reasoning_steps", "min_tool_calls"})
 # What a request may override: the funnel's knobs, not the operator's resources (concurrency, processes).
 JOB_OVERRIDES = frozenset(WORKFLOW_RANGES) - {"question_concurrency", "processes"}
 
@@ -40,6 +45,8 @@ def check_value(key: str, value: Any) -> None:
     """ValueError naming workflow.`key` when value is of the wrong type or outside WORKFLOW_RANGES[key]."""
     allowed = WORKFLOW_RANGES[key]
     name = f"workflow.{key}"
+    if value is None and key in OPTIONAL:
+        return
     if isinstance(allowed[0], bool):
         if not isinstance(value, bool):
             raise ValueError(f"{name}={value!r}: expected true or false")
@@ -59,10 +66,13 @@ def check_value(key: str, value: Any) -> None:
 
 
 def check_workflow(workflow) -> None:
-    """Every known workflow key in range, and min_subtasks <= max_subtasks."""
+    """Every known workflow key in range, min_subtasks <= max_subtasks and tool_low <= tool_high."""
     for key in WORKFLOW_RANGES:
         if key in workflow:
             check_value(key, workflow[key])
+    if "tool_low" in workflow and "tool_high" in workflow and workflow["tool_low"] > workflow["tool_high"]:
+        raise ValueError(f"workflow.tool_low={workflow['tool_low']} is above workflow.tool_high="
+                         f"{workflow['tool_high']}; make tool_low <= tool_high (the band of R_tool)")
     if workflow["min_subtasks"] > workflow["max_subtasks"]:
         raise ValueError(f"workflow.min_subtasks={workflow['min_subtasks']} is above workflow.max_subtasks="
                          f"{workflow['max_subtasks']}; make min_subtasks <= max_subtasks")

@@ -78,3 +78,36 @@ def config_hash(cfg: ConfigDict) -> str:
     """sha256 (first 16 hex) of the config's JSON, keys sorted: names the settings a record was made with."""
     data = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# Sizes of the embedded teacher's trajectories, largest first: (subtasks, results per query, queries per search,
+# page summary characters, sentences per sub-report). Three sub-questions at least: with one search and one crawl
+# each, N = 3 is the smallest N for which R_tool pays anything (N = tool_low = 2 pays 0); two results per query at
+# least, so that sub-questions on one subject can read different pages (a repeated crawl counts once in N).
+SIZES = ((5, 5, 2, 1500, 6), (4, 4, 2, 1000, 5), (3, 3, 1, 600, 4), (3, 2, 1, 300, 3), (3, 2, 1, 150, 2))
+
+
+def estimate_trajectory_tokens(subtasks: int, num: int, queries: int, summary_chars: int, sentences: int) -> int:
+    """Rough assistant-text tokens (protocol.estimate_tokens) of an embedded trajectory of these sizes, fitted on
+    the embedded teacher's output for the RL questions: per sub-question its reasoning and calls (~420), a search
+    observation (~110 per result), crawl observations (~1.5 pages of summary and heading), its sub-report and its
+    share of the final report (~80 per sentence); the subtask list and the report's frame (~150). Measured
+    (configs/rl_questions.jsonl, first 8): the (3, 3, 1, 600, 4) size gives 3.4k-5.0k tokens (estimate 4.3k); the
+    smallest 2.9k-4.0k (estimate 3.0k; a second search round when the first pages say little), which is the floor:
+    a shorter budget needs the warm start's abridging."""
+    per_subtask = 420 + 110 * num * queries + 1.5 * (summary_chars / 4 + 60) + 80 * sentences
+    return int(150 + subtasks * per_subtask)
+
+
+def sized_for(tokens: int) -> dict:
+    """Overrides (for load_config or `--config.KEY=VALUE`) under which the embedded teacher writes trajectories of
+    about `tokens` tokens or fewer: the largest of SIZES whose estimate fits, and workflow.max_tokens = `tokens`,
+    so the funnel rejects what still does not fit. A caller that trains on the trajectories passes its sequence
+    length less the prompt's tokens (the warm start: warm_start.synth_overrides)."""
+    if tokens <= 0:
+        raise ValueError(f"sized_for({tokens}): give the trajectory's token budget, a positive number")
+    fits = [s for s in SIZES if estimate_trajectory_tokens(*s) <= tokens] or [SIZES[-1]]
+    subtasks, num, queries, chars, sentences = fits[0]
+    return {"workflow.min_subtasks": min(3, subtasks), "workflow.max_subtasks": subtasks,
+            "teacher.search_num": num, "teacher.search_queries": queries, "teacher.answer_sentences": sentences,
+            "tools.crawl.summary_chars": chars, "workflow.max_tokens": int(tokens)}

@@ -7,9 +7,17 @@ below workflow.min_score) -> up to workflow.regenerate further rounds, then the 
     outcome.record      # Interface 2 record of the chosen candidate, or None when every candidate failed
     outcome.rejections  # one "candidate k: reason: detail" string per rejected candidate (also the unchosen)
 
-Hard rules: protocol.validate (closed tags, order, >= 10 reasoning steps, >= 5 tool calls, <= 64k tokens,
+Hard rules: protocol.validate (closed tags, order, enough reasoning steps and tool calls, <= 64k tokens,
 language match) plus two of our own: `uncited_report` (a report must cite at least one reference) and
 `unobserved_citation` (every URL in the References list appears in an observation of the same trajectory).
+workflow.rules picks the family (RULES):
+  band   (default) `tool_band`: N = protocol.tool_n (min(#web_search, #crawl_page), distinct calls, exactly as
+         R_tool counts it) within [workflow.tool_low, workflow.tool_high], the band the reward pays for (defaults
+         protocol.TOOL_LOW/TOOL_HIGH, 2 and 8), and at least 2 * tool_low tool calls and reasoning steps; the
+         workflow budgets each researcher's tool calls so that the trajectory stays within the band. Data and
+         reward then agree: the funnel keeps no trajectory whose R_tool is the over-use penalty.
+  paper  the paper's rules for large teachers: >= 10 reasoning steps, >= 5 tool calls, no upper bound.
+workflow.min_reasoning_steps / min_tool_calls override the family's minimums (None keeps them).
 
 `run_job(store, job_id, synth)` drives a stored job: every pending question, `concurrency` at a time; each
 outcome is committed as soon as it is known, so a killed process resumes where it stopped.
@@ -61,10 +69,42 @@ def observed_text(text: str) -> str:
     return "\n".join(text[s.body_start:s.body_end] for s in protocol.parse(text) if s.tag == "observation")
 
 
+# workflow.rules -> (min_reasoning_steps, min_tool_calls, band?); None: twice tool_low (a search and a crawl per
+# unit of N, each after a think).
+RULES = {"band": (None, None, True), "paper": (10, 5, False)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    min_reasoning_steps: int
+    min_tool_calls: int
+    band: tuple[int, int] | None   # (low, high) of N, or None (no band)
+
+    @classmethod
+    def of(cls, w) -> "Rules":
+        """The hard rules a workflow config asks for (workflow.rules and its explicit minimums)."""
+        name = w.get("rules", "band")
+        if name not in RULES:
+            raise ValueError(f"workflow.rules={name!r}: choose {' or '.join(RULES)}")
+        steps, calls, band = RULES[name]
+        low = int(w.get("tool_low", protocol.TOOL_LOW))
+        high = int(w.get("tool_high", protocol.TOOL_HIGH))
+        steps = w.get("min_reasoning_steps") if w.get("min_reasoning_steps") is not None else steps
+        calls = w.get("min_tool_calls") if w.get("min_tool_calls") is not None else calls
+        return cls(int(2 * low if steps is None else steps), int(2 * low if calls is None else calls),
+                   (low, high) if band else None)
+
+
 def hard_rules(text: str, report: str, question: str, w) -> list[str]:
     """All reasons a candidate fails the funnel's hard rules ([] = passes)."""
-    reasons = protocol.validate(text, question, min_reasoning_steps=w.min_reasoning_steps,
-                                min_tool_calls=w.min_tool_calls, max_tokens=w.max_tokens)
+    rules = Rules.of(w)
+    reasons = protocol.validate(text, question, min_reasoning_steps=rules.min_reasoning_steps,
+                                min_tool_calls=rules.min_tool_calls, max_tokens=w.max_tokens)
+    if rules.band is not None:
+        n, (low, high) = protocol.tool_n(text), rules.band
+        if not low <= n <= high:
+            reasons.append(f"tool_band: N = min(#web_search, #crawl_page) = {n} distinct calls is outside "
+                           f"[{low}, {high}], the band R_tool pays for (workflow.tool_low/tool_high)")
     references = protocol.parse_references(report)
     cited = set(protocol.cited_numbers(report))
     if not references or not cited & {n for n, _, _ in references}:
@@ -89,8 +129,10 @@ class Synthesizer:
         check_workflow(cfg.workflow)   # the CLI, the service and a job's overrides share the ranges
         self.cfg, self.tools, self.teacher, self.judge = cfg, tools, teacher, judge
         w = cfg.workflow
+        band = Rules.of(w).band
         self.workflow = Workflow(teacher, tools, step_budget=w.step_budget, mode=w.mode,
-                                 min_subtasks=w.min_subtasks, max_subtasks=w.max_subtasks)
+                                 min_subtasks=w.min_subtasks, max_subtasks=w.max_subtasks,
+                                 tool_high=band[1] if band else None)
         self.config_hash = config_hash(cfg)
         self.prompt_hashes = prompt_hashes()
 
@@ -204,6 +246,7 @@ class Synthesizer:
                 "teachers": _teachers(c, self.teacher),
                 "lineage": getattr(c, "lineage", None),
                 "tool_calls": protocol.count_tool_calls(text),
+                "tool_n": protocol.tool_n(text),   # N of R_tool (distinct calls)
                 "subtasks": len(c.subtasks),
                 "reasoning_steps": sum(1 for s in protocol.parse(text) if s.tag in ("think", "plan")),
                 "retries": accounting.retries, "llm": accounting.to_dict(),

@@ -19,14 +19,27 @@ in [0, 1]:
   citation_support  for every (sentence, [n]) pair: the share of the sentence's content words found in the text
                     of the page the reference entry names (fetched through Tools and its cache; the observations
                     of the trajectory are used too), divided by `support_threshold` and capped at 1. A citation
-                    without an entry or whose page cannot be read scores 0. No citations at all scores 0.
-  length            min(1, words / target_words).
+                    without an entry or whose page cannot be read scores 0; with a trajectory, so does one whose
+                    URL no observation of it shows (an invented source supports nothing, even a real page).
+                    No citations at all scores 0.
+  length            min(1, substantive words / target_words): the words of the cited sentences, each weighted
+                    by its citation support and its novelty (share of its content words no earlier cited sentence
+                    used; 0 below MIN_NOVELTY); repeating a sentence, rewording it or changing one word of a
+                    template, or padding with uncited or unsupported text, adds nothing.
+  on_topic          share of the report's sections (a "##" heading and its text; the introduction before the
+                    first one and a closing conclusion aside) holding a supported cited sentence that shares a
+                    content word with the question (plurals folded): a section about something else, however well
+                    cited, is not support for this question.
+  copied            share of the body's paragraphs that carry tool-output formatting ("Source: URL" lines, "## [T](URL)"
+                    page headings, numbered "[T](URL)" search entries, "# Synthesis Report"/"# Search Summary"):
+                    observations pasted, not synthesised.
   language_match    1 if protocol.detect_language(report) == detect_language(question), else 0.
-Mapped onto the four RACE dimensions (so every judge speaks the same JSON):
-  comprehensiveness     = (question_coverage + evidence_coverage + length) / 3
-  insight               = (citation_support + min(1, supported distinct sources / 4)) / 2
-  instruction_following = (language_match + question_coverage) / 2
-  readability           = structure
+Mapped onto the four RACE dimensions (so every judge speaks the same JSON), with topical = (1 + on_topic) / 2 (a
+report whose sections are all off the question keeps half of what it says):
+  comprehensiveness     = (question_coverage + evidence_coverage + length) / 3 x topical
+  insight               = (citation_support + min(1, supported distinct sources / 4)) / 2 x topical
+  instruction_following = (language_match + question_coverage) / 2 x topical
+  readability           = structure x (1 - copied)
   overall               = mean of the four, halved when the language does not match the question's.
 """
 from __future__ import annotations
@@ -55,6 +68,10 @@ _MARKER_AFTER_STOP = re.compile(r"([.!?。！？])((?:\s*%s)+)" % _MARKER.patter
 _URL = re.compile(r"https?://[^\s)\]>|\"']+")
 _BLANK_LINE = re.compile(r"\n\s*\n")
 _SECTION_START = re.compile(r"\n(?=## |\d+\. \[)")   # a page section "## [T](URL)" or a search entry "n. [T](URL)"
+MIN_NOVELTY = 1 / 3   # a cited sentence adds to length only when a third of its content words are new
+# What tool output looks like (protocol.render_search, the crawl's page sections): pasted, not written.
+_TOOL_FORMAT = re.compile(r"^\s*(?:Source:\s*https?://|#+\s*\[[^\]]*\]\(https?://|\d+\.\s*\[[^\]]*\]\(https?://|"
+                          r"#\s*(?:Synthesis Report|Search Summary)\b|Found \d+ results)", re.MULTILINE)
 
 
 @dataclasses.dataclass
@@ -176,11 +193,8 @@ class HeuristicJudge:
         question_words = set(text_lib.content_words(question))
         report_words = set(text_lib.content_words(body))
         question_coverage = len(question_words & report_words) / len(question_words) if question_words else 1.0
-        # Words: space-separated tokens, plus one per CJK character (those scripts do not separate words).
-        words = len(body.split()) + len(re.findall(r"[\u3400-\u9fff]", body))
-        length = min(1.0, words / self.target_words)
-
-        gathered, evidence = _observation_sections(trajectory_text(trajectory))
+        trajectory = trajectory_text(trajectory)
+        gathered, evidence = _observation_sections(trajectory)
         cited_urls = [url_of[n] for n in dict.fromkeys(cited) if n in url_of]
         if gathered:
             hit = len(set(cited_urls) & set(gathered))
@@ -188,50 +202,94 @@ class HeuristicJudge:
         else:
             evidence_coverage = min(1.0, len(set(cited_urls)) / 5)
 
-        # Citation support: every (sentence, [n]) pair against the text of the page [n] names.
-        pairs = []
+        # Citation support: every (sentence, [n]) pair against the text of the page [n] names. Sentences are
+        # numbered by section: -1 the introduction, then one per "##" heading.
+        pairs, sections, section = [], [], -1
         for paragraph in _paragraphs(body):
             for sentence in text_lib.sentences(_MARKER_AFTER_STOP.sub(r"\2\1", paragraph)):
                 if sentence.startswith("#"):
+                    if sentence.startswith("##"):
+                        sections.append(sentence.strip("# ").strip())
+                        section = len(sections) - 1
                     continue
                 for n in dict.fromkeys(protocol.cited_numbers(sentence)):
-                    pairs.append((sentence, n))
-        needed = sorted({url_of[n] for _, n in pairs if n in url_of})
+                    pairs.append((sentence, n, section))
+        # With a trajectory, a source it never showed is invented: it supports nothing (and is not read).
+        # (A URL ending in ")" is cut short by _URL, so the observations' text is the reference.)
+        observed = "\n".join(span.body for span in protocol.parse(trajectory) if span.tag == "observation") \
+            if gathered else ""
+        readable = {u for u in url_of.values() if not gathered or u in evidence or u in observed}
+        needed = sorted({url_of[n] for _, n, _ in pairs if n in url_of} & readable)
         texts = dict(zip(needed, await asyncio.gather(*(self._page_text(u) for u in needed))))
         supports, supported_sources, unsupported = [], set(), []
+        best: dict[str, float] = {}            # sentence -> its best support (a sentence counts once in length)
+        on_topic_sections: set[int] = set()
+        asked = {text_lib.fold(w) for w in question_words}
         words_of: dict[str, set[str]] = {}   # one page is cited by many sentences: read its words once
-        for sentence, n in pairs:
+        for sentence, n, where in pairs:
             url = url_of.get(n)
             if url and url not in words_of:
                 # The words of the page and of every observation section naming it (a page's words are
                 # remembered: every report citing it asks again).
-                words_of[url] = text_lib.content_word_set(texts.get(url, "")).union(
-                    *map(text_lib.content_words, evidence.get(url, ())))
+                words_of[url] = set() if url not in readable else text_lib.content_word_set(
+                    texts.get(url, "")).union(*map(text_lib.content_words, evidence.get(url, ())))
             page_words = words_of[url] if url else set()
             claim = _MARKER.sub(" ", sentence)
             overlap = text_lib.overlap(page_words, claim) if page_words else 0.0
-            supports.append(min(1.0, overlap / self.support_threshold))
+            support = min(1.0, overlap / self.support_threshold)
+            supports.append(support)
+            best[claim.strip()] = max(best.get(claim.strip(), 0.0), support)
             if overlap >= self.support_threshold:
                 supported_sources.add(url)
+                if asked & {text_lib.fold(w) for w in text_lib.content_words(claim)}:
+                    on_topic_sections.add(where)
             else:
                 unsupported.append({"n": n, "url": url, "sentence": sentence[:200], "overlap": round(overlap, 3)})
         citation_support = sum(supports) / len(supports) if supports else 0.0
+        # Substantive words: each cited sentence weighted by its support and by its novelty (the share of its
+        # content words that no earlier cited sentence used), so a repeated or reworded sentence adds ~nothing.
+        # Words are space-separated tokens, plus one per CJK character (those scripts do not separate words).
+        words, used = 0.0, set()
+        for claim, weight in best.items():
+            vocabulary = set(text_lib.content_words(claim))
+            novelty = len(vocabulary - used) / len(vocabulary) if vocabulary else 0.0
+            novelty = novelty if novelty >= MIN_NOVELTY else 0.0   # a template with one word changed is a repeat
+            used |= vocabulary
+            words += (len(claim.split()) + len(re.findall(r"[\u3400-\u9fff]", claim))) * weight * novelty
+        length = min(1.0, words / self.target_words)
+        # Sections that must carry on-topic support: every "##" section but a closing conclusion and a repeat (a
+        # section whose cited sentences all appeared in an earlier one: repeating sections adds nothing).
+        claims_of: dict[int, set[str]] = {}
+        for sentence, _, where in pairs:
+            claims_of.setdefault(where, set()).add(_MARKER.sub(" ", sentence).strip())
+        judged, said = [], set()
+        for i, title in enumerate(sections):
+            claims = claims_of.get(i, set())
+            if not (i == len(sections) - 1 and _CONCLUSION.search(title)) and not (claims and claims <= said):
+                judged.append(i)
+            said |= claims
+        on_topic = (len(on_topic_sections & set(judged)) / len(judged) if judged
+                    else float(bool(on_topic_sections)))
+        paragraphs = _paragraphs(body)
+        copied = sum(bool(_TOOL_FORMAT.search(p)) for p in paragraphs) / len(paragraphs) if paragraphs else 0.0
 
         report_language = protocol.detect_language(body)
         question_language = protocol.detect_language(question)
         language_match = 1.0 if report_language == question_language else 0.0
 
+        topical = (1.0 + on_topic) / 2   # what the report says counts as far as it is about the question
         scores = {
-            "comprehensiveness": (question_coverage + evidence_coverage + length) / 3,
-            "insight": (citation_support + min(1.0, len(supported_sources) / 4)) / 2,
-            "instruction_following": (language_match + question_coverage) / 2,
-            "readability": structure,
+            "comprehensiveness": (question_coverage + evidence_coverage + length) / 3 * topical,
+            "insight": (citation_support + min(1.0, len(supported_sources) / 4)) / 2 * topical,
+            "instruction_following": (language_match + question_coverage) / 2 * topical,
+            "readability": structure * (1.0 - copied),
         }
         overall = sum(scores.values()) / len(scores) * (1.0 if language_match else 0.5)
         details = {
             "structure": round(structure, 4), "structure_checks": checks,
             "question_coverage": round(question_coverage, 4), "evidence_coverage": round(evidence_coverage, 4),
             "citation_support": round(citation_support, 4), "length": round(length, 4),
+            "on_topic": round(on_topic, 4), "sections": len(judged), "copied": round(copied, 4),
             "language_match": language_match, "language": {"report": report_language, "question": question_language},
             "citations": len(pairs), "supported_citations": len(pairs) - len(unsupported),
             "unsupported": unsupported[:20], "gathered_urls": len(gathered),

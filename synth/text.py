@@ -88,6 +88,15 @@ def _content_words_cjk(lowered: str) -> list[str]:
     return words
 
 
+def fold(word: str) -> str:
+    """A light plural fold, so "mosquitoes" ~ "mosquito" and "colonies" ~ "colony" when titles and questions are
+    compared (longer words only: "gas", "bus" stay)."""
+    for suffix, replacement in (("ies", "y"), ("oes", "o"), ("sses", "ss"), ("s", "")):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix) and not word.endswith(("ss", "us", "is")):
+            return word[: -len(suffix)] + replacement
+    return word
+
+
 @functools.lru_cache(maxsize=256)
 def content_word_set(text: str) -> frozenset[str]:
     """frozenset(content_words(text)), remembered for the texts seen last: the heuristic judge compares the

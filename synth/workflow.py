@@ -7,7 +7,7 @@
     candidate.report   # the <suggested_answer> body: cited report with a "[n]. URL - Title" References list
 
 Each researcher is its own Plan -> Execute -> Observe loop over one sub-query, bounded by `step_budget` tool
-calls; in "parallel" mode the researchers run concurrently (asyncio), in "sequential" mode (the single-context
+calls (with `tool_high`, the reward's band, K researchers share 2 * tool_high calls: `Workflow.budget`); in "parallel" mode the researchers run concurrently (asyncio), in "sequential" mode (the single-context
 ablation) one after another, each seeing everything its predecessors wrote. Sub-reports cite with their own
 numbers; the summarizer's report is renumbered globally, and only references whose URL was shown in an
 observation of this trajectory survive, so every cited URL can be checked against the evidence.
@@ -149,21 +149,32 @@ class Workflow:
     """planner -> researchers (parallel or sequential) -> summarizer -> merge."""
 
     def __init__(self, teacher, tools, *, step_budget: int = 10, mode: str = "parallel", min_subtasks: int = 3,
-                 max_subtasks: int = 6):
+                 max_subtasks: int = 6, tool_high: int | None = None):
         if mode not in ("parallel", "sequential"):
             raise ValueError(f"workflow.mode={mode!r}: choose 'parallel' or 'sequential'")
         self.teacher, self.tools, self.mode = teacher, tools, mode
         self.step_budget, self.min_subtasks, self.max_subtasks = step_budget, min_subtasks, max_subtasks
+        self.tool_high = tool_high
+
+    def budget(self, subtasks: int) -> int:
+        """Tool calls per researcher. With the reward's band (tool_high), K researchers share 2 * tool_high calls:
+        N = min(#web_search, #crawl_page) is at most half of all calls, so the trajectory cannot exceed the band
+        (each researcher keeps at least one search and one crawl)."""
+        if self.tool_high is None:
+            return self.step_budget
+        return max(2, min(self.step_budget, 2 * self.tool_high // max(1, subtasks)))
 
     async def run(self, question: str, seed: int = 0) -> Candidate:
         rng = random.Random(f"{seed}:{question}")
         t0 = time.perf_counter()
         subtasks = [s.strip() for s in await self.teacher.plan(question, rng) if s.strip()]
-        subtasks = list(dict.fromkeys(subtasks))[: self.max_subtasks]
+        cap = self.max_subtasks if self.tool_high is None else min(self.max_subtasks, max(1, self.tool_high))
+        subtasks = list(dict.fromkeys(subtasks))[:cap]
         if len(subtasks) < self.min_subtasks:
             raise TeacherError(f"planner gave {len(subtasks)} sub-queries, fewer than {self.min_subtasks}")
         t1 = time.perf_counter()
-        researches = [Research(question, s, i, self.step_budget) for i, s in enumerate(subtasks)]
+        budget = self.budget(len(subtasks))
+        researches = [Research(question, s, i, budget) for i, s in enumerate(subtasks)]
         if self.mode == "parallel":
             await asyncio.gather(*(self.research(r, random.Random(rng.random())) for r in researches))
         else:
@@ -180,13 +191,13 @@ class Workflow:
                          {"plan_s": t1 - t0, "research_s": t2 - t1, "summarize_s": t3 - t2, "total_s": t3 - t0})
 
     async def research(self, r: Research, rng: random.Random) -> None:
-        """Plan -> Execute -> Observe until the teacher answers or the step budget is spent."""
-        for turn in range(self.step_budget + 3):
-            final = r.calls >= self.step_budget
+        """Plan -> Execute -> Observe until the teacher answers or the research's budget is spent."""
+        for turn in range(r.budget + 3):
+            final = r.calls >= r.budget
             step: Step = await self.teacher.step(r.question, r, rng, final=final)
             if step.answer is None and (step.call is None or final):
                 r.wasted += 1
-                if turn >= self.step_budget + 2:
+                if turn >= r.budget + 2:
                     break
                 continue
             r.elements.extend((tag, body) for tag, body in step.thoughts if body.strip())
@@ -195,7 +206,7 @@ class Workflow:
                 return
             await self.execute(r, *step.call)
         raise TeacherError(f"researcher for sub-query {r.index + 1} gave no sub-report within "
-                           f"{self.step_budget} steps")
+                           f"{r.budget} steps")
 
     async def execute(self, r: Research, tag: str, body: str) -> None:
         """Run one tool call and append the call and its observation."""

@@ -22,17 +22,31 @@ def test_thp_mode_reads_the_bracketed_choice(tmp_path):
 
 
 def test_environment_decides_when_to_re_execute():
-    env = {"PATH": "/bin"}
-    assert hugepages.environment(env, "linux", "madvise") == {"PATH": "/bin", "GLIBC_TUNABLES": hugepages.TUNABLE}
+    env = {"PATH": "/bin", "ORESEARCHER_HUGEPAGES": "1"}
+    on = lambda environ, platform="linux", mode="madvise", accelerator=False: hugepages.environment(
+        environ, platform, mode, accelerator)
+    assert on(env) == {**env, "GLIBC_TUNABLES": hugepages.TUNABLE}
     # other tunables are kept, ours is appended
-    assert hugepages.environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "linux", "madvise") == {
-        "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:" + hugepages.TUNABLE}
-    assert hugepages.environment(env, "darwin", "madvise") is None                  # not glibc
-    assert hugepages.environment(env, "linux", "never") is None                     # no huge pages at all
-    assert hugepages.environment(env, "linux", "always") is None                    # already huge
-    assert hugepages.environment(env, "linux", "") is None                          # no THP in this kernel
-    assert hugepages.environment({"ORESEARCHER_HUGEPAGES": "0"}, "linux", "madvise") is None
-    assert hugepages.environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "linux", "madvise") is None
+    assert on({**env, "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})["GLIBC_TUNABLES"] == \
+        "glibc.malloc.arena_max=2:" + hugepages.TUNABLE
+    assert on({"PATH": "/bin"}) is None                                   # opt-in: off unless asked
+    assert on({**env, "ORESEARCHER_HUGEPAGES": "0"}) is None
+    assert on(env, accelerator=True) is None                              # a GPU or TPU host: never
+    assert on(env, platform="darwin") is None                             # not glibc
+    assert on(env, mode="never") is None                                  # no huge pages at all
+    assert on(env, mode="always") is None                                 # already huge
+    assert on(env, mode="") is None                                       # no THP in this kernel
+    assert on({**env, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
+
+
+def test_accelerator_hosts_are_recognised(tmp_path):
+    node = tmp_path / "nvidiactl"
+    assert hugepages.accelerator_host({}, nodes=(str(tmp_path / "none"),)) is False
+    node.write_text("")
+    assert hugepages.accelerator_host({}, nodes=(str(node),)) is True
+    assert hugepages.accelerator_host({"JAX_PLATFORMS": "cpu"}, nodes=(str(node),)) is False   # forced to CPU
+    assert hugepages.accelerator_host({"JAX_PLATFORMS": "tpu"}, nodes=()) is True
+    assert hugepages.accelerator_host({"JAX_PLATFORMS": "cuda,cpu"}, nodes=()) is True
 
 
 _PROBE = """
@@ -46,8 +60,10 @@ print("tunables", os.environ.get("GLIBC_TUNABLES"), flush=True)
 
 def test_enable_re_executes_once_with_the_same_arguments():
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ORESEARCHER_HUGEPAGES")}
-    out = subprocess.run([sys.executable, "-c", _PROBE, "a", "--b=1"], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=60, check=True).stdout.splitlines()
+    run = lambda env: subprocess.run([sys.executable, "-c", _PROBE, "a", "--b=1"], cwd=REPO, env=env,
+                                     capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
+    assert run(env) == ["start ['a', '--b=1']", "tunables None"]      # not asked for: runs once, untouched
+    out = run({**env, "ORESEARCHER_HUGEPAGES": "1", "JAX_PLATFORMS": "cpu"})
     if hugepages.thp_mode() == "madvise":
         assert out == ["start ['a', '--b=1']", "start ['a', '--b=1']", f"tunables {hugepages.TUNABLE}"]
     else:  # this kernel has no madvise mode: nothing to gain, the command runs once, untouched
@@ -74,7 +90,8 @@ def test_huge_pages_cut_the_page_faults_of_fresh_xla_buffers():
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     faults = {}
     for flag in ("0", "1"):
-        out = subprocess.run([sys.executable, "-c", _FAULTS], cwd=REPO, env={**env, "ORESEARCHER_HUGEPAGES": flag},
+        out = subprocess.run([sys.executable, "-c", _FAULTS], cwd=REPO,
+                             env={**env, "ORESEARCHER_HUGEPAGES": flag, "JAX_PLATFORMS": "cpu"},
                              capture_output=True, text=True, timeout=120, check=True).stdout
         faults[flag] = int(out.split()[-1])
     assert faults["0"] > 3 * 256 * 1024 // 4 // 2   # 4 KB pages: about one fault per page of each output

@@ -171,3 +171,17 @@ def test_blockwise_attention_setting_gives_the_dense_model():
     segments = jnp.asarray([[1] * 15 + [2] * 9, [1] * 24])
     diff = jnp.abs(dense_model(ids, segment_ids=segments) - flash_model(ids, segment_ids=segments)).max()
     assert float(diff) <= 1e-5
+
+
+def test_parts_are_named_for_profiles():
+    """jax.named_scope on the decoder's parts: a profile (TensorBoard's trace viewer) shows where time goes."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from oresearcher.model import PRESETS, Decoder
+
+    model = Decoder(PRESETS["tiny"], rngs=nnx.Rngs(0))
+    text = jax.jit(lambda m, x: m(x)).lower(model, jnp.zeros((1, 8), jnp.int32)).as_text(debug_info=True)
+    for part in ("embed", "layers", "attention", "mlp", "unembed"):
+        assert f"/{part}/" in text or f'"{part}/' in text, part

@@ -62,4 +62,5 @@ def test_two_processes_equal_one_process(tmp_path):
     print("2 processes x 2 devices:", multi, "\n1 process x 4 devices:", one)
     assert len(multi) == len(one) == 4                      # one writer: process 0 only
     np.testing.assert_allclose(multi, one, rtol=0, atol=1e-6)
-    assert "on 4 cpu device(s)" in outs[1]                  # process 1 sees the global mesh
+    assert "on 4 cpu device(s)" in outs[0]                  # process 0 sees the global mesh
+    assert "sft:" not in outs[1]                            # and prints alone (--log_all_processes: all do)

@@ -115,10 +115,10 @@ def good_trace(subtasks=2, searches=3, crawls=1):
     out = ["<subtask_list>\n" + "\n".join(f"- q{i}" for i in range(subtasks)) + "\n</subtask_list>\n"]
     for i in range(subtasks):
         out.append(f"<subtask>q{i}</subtask>\n<think>a</think>\n<plan>b</plan>\n")
-        for _ in range(searches):
-            out.append("<think>c</think>\n<web_search>query=x | y&num=5</web_search>" + P.observation("hits"))
-        for _ in range(crawls):
-            out.append("<crawl_page>url=https://a.org</crawl_page>" + P.observation("# Synthesis Report\n..."))
+        for k in range(searches):   # distinct calls: R_tool counts a repeated call once
+            out.append(f"<think>c</think>\n<web_search>query=x{i}.{k} | y&num=5</web_search>" + P.observation("hits"))
+        for k in range(crawls):
+            out.append(f"<crawl_page>url=https://a.org/{i}/{k}</crawl_page>" + P.observation("# Synthesis Report\n..."))
         out.append("<subtask_answer>answer [1]</subtask_answer>\n")
     out.append("<suggested_answer>The report [1].\n\nReferences\n[1]. https://a.org - A</suggested_answer>")
     return "".join(out)
@@ -143,9 +143,9 @@ def _names(reasons):
     (lambda t: t.replace("<think>a</think>\n<plan>", "<plan>", 1).replace(
         "<think>c</think>\n<web_search>", "<web_search>", 2), "order"),               # plan before think
     (lambda t: t.replace("<subtask_answer>answer [1]</subtask_answer>\n", "", 1), "order"),
-    (lambda t: t.replace("<crawl_page>url=https://a.org</crawl_page>", "", 1), "order"),  # orphan observation
+    (lambda t: t.replace("<crawl_page>url=https://a.org/0/0</crawl_page>", "", 1), "order"),  # orphan observation
     (lambda t: t + "\n<think>after</think>", "order"),                                # report not last
-    (lambda t: t.replace("query=x | y&num=5", "query=&num=5", 1), "malformed_tool_call"),
+    (lambda t: t.replace("query=x0.0 | y&num=5", "query=&num=5", 1), "malformed_tool_call"),
 ])
 def test_each_rule_is_named(edit, name):
     reasons = P.validate(edit(good_trace()), min_reasoning_steps=1, min_tool_calls=1)

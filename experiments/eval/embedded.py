@@ -130,6 +130,7 @@ def teacher_texts(questions: list[dict], *, synth_config: str | None, cache_dir:
     a policy gets (the quality funnel's best-of-3 selection is a data-making step, not a system).
     A question whose workflow fails (TeacherError) gets no trajectory: an empty report, scored as such."""
     from experiments.run_agent import load_synth_config
+    from synth.funnel import Rules
     from synth.teachers import TeacherError, make_teacher
     from synth.tools import Tools
     from synth.workflow import Workflow
@@ -138,7 +139,9 @@ def teacher_texts(questions: list[dict], *, synth_config: str | None, cache_dir:
 
     async def run_all():
         tools = Tools.from_config(cfg)
-        workflow = Workflow(make_teacher(cfg, tools), tools, step_budget=step_budget, mode=mode)
+        band = Rules.of(cfg.workflow).band if "workflow" in cfg else None   # the funnel's rules: the reward's band
+        workflow = Workflow(make_teacher(cfg, tools), tools, step_budget=step_budget, mode=mode,
+                            tool_high=band[1] if band else None)
         gate = asyncio.Semaphore(concurrency)
 
         async def one(q):

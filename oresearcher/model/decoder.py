@@ -240,6 +240,10 @@ class Decoder(nnx.Module):
     def unembed(self, hidden: Array, head: Array | None = None) -> Array:
         """[B, T, D] -> float32 logits [B, T, V]. head: the sampler's copy of the unembedding instead of the
         model's own parameter, as [D, V] (a tied embedding transposed once) or packed for cpu_kernels.matmul."""
+        return self._unembed(hidden, head)
+
+    @jax.named_scope("unembed")
+    def _unembed(self, hidden: Array, head: Array | None) -> Array:
         cdt = jnp.dtype(self.cfg.compute_dtype)
         h = hidden.reshape(-1, hidden.shape[-1])  # one 2-D matmul (see `dense`)
         if head is not None and head.ndim == 3:
@@ -279,8 +283,9 @@ class Decoder(nnx.Module):
         positions = positions.astype(jnp.int32)
         segment_ids = segment_ids.astype(jnp.int32)
 
-        x = jnp.take(self.embed[...], input_ids, axis=0).astype(cdt)
-        x = self._constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        with jax.named_scope("embed"):
+            x = jnp.take(self.embed[...], input_ids, axis=0).astype(cdt)
+            x = self._constrain(x, ("activation_batch", "activation_length", "activation_embed"))
 
         if cache is None and cfg.attention != "dense":
             mask, kv_segments = None, None  # blockwise attention builds its mask tile by tile from segment ids
@@ -307,7 +312,8 @@ class Decoder(nnx.Module):
             xs = (params, (cache["k"], cache["v"]))
         if cfg.remat != "none":
             body = jax.checkpoint(body, policy=REMAT[cfg.remat], prevent_cse=False)
-        x, new_kv = jax.lax.scan(body, x, xs, unroll=1 if cfg.scan_layers else cfg.num_layers)
+        with jax.named_scope("layers"):
+            x, new_kv = jax.lax.scan(body, x, xs, unroll=1 if cfg.scan_layers else cfg.num_layers)
 
         x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
         if cache is None:
@@ -331,61 +337,63 @@ class Decoder(nnx.Module):
 
         def layer(x, p, kv_cache):
             p = jax.tree.map(lambda w: w.astype(cdt), p)
-            h = rms_norm(x, p["attn_norm"], eps)
-            if "fused_qkv" in p:      # the sampler's decode layout (decode_layout)
-                nq, nk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-                q, k, v = jnp.split(dense_fused(h, p["fused_qkv"]), [nq, nq + nk], axis=-1)
-                q = q.reshape(*h.shape[:-1], cfg.num_heads, cfg.head_dim)
-                k = k.reshape(*h.shape[:-1], cfg.num_kv_heads, cfg.head_dim)
-                v = v.reshape(*h.shape[:-1], cfg.num_kv_heads, cfg.head_dim)
-            else:
-                q, k, v = dense(h, p["wq"]), dense(h, p["wk"]), dense(h, p["wv"])
-            if cfg.attention_bias:
-                q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
-            if cfg.qk_norm:
-                q, k = rms_norm(q, p["q_norm"], eps), rms_norm(k, p["k_norm"], eps)
-            q = self._constrain(apply_rope(q, positions, inv_freq), heads)
-            k = self._constrain(apply_rope(k, positions, inv_freq), kv_heads)
-            v = self._constrain(v, kv_heads)
-            if kv_cache is not None and kv_io is not None:
-                k, v, new_kv = kv_io(k.astype(kv_cache[0].dtype), v.astype(kv_cache[1].dtype), kv_cache)
-                k, v = k.astype(cdt), v.astype(cdt)
-            elif kv_cache is not None:
-                # cache [B, K, S, hd]: indexing [rows, :, positions] addresses [B, T, K, hd], k's own layout
-                rows = jnp.arange(x.shape[0])[:, None]
-                k_all = kv_cache[0].at[rows, :, positions].set(k.astype(kv_cache[0].dtype), mode="drop")
-                v_all = kv_cache[1].at[rows, :, positions].set(v.astype(kv_cache[1].dtype), mode="drop")
-                new_kv = (k_all, v_all)
-                if not cpu_attention:       # the kernel reads the window of the cache in place
-                    k, v = k_all[:, :, :window].astype(cdt), v_all[:, :, :window].astype(cdt)
-            else:
-                new_kv = None
-            if cpu_attention and kv_cache is not None:
-                o = cpu_kernels.attention(q, *new_kv, mask)
-            elif mask is None:
-                o = context_parallel.attention(q, k, v, segment_ids, implementation=cfg.attention, mesh=self.mesh,
-                                               rules=self.rules, block=cfg.attention_block)
-            else:
-                o = attention(q, k, v, mask, kv_heads_first=kv_cache is not None)
-            o = o.reshape(*o.shape[:2], -1)
-            o = dense_fused(o, p["fused_o"]) if "fused_o" in p else dense(o, p["wo"].reshape(-1, x.shape[-1]))
-            if cfg.attention_out_bias:
-                o = o + p["bo"]
-            o = checkpoint_name(o, "attention_out")
-            x = self._constrain(x + o, act)
+            with jax.named_scope("attention"):     # names in profiles (TensorBoard's trace viewer)
+                h = rms_norm(x, p["attn_norm"], eps)
+                if "fused_qkv" in p:      # the sampler's decode layout (decode_layout)
+                    nq, nk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+                    q, k, v = jnp.split(dense_fused(h, p["fused_qkv"]), [nq, nq + nk], axis=-1)
+                    q = q.reshape(*h.shape[:-1], cfg.num_heads, cfg.head_dim)
+                    k = k.reshape(*h.shape[:-1], cfg.num_kv_heads, cfg.head_dim)
+                    v = v.reshape(*h.shape[:-1], cfg.num_kv_heads, cfg.head_dim)
+                else:
+                    q, k, v = dense(h, p["wq"]), dense(h, p["wk"]), dense(h, p["wv"])
+                if cfg.attention_bias:
+                    q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
+                if cfg.qk_norm:
+                    q, k = rms_norm(q, p["q_norm"], eps), rms_norm(k, p["k_norm"], eps)
+                q = self._constrain(apply_rope(q, positions, inv_freq), heads)
+                k = self._constrain(apply_rope(k, positions, inv_freq), kv_heads)
+                v = self._constrain(v, kv_heads)
+                if kv_cache is not None and kv_io is not None:
+                    k, v, new_kv = kv_io(k.astype(kv_cache[0].dtype), v.astype(kv_cache[1].dtype), kv_cache)
+                    k, v = k.astype(cdt), v.astype(cdt)
+                elif kv_cache is not None:
+                    # cache [B, K, S, hd]: indexing [rows, :, positions] addresses [B, T, K, hd], k's own layout
+                    rows = jnp.arange(x.shape[0])[:, None]
+                    k_all = kv_cache[0].at[rows, :, positions].set(k.astype(kv_cache[0].dtype), mode="drop")
+                    v_all = kv_cache[1].at[rows, :, positions].set(v.astype(kv_cache[1].dtype), mode="drop")
+                    new_kv = (k_all, v_all)
+                    if not cpu_attention:       # the kernel reads the window of the cache in place
+                        k, v = k_all[:, :, :window].astype(cdt), v_all[:, :, :window].astype(cdt)
+                else:
+                    new_kv = None
+                if cpu_attention and kv_cache is not None:
+                    o = cpu_kernels.attention(q, *new_kv, mask)
+                elif mask is None:
+                    o = context_parallel.attention(q, k, v, segment_ids, implementation=cfg.attention, mesh=self.mesh,
+                                                   rules=self.rules, block=cfg.attention_block)
+                else:
+                    o = attention(q, k, v, mask, kv_heads_first=kv_cache is not None)
+                o = o.reshape(*o.shape[:2], -1)
+                o = dense_fused(o, p["fused_o"]) if "fused_o" in p else dense(o, p["wo"].reshape(-1, x.shape[-1]))
+                if cfg.attention_out_bias:
+                    o = o + p["bo"]
+                o = checkpoint_name(o, "attention_out")
+                x = self._constrain(x + o, act)
 
-            h = rms_norm(x, p["mlp_norm"], eps)
-            if "fused_gate_up" in p:
-                gate, up = jnp.split(dense_fused(h, p["fused_gate_up"]), 2, axis=-1)
-            else:
-                gate, up = dense(h, p["w_gate"]), dense(h, p["w_up"])
-            if cfg.mlp_bias:
-                gate, up = gate + p["b_gate"], up + p["b_up"]
-            m = self._constrain(jax.nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-            m = dense_fused(m, p["fused_down"]) if "fused_down" in p else dense(m, p["w_down"])
-            if cfg.mlp_bias:
-                m = m + p["b_down"]
-            m = checkpoint_name(m, "mlp_out")
+            with jax.named_scope("mlp"):
+                h = rms_norm(x, p["mlp_norm"], eps)
+                if "fused_gate_up" in p:
+                    gate, up = jnp.split(dense_fused(h, p["fused_gate_up"]), 2, axis=-1)
+                else:
+                    gate, up = dense(h, p["w_gate"]), dense(h, p["w_up"])
+                if cfg.mlp_bias:
+                    gate, up = gate + p["b_gate"], up + p["b_up"]
+                m = self._constrain(jax.nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+                m = dense_fused(m, p["fused_down"]) if "fused_down" in p else dense(m, p["w_down"])
+                if cfg.mlp_bias:
+                    m = m + p["b_down"]
+                m = checkpoint_name(m, "mlp_out")
             return self._constrain(x + m, act), new_kv
 
         return layer

@@ -469,9 +469,13 @@ def reference_logprobs(model, batch, temperature: float, chunk: int):
 
 
 def place_batch(batch: dict, mesh) -> dict:
-    """Every [B, ...] array of a batch onto the mesh: batch over (data, fsdp), length over sequence."""
+    """Every [B, ...] host array of a batch onto the mesh: batch over (data, fsdp), length over sequence. Every
+    process holds the whole batch (multi-host RL exchanges the episodes) and places only the shards its own
+    devices hold: nothing crosses hosts."""
     out = {}
     for k, v in batch.items():
+        v = np.asarray(v)
         axes = ("activation_batch", "activation_length")[:v.ndim]
-        out[k] = jax.device_put(v, sharding.logical_sharding(axes, mesh, None, v.shape))
+        out[k] = jax.make_array_from_callback(v.shape, sharding.logical_sharding(axes, mesh, None, v.shape),
+                                              lambda index, v=v: v[index])
     return out

@@ -1,8 +1,9 @@
 """The composite AI-feedback reward (PAPER §6): R = w_base * R_base + w_tool * R_tool + w_format * R_format.
 
 - R_format in {0, 1} and R_tool in {-1} U [0, 1] are computed locally by `oresearcher.protocol` (the one home
-  of the protocol): R_tool with N = min(#web_search, #crawl_page): N < low -> 0, N > high -> over_penalty,
-  else (N - low) / (high - low).
+  of the protocol): R_tool with N = min(#web_search, #crawl_page), distinct calls (a repeated call adds nothing):
+  N < low -> 0, N > high -> over_penalty, else (N - low) / (high - low). The band's defaults (2 <= N <= 8) are
+  protocol.TOOL_LOW / TOOL_HIGH, which the synthesizer's funnel and teachers read too (configs/synth.py).
 - R_base in [0, 1] is the judge's overall score from `POST /v1/judge` of the synth service (the mean of
   comprehensiveness, insight, instruction following and readability).
 - A judge that abstains (or fails: HTTP error, malformed answer) gives *no* reward: the episode is marked
@@ -30,9 +31,9 @@ class RewardConfig:
     w_base: float = 0.6
     w_tool: float = 0.2
     w_format: float = 0.2
-    tool_low: int = 2
-    tool_high: int = 8
-    tool_over_penalty: float = -1.0
+    tool_low: int = protocol.TOOL_LOW             # the band's one home: oresearcher/protocol.py
+    tool_high: int = protocol.TOOL_HIGH
+    tool_over_penalty: float = protocol.TOOL_OVER_PENALTY
     normalize: str = "unit"          # "unit" (onto [0, 1]) or "none"
     judge_timeout_s: float = 120.0
 

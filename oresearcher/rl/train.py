@@ -12,6 +12,14 @@ The synth service (tools + judge) is `config.synth_url`, or a `python -m synth s
 free loopback port and stopped at the end. The policy starts from `config.init_checkpoint` (an SFT result), or,
 when `warm_start.enabled` and none is given, from a short SFT on trajectories of the embedded synthesizer
 (rl/warm_start.py).
+
+Multi-host (several processes, one JAX program: oresearcher/train.py): every host runs the rollouts of its
+contiguous share of a step's questions on its own devices (a copy of the policy, refreshed after each update:
+oresearcher.multihost.host_model), makes their tool and judge calls to the one synth service (process 0's, or
+`synth_url`), and the hosts then exchange their scored episodes, so every host holds the whole step: the same
+advantages, the same batch (each places its own shards of it) and the same update. Only process 0 writes
+metrics.jsonl, episodes.jsonl and TensorBoard events. `rollout.seed_per_group` seeds every group's sampling by
+its index in the step (one engine run per group), so a step's episodes do not depend on how many hosts share it.
 """
 from __future__ import annotations
 
@@ -24,11 +32,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from oresearcher import checkpoint as checkpoint_lib, metrics as metrics_lib, optim, paths, sharding
+from oresearcher import checkpoint as checkpoint_lib, metrics as metrics_lib, multihost, optim, paths, sharding
 from oresearcher.preemption import PreemptionGuard, check_finite
 from oresearcher.rl import grpo, rewards as rewards_lib
 from oresearcher.rl.rollout import RolloutConfig, make_generator, rollout, to_batch
-from oresearcher.rl.synth_service import synth_service
+from oresearcher.rl.synth_service import shared_synth_service
 
 
 def make_optimizer(model, config):
@@ -114,18 +122,26 @@ def run(config) -> dict:
 
     last = {}
     # The synth service (tools + judge) lives for the whole run; a subprocess is stopped on the way out.
-    with synth_service(config) as synth_url, jax.set_mesh(mesh):
+    with shared_synth_service(config) as synth_url, jax.set_mesh(mesh):
         model, tokenizer = load_policy(config, mesh, workdir)
         if jax.process_index() == 0:
             print(metrics_lib.parameter_overview(model), flush=True)
         ref_model = load_policy(config, mesh, workdir)[0] if gcfg.kl_beta else None   # the frozen start
         optimizer = make_optimizer(model, config)
-        sampler = make_generator(model, tokenizer, config.rollout, int(config.questions_per_step) * rcfg.group_size)
+        # this host's share of the rollouts runs on its own devices (the policy itself when there is one host)
+        rollout_mesh = multihost.host_mesh(mesh)
+        rollout_model = multihost.host_model(model, mesh)
+        per_group = bool(config.rollout.get("seed_per_group", False))
+        hosts = jax.process_count()
+        groups_per_run = 1 if per_group else -(-int(config.questions_per_step) // hosts)
+        with jax.set_mesh(rollout_mesh):      # its arrays live where the rollouts run
+            sampler = make_generator(rollout_model, tokenizer, config.rollout, groups_per_run * rcfg.group_size)
 
         # ---------------------------------------------------------------- Checkpointing
         ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=int(config.keep_checkpoints))
         start, data_state = _restore(ckpt, model, optimizer)
-        _keep_episodes_until(workdir / "episodes.jsonl", start)
+        if multihost.is_primary():
+            _keep_episodes_until(workdir / "episodes.jsonl", start)
         writer = metrics_lib.MetricsWriter(workdir, total_steps, start_step=start, progress=False)
         profiler = metrics_lib.StepProfiler(workdir, config.get("profile"))
         print(f"rl: synth service at {synth_url}; workdir {workdir}", flush=True)
@@ -145,7 +161,7 @@ def run(config) -> dict:
         updater = grpo.Updater(model, optimizer, gcfg, mesh)
         try:
             for step in range(start + 1, total_steps + 1):
-                if guard.stop_requested:
+                if guard.should_stop():
                     ckpt.save(step - 1, _train_state(model, optimizer), {"step": step - 1, "cursor": cursor[0]},
                               wait=True)
                     print(f"rl: {guard.signal_name} at step {step - 1}: checkpoint saved, exiting", flush=True)
@@ -154,17 +170,40 @@ def run(config) -> dict:
                 profiler.before(step)       # the trace covers the whole step: rollout, judge and update
                 timings = {"time/generate": 0.0, "time/tools": 0.0, "time/judge": 0.0}
 
+                multihost.refresh_host_model(rollout_model, model, mesh)
+
                 def sample(picks: list[str], round_: int):
-                    # rollout: G episodes per question, tools over HTTP; rewards: R_format, R_tool here, R_base
-                    # from the judge; advantages per group
-                    episodes, t = rollout(sampler, tokenizer, picks, synth_url, rcfg,
-                                          seed=int(config.seed) * 100003 + step + 1000003 * round_)
-                    for k, v in t.items():
-                        timings[k] = timings.get(k, 0.0) + v
+                    # rollout of this host's share of the groups: G episodes per question, tools over HTTP;
+                    # rewards: R_format, R_tool here, R_base from the judge; then every host's scored episodes
+                    # on every host, and advantages per group
+                    base = int(config.seed) * 100003 + step + 1000003 * round_
+                    mine = multihost.process_share(len(picks))
+                    if per_group:   # seeded by the group's index in the step: the same on any number of hosts
+                        runs = [([i], (base * 1009 + i) % 2 ** 31) for i in mine]
+                    else:
+                        runs = [(list(mine), (base + 15485863 * jax.process_index()) % 2 ** 31)] if mine else []
+                    local, local_timings = [], {}
+                    for groups, seed in runs:
+                        with jax.set_mesh(rollout_mesh):   # this host's devices
+                            eps, t = rollout(sampler, tokenizer, [picks[i] for i in groups], synth_url, rcfg,
+                                             seed=seed)
+                        for e in eps:
+                            e.group = groups[e.group]        # the group's index among the step's picks
+                        local += eps
+                        for k, v in t.items():      # a share: the mean over this host's runs
+                            local_timings[k] = local_timings.get(k, 0.0) + (v / len(runs) if "occupancy" in k else v)
                     t0 = time.perf_counter()
-                    scored = asyncio.run(rewards_lib.score_all(synth_url, [e.question for e in episodes],
-                                                               [e.response for e in episodes], wcfg))
-                    timings["time/judge"] += time.perf_counter() - t0
+                    local_scored = (asyncio.run(rewards_lib.score_all(synth_url, [e.question for e in local],
+                                                                      [e.response for e in local], wcfg))
+                                    if local else [])
+                    local_timings["time/judge"] = time.perf_counter() - t0
+                    episodes, scored, slowest = [], [], {}
+                    for eps, sc, t in multihost.gather_objects((local, local_scored, local_timings)):
+                        episodes, scored = episodes + eps, scored + sc
+                        for k, v in t.items():      # the slowest host's
+                            slowest[k] = max(slowest.get(k, 0.0), v)
+                    for k, v in slowest.items():
+                        timings[k] = timings.get(k, 0.0) + v
                     n = len(picks)
                     totals = np.array([r.total if r.total is not None else 0.0 for r in scored]).reshape(n, -1)
                     valid = np.array([not r.abstained for r in scored]).reshape(n, -1)

@@ -51,18 +51,25 @@ def policy_from_config(config, mesh, workdir: Path):
         return _load_weights(model, str(config.init_checkpoint), mesh, rules), tokenizer
     if not config.warm_start.enabled:
         return model, tokenizer
+    from oresearcher import multihost
+
     out = workdir / "warm_start" / "policy"
-    if not (out / "config.json").exists():
-        records = synthesize(config, workdir / "warm_start")
-        data = workdir / "warm_start" / "abridged.jsonl"
-        # observations cut as the rollout cuts them: the policy learns to continue after what it will see
-        from oresearcher.rl.rollout import truncate_observation
-        limit = int(config.rollout.max_observation_tokens)
-        cut = lambda body: truncate_observation(tokenizer, body, limit)
-        with open(data, "w") as f:
-            for rec in records:
-                f.write(json.dumps(abridge_record(rec, config.warm_start, cut)) + "\n")
+    data = workdir / "warm_start" / "abridged.jsonl"
+    # multi-host: process 0 decides, synthesizes and writes the records; every process then runs the SFT (each
+    # reads its share of the rows) and reads the export once process 0 has written it
+    if not multihost.broadcast_object((out / "config.json").exists()):
+        if multihost.is_primary():
+            records = synthesize(config, workdir / "warm_start")
+            # observations cut as the rollout cuts them: the policy learns to continue after what it will see
+            from oresearcher.rl.rollout import truncate_observation
+            limit = int(config.rollout.max_observation_tokens)
+            cut = lambda body: truncate_observation(tokenizer, body, limit)
+            with open(data, "w") as f:
+                for rec in records:
+                    f.write(json.dumps(abridge_record(rec, config.warm_start, cut)) + "\n")
+        multihost.barrier("warm start: records written")
         sft_lib.run(_sft_config(config, data, workdir / "warm_start", out))
+        multihost.barrier("warm start: policy exported")
     else:
         print(f"warm start: reusing {out}", flush=True)
     return _load_weights(model, str(out), mesh, rules), tokenizer
@@ -87,7 +94,7 @@ def _sft_config(config, data: Path, directory: Path, export: Path):
     c.data.train, c.data.eval, c.data.eval_fraction = str(data), "", 0.0
     c.data.seq_len, c.data.batch_size = int(w.max_len), int(w.batch_size)
     c.total_steps, c.log_every = int(w.steps), max(1, int(w.steps) // 10)
-    c.checkpoint_every, c.eval_every, c.progress = int(w.steps), 0, False
+    c.checkpoint_every, c.eval_every, c.progress = int(w.steps), 0, True
     c.optim.lr, c.optim.weight_decay, c.optim.warmup_fraction = float(w.lr), 0.0, 0.1
     c.export_dir = str(export)
     return c
@@ -107,7 +114,7 @@ def synthesize(config, directory: Path) -> list[dict]:
     if Path(path).exists():
         synth_config = str(Path(path).absolute()) + (f":{preset}" if preset else "")
     cmd = [sys.executable, "-m", "synth", "run", f"--config={synth_config}", f"--seeds={seeds}",
-           f"--out={directory / 'synth'}"]
+           f"--out={directory / 'synth'}", *synth_overrides(config)]
     start = time.perf_counter()
     print(f"warm start: synthesizing {len(questions)} trajectories: {' '.join(cmd)}", flush=True)
     done = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True)
@@ -123,6 +130,20 @@ def synthesize(config, directory: Path) -> list[dict]:
                            f"rejected.jsonl")
     print(f"warm start: {len(records)} trajectories in {time.perf_counter() - start:.0f}s", flush=True)
     return records
+
+
+def synth_overrides(config) -> list[str]:
+    """`--config.KEY=VALUE` for the warm start's `synth run`: the reward's tool-call band (the funnel keeps only
+    trajectories whose N the reward pays for); with warm_start.synth_tokens > 0, the sizes under which the embedded
+    teacher's trajectories fit that many tokens (`synth.config.sized_for`: give the SFT sequence length less the
+    prompt's tokens); then warm_start.synth_overrides, a list of "KEY=VALUE" strings."""
+    from synth.config import sized_for
+    reward, w = config.get("reward") or {}, config.warm_start
+    items = {f"workflow.{k}": reward[k] for k in ("tool_low", "tool_high") if k in reward}
+    if int(w.get("synth_tokens", 0) or 0) > 0:
+        items.update(sized_for(int(w.synth_tokens)))
+    items.update(item.split("=", 1) for item in (w.get("synth_overrides") or []))
+    return [f"--config.{key}={value}" for key, value in items.items()]
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -150,8 +171,33 @@ def _short_call(tag: str, body: str, words: int) -> str:
     return body.strip()
 
 
+_REFERENCES = re.compile(r"^#*\s*References\s*:?\s*$", re.MULTILINE)
+
+
+def abridge_report(report: str, sentences: int, sections: int) -> str:
+    """A report kept as a report: its title, its first `sections` sections and its last one (the conclusion),
+    in each paragraph the first `sentences` sentences, and the reference entries the kept text cites (so every
+    citation still names a source and every source is cited)."""
+    head = _REFERENCES.split(report, maxsplit=1)[0]
+    refs = {n: line for n, line in ((n, f"[{n}]. {url}" + (f" - {title}" if title else ""))
+                                    for n, url, title in protocol.parse_references(report))}
+    blocks = re.split(r"\n(?=## )", head.strip())
+    if sections and len(blocks) > sections + 2:      # title + intro, the first sections, the last one
+        blocks = blocks[:sections + 1] + blocks[-1:]
+    kept = []
+    for block in blocks:
+        for paragraph in re.split(r"\n\s*\n", block.strip()):
+            lines = paragraph.strip().splitlines()
+            heading = [ln for ln in lines if ln.lstrip().startswith("#")]
+            prose = " ".join(ln for ln in lines if not ln.lstrip().startswith("#")).strip()
+            kept.append("\n".join(heading + ([_first_sentences(prose, sentences)] if prose else [])))
+    body = "\n\n".join(k for k in kept if k)
+    cited = [n for n in dict.fromkeys(protocol.cited_numbers(body)) if n in refs]
+    return body + ("\n\nReferences\n" + "\n".join(refs[n] for n in sorted(cited)) if cited else "")
+
+
 def abridge(text: str, sentences: int = 2, max_subtasks: int = 1, max_tool_calls: int = 2,
-            max_references: int = 3, words: int = 0, observation=None) -> str:
+            max_references: int = 3, words: int = 0, observation=None, report_sentences: int = 0) -> str:
     """A shorter trajectory with the same protocol structure: the first `max_subtasks` subtasks (the subtask list
     cut to match), in each the steps up to its first `max_tool_calls` tool calls and their observations, every
     prose body cut to `sentences` sentences, observations to their first lines (each at most 160 characters),
@@ -160,7 +206,9 @@ def abridge(text: str, sentences: int = 2, max_subtasks: int = 1, max_tool_calls
     With `words` > 0 every prose body (and each subtask-list line) is cut to its first `words` words instead,
     tool calls to their first query or URL (the query and goal cut likewise) and observations to two lines: a
     whole episode is then a few hundred tokens, which a tiny model can learn in a few hundred SFT steps.
-    `observation`, when given, maps each observation body to the one kept instead (the rollout's truncation)."""
+    `observation`, when given, maps each observation body to the one kept instead (the rollout's truncation).
+    With `report_sentences` > 0 the final report is kept as a report instead (abridge_report: its sections for
+    the kept subtasks and its conclusion, `report_sentences` sentences per paragraph, the cited references)."""
     cut = (lambda body: _first_words(body, words)) if words > 0 else (lambda body: _first_sentences(body, sentences))
     out, subtasks, calls, skipping = [], 0, 0, False
     for span in protocol.parse(text):
@@ -189,6 +237,8 @@ def abridge(text: str, sentences: int = 2, max_subtasks: int = 1, max_tool_calls
         elif tag == "observation":
             lines = [ln[:160] for ln in body.splitlines() if ln.strip()]
             body = "\n".join(lines[: 2 if words > 0 else 2 + 2 * max(sentences, 1)])
+        elif tag == "suggested_answer" and report_sentences > 0:
+            body = abridge_report(body, report_sentences, max_subtasks)
         elif tag in ("suggested_answer", "subtask_answer"):
             head, sep, refs = body.partition("References")
             refs = "\n".join([ln for ln in refs.splitlines() if ln.strip() and ln.strip() != ":"][:max_references])
@@ -215,6 +265,7 @@ def abridge_record(record: dict, cfg, observation=None) -> dict:
         if m["role"] == "assistant":
             m["content"] = abridge(m["content"], int(cfg.abridge_sentences), int(cfg.max_subtasks),
                                    int(cfg.max_tool_calls), int(cfg.get("max_references", 3)),
-                                   int(cfg.get("abridge_words", 0)), observation)
+                                   int(cfg.get("abridge_words", 0)), observation,
+                                   int(cfg.get("report_sentences", 0)))
     record["report"] = protocol.extract_report(record["messages"][-1]["content"]) or record.get("report", "")
     return record

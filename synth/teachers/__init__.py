@@ -65,7 +65,10 @@ def make_teacher(cfg, tools):
     kind = cfg.teacher.kind
     if kind == "extractive":
         from synth.teachers.extractive import ExtractiveTeacher
-        teacher = ExtractiveTeacher(tools)
+        t = cfg.teacher
+        teacher = ExtractiveTeacher(tools, search_num=int(t.get("search_num", 5)),
+                                    search_queries=int(t.get("search_queries", 2)),
+                                    answer_sentences=int(t.get("answer_sentences", 6)))
     elif kind in ("openai", "local"):
         from synth.llm import LLMClient
         from synth.teachers.openai import OpenAITeacher

@@ -169,13 +169,14 @@ class HttpCrawl:
 def extractive_summary(page: Page, goal: str, max_chars: int = 1500) -> str:
     """The page's sentences that share most content words with the goal, in page order, up to `max_chars`.
 
-    Without a goal (or with no overlap at all) this is the page's lead, which for an encyclopedia article is its
-    own summary. Deterministic: ties go to the earlier sentence.
+    The page's first sentence always comes first: it says what the page is about (an encyclopedia article's
+    definition of its subject), which no goal should leave out. Without a goal (or with no overlap at all) the
+    rest is the page's lead too. Deterministic: ties go to the earlier sentence.
     """
     sentences, sentence_words = text_lib.sentence_words(page.text)   # remembered per page text
     goal_words = set(text_lib.content_words(goal)) or set(text_lib.content_words(page.title))
     scores = [len(goal_words & words) for words in sentence_words]
-    order = sorted(range(len(sentences)), key=lambda i: (-scores[i], i))
+    order = sorted(range(len(sentences)), key=lambda i: (i != 0, -scores[i], i))
     chosen, used = [], 0
     for i in order:
         if chosen and used + len(sentences[i]) > max_chars:
