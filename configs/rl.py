@@ -38,7 +38,9 @@ Presets (each says how to run it and what it should reach):
       compute, full remat, 64k-token episodes, 64 questions x group 8 per step: the paper's 72B RL run.
   qwen2.5-72b-v5p-256 the same on a v5p-256 slice (128 chips: fsdp 32 x sequence 4).
   Every accelerator preset names its target (aot_target): `python -m oresearcher.aot --config=configs/rl.py:PRESET`
-  compiles its update for that target and ends with `fits: yes|no (peak X GiB of Y GiB)` (BUILD.md section 5).
+  compiles its update and the rollout engine's prefill and decode programs (inference layout, the cache of
+  rollout.slots slots at rollout.max_tokens) for that target, and ends with `fits: yes|no (peak X GiB of Y GiB)`
+  over what is resident at once (BUILD.md section 5).
 """
 from pathlib import Path
 
