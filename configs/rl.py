@@ -38,7 +38,9 @@ Presets (each says how to run it and what it should reach):
       compute, full remat, 64k-token episodes, 64 questions x group 8 per step: the paper's 72B RL run.
   qwen2.5-72b-v5p-256 the same on a v5p-256 slice (128 chips: fsdp 32 x sequence 4).
   Every accelerator preset names its target (aot_target): `python -m oresearcher.aot --config=configs/rl.py:PRESET`
-  compiles its update for that target and ends with `fits: yes|no (peak X GiB of Y GiB)` (BUILD.md section 5).
+  compiles its update and the rollout engine's prefill and decode programs (inference layout, the cache of
+  rollout.slots slots at rollout.max_tokens) for that target, and ends with `fits: yes|no (peak X GiB of Y GiB)`
+  over what is resident at once (BUILD.md section 5).
 """
 from pathlib import Path
 
@@ -107,6 +109,8 @@ def _base() -> ConfigDict:
     c.rollout.backend = "engine"        # "engine": continuous batching (oresearcher.engine); "lockstep": Sampler
     c.rollout.slots = 0                 # engine slots; 0 = one per episode of a step (questions_per_step x G)
     c.rollout.chunk = 16                # tokens per engine decode call (a parked call waits at most this long)
+    c.rollout.tensor = 0                # engine on a mesh: tensor-parallel devices of its weight copy (0 = the
+                                        # most that divide the heads; oresearcher/engine/layout.py)
     c.rollout.seed_per_group = False    # True: each group sampled in its own rollout, seeded by its index in the
                                         # step: with backend "lockstep" the episodes then do not depend on how
                                         # many hosts share a step (multi-host runs equal one-host runs; the
@@ -258,6 +262,11 @@ def qwen_gpu8() -> ConfigDict:
     c.grpo.minibatches = 4
     c.grpo.microbatch_tokens = 8 * 32768                  # one 32k episode per GPU per microbatch
     c.optim.lr = 1e-6
+    # The engine beside the trainer (colocated): its bf16 weight copy (tensor 4 x data 2: 28 heads and 4 KV heads
+    # split 4 ways) and a dense cache of 16 slots x 32k tokens (224 MiB per slot per GPU) stay resident through
+    # the update, whose own peak is most of an H100; 16 slots is what fits beside it (AOT: BUILD.md section 5).
+    # The 128 episodes of a step go through the 16 slots, each freed slot refilled at once.
+    c.rollout.slots = 16
     return c
 
 
@@ -278,6 +287,10 @@ def qwen72b_v5p128() -> ConfigDict:
     c.questions_per_step = 64
     c.rollout.max_tokens = 65536
     c.grpo.microbatch_tokens = 16 * 65536
+    # The engine's inference layout here: tensor 8 (64 heads, 8 KV heads) x data 8, bf16 weights 16.9 GiB per
+    # chip; a 64k-token slot's dense cache is 20 GiB (2.5 GiB per chip of its tensor group), so 32 slots (10 GiB
+    # per chip) stay resident beside the training state (AOT: BUILD.md section 5).
+    c.rollout.slots = 32
     return c
 
 

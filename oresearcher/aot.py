@@ -392,9 +392,14 @@ def model_config_for(config, out=print, attention: str = ""):
                                compute_dtype=str(config.get("compute_dtype") or "float32"), **changes)
 
 
-def run(config, target_spec: str = "", mem_fraction: float = 0.95, out=print, attention: str = "") -> MemoryReport:
+PROGRAMS = ("update", "prefill", "decode")
+
+
+def run(config, target_spec: str = "", mem_fraction: float = 0.95, out=print, attention: str = "",
+        programs: tuple[str, ...] = PROGRAMS) -> MemoryReport:
     """Compile config's train step for target_spec (default: the preset's own config.aot_target) and print the
-    per-device memory table."""
+    per-device memory table; for RL also the rollout engine's prefill and decode programs (`programs`: which of
+    the three to compile; the verdict then covers those)."""
     from oresearcher import sharding
 
     target_spec = target_spec or str(config.get("aot_target") or "")
@@ -421,24 +426,85 @@ def run(config, target_spec: str = "", mem_fraction: float = 0.95, out=print, at
     # and replicate the metrics.
     state_sh = jax.tree.map(lambda a: a.sharding, state)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    unknown = set(programs) - set(PROGRAMS)
+    if unknown or not programs:
+        raise ValueError(f"--programs={','.join(programs)}: choose among {','.join(PROGRAMS)}")
+    report = None
+    if "update" in programs or stage != "rl":
+        report = _compile_report(target, lambda: compile_on(target, step, state, batch, donate_argnums=(0,),
+                                                            out_shardings=(state_sh, replicated)), out)
+    if stage != "rl":
+        out("per-device memory:")
+        for line in report.lines():
+            out(line)
+        return report
+    if report is not None:
+        out("per-device memory of the update:")
+        for line in report.lines()[:-1]:
+            out(line)
+    return _with_engine(config, model_cfg, mesh, target, state, report, out, programs)
+
+
+def _compile_report(target: Target, compile_fn, out) -> MemoryReport:
+    """compile_fn() -> compiled program, as a MemoryReport (XLA:TPU's refusal to fit becomes a "no")."""
     try:
-        compiled = compile_on(target, step, state, batch, donate_argnums=(0,), out_shardings=(state_sh, replicated))
+        compiled = compile_fn()
     except Exception as e:  # noqa: BLE001 - only an out-of-memory refusal is a result; anything else re-raises
         report = MemoryReport.out_of_memory(e, target.capacity)
         if report is None:
             raise
         out(f"the compiler refused: {str(e).splitlines()[0]}")
-    else:
-        report = MemoryReport.of(compiled, target.capacity, GPU_AOT_MARGIN if target.platform == "gpu" else 0.0)
-    out("per-device memory:")
-    for line in report.lines():
-        out(line)
-    return report
+        return report
+    return MemoryReport.of(compiled, target.capacity, GPU_AOT_MARGIN if target.platform == "gpu" else 0.0)
+
+
+def _with_engine(config, model_cfg, mesh, target: Target, train_state, update: MemoryReport | None, out,
+                 which=PROGRAMS) -> MemoryReport:
+    """Compile the rollout engine's prefill and decode programs (engine/aot.py) beside the update and report what
+    one device holds at the peak of each, the engine and the trainer colocated on the same devices.
+
+    What is resident at once (the assumption): the training state (parameters and Adam moments) always; the
+    engine's weight copy, KV cache and logits always too: the engine keeps its cache between rollouts, and with
+    asynchronous GRPO (rl.max_staleness > 0) it generates while the trainer updates. So
+        update   its own peak (training state, batch, activations, gradients) + the engine's resident arrays
+        prefill  its own peak (the engine's resident arrays + its temporaries) + the training state
+        decode   the same for the decode program
+    and the preset fits when the largest of the three does."""
+    import jax
+    import numpy as np
+
+    from oresearcher.engine import aot as engine_aot
+
+    g = lambda b: f"{b / GiB:.2f} GiB"
+    programs = engine_aot.build(config, model_cfg, mesh)
+    out(f"engine: {programs.slots} slots x {programs.cache_len} cache slots (dense), inference layout "
+        f"{programs.plan.describe()}: weights {g(programs.weights)} + cache {g(programs.cache)} per device")
+    state = sum(int(np.prod(a.sharding.shard_shape(a.shape))) * np.dtype(a.dtype).itemsize
+                for a in jax.tree.leaves(train_state))
+    rows = [] if update is None else [("update", update, programs.resident, "engine resident")]
+    for name in ("prefill", "decode"):
+        if name not in which:
+            continue
+        program = getattr(programs, name)
+        report = _compile_report(target, lambda p=program: engine_aot.compile_program(p), out)
+        rows.append((f"{name} ({program[3]})", report, state, "training state"))
+    peak = 0
+    for name, report, extra, what in rows:
+        total = report.peak + extra
+        peak = max(peak, total)
+        out(f"{name}: peak {g(report.peak)} (arguments {g(report.arguments)}, temporaries "
+            f"{g(report.temporaries)}) + {what} {g(extra)} = {g(total)}")
+    if update is None:
+        out("update: not compiled (--programs): the verdict below covers the engine's programs only")
+    final = dataclasses.replace(update or rows[0][1], peak=peak)
+    out(final.lines()[-1])
+    return final
 
 
 def main(argv):
     del argv
-    report = run(_CONFIG.value, _TARGET.value, _MEM_FRACTION.value, attention=_ATTENTION.value)
+    report = run(_CONFIG.value, _TARGET.value, _MEM_FRACTION.value, attention=_ATTENTION.value,
+                 programs=tuple(p for p in _PROGRAMS.value.split(",") if p))
     sys.exit(0 if report.fits else 3)
 
 
@@ -454,5 +520,7 @@ if __name__ == "__main__":
                                        "(set XLA_PYTHON_CLIENT_MEM_FRACTION to the same value on the host)")
     _ATTENTION = flags.DEFINE_string("attention", "", "compile with this ModelConfig.attention (e.g. flash for a "
                                      "cudnn preset: cuDNN kernels need a GPU to compile)")
+    _PROGRAMS = flags.DEFINE_string("programs", ",".join(PROGRAMS), "RL: which programs to compile (the update "
+                                    "and the rollout engine's prefill and decode); the verdict covers those")
     flags.mark_flags_as_required(["config"])
     app.run(main)

@@ -243,16 +243,41 @@ def _unstack(stacked: dict, head, *, layout: str, blocks: int, tied: bool) -> di
     return {"layers": layers, "head": head if tied else None}
 
 
-def _cached_forward(model, layers: list[dict], cache: dict, tokens, positions, window: int):
+def embed(model, weights: dict, tokens):
+    """The tokens' embeddings [B, T, D] in the compute dtype: from the weight copy's "embed" where it has one
+    (the inference layout, engine/layout.py), else from the model's parameter."""
+    table = weights.get("embed")
+    table = model.embed[...] if table is None else table
+    x = jnp.take(table, tokens, axis=0).astype(jnp.dtype(model.cfg.compute_dtype))
+    return model._constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+
+
+def final_norm(model, weights: dict, x):
+    from oresearcher.model.decoder import rms_norm
+    w = weights.get("final_norm")
+    return rms_norm(x, model.final_norm[...] if w is None else w, model.cfg.rms_norm_eps)
+
+
+def head_logits(model, weights: dict, hidden):
+    """float32 logits [B, T, V]: the model's unembedding with the weight copy's head, or with the copy's
+    embedding when the inference layout's model is tied (its head is then None)."""
+    if weights["head"] is None and weights.get("embed") is not None:
+        cdt = jnp.dtype(model.cfg.compute_dtype)
+        out = jnp.einsum("btd,vd->btv", hidden, weights["embed"].astype(cdt), preferred_element_type=jnp.float32)
+        return model._constrain(out, ("activation_batch", "activation_length", "activation_vocab"))
+    return model.unembed(hidden, weights["head"])
+
+
+def _cached_forward(model, weights: dict, cache: dict, tokens, positions, window: int):
     """Hidden states [B, T, D] for tokens [B, T] written at slots positions [B, T] (slot == S: dropped), and the
     updated cache. Token (b, t) attends to the written slots s <= positions[b, t] of its row, all of which lie in
     the first `window` slots (the caller sizes it so)."""
-    from oresearcher.model.decoder import rms_norm, rope_frequencies
+    from oresearcher.model.decoder import rope_frequencies
 
     cfg = model.cfg
     b = tokens.shape[0]
-    x = jnp.take(model.embed[...], tokens, axis=0).astype(jnp.dtype(cfg.compute_dtype))
-    x = model._constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+    x = embed(model, weights, tokens)
+    layers = weights["layers"]
     rows = jnp.arange(b)[:, None]
     segments = cache["segment_ids"].at[rows, positions].set(1, mode="drop")
     slots = jnp.arange(window)
@@ -266,7 +291,7 @@ def _cached_forward(model, layers: list[dict], cache: dict, tokens, positions, w
         x, (k, v) = layer(x, p, (k, v))
         ks.append(k)
         vs.append(v)
-    x = rms_norm(x, model.final_norm[...], cfg.rms_norm_eps)
+    x = final_norm(model, weights, x)
     return x, {"k": tuple(ks), "v": tuple(vs), "segment_ids": segments}
 
 
@@ -274,9 +299,9 @@ def _prefill(graphdef, state, weights, cache, tokens, positions, last_col, *, wi
     """Write tokens [B, C] at positions [B, C] (a position == cache length is a padding slot: dropped) and return
     the logits [B, V] at column last_col[b] (the row's last real token of this chunk)."""
     model = nnx.merge(graphdef, state)
-    hidden, cache = _cached_forward(model, weights["layers"], cache, tokens, positions, window)
+    hidden, cache = _cached_forward(model, weights, cache, tokens, positions, window)
     last = jnp.take_along_axis(hidden, last_col[:, None, None], axis=1)
-    return model.unembed(last, weights["head"])[:, 0], cache
+    return head_logits(model, weights, last)[:, 0], cache
 
 
 def take_token(logits, key, i, live, out_t, out_lp, count, stop_state, finish, budget, table, eos, temperature,
@@ -323,9 +348,9 @@ def _decode(graphdef, state, weights, cache, logits, pos, active, budget, key, t
     def body(carry):
         step, cache, tok, pos, done = carry[:5]
         feed_pos = jnp.where(done, slots, pos)          # finished rows write nothing
-        hidden, cache = _cached_forward(model, weights["layers"], cache, tok[:, None], feed_pos[:, None], window)
+        hidden, cache = _cached_forward(model, weights, cache, tok[:, None], feed_pos[:, None], window)
         carry = (step, cache, tok, pos + 1, done) + carry[5:]
-        return emit(carry, model.unembed(hidden, weights["head"])[:, 0])
+        return emit(carry, head_logits(model, weights, hidden)[:, 0])
 
     done0 = ~active | (budget <= 0)
     init = (jnp.int32(0), cache, jnp.zeros((b,), jnp.int32), pos, done0, jnp.zeros((b,), jnp.int32),
@@ -389,8 +414,8 @@ def _copy_row(big, one, rows):
 
 def _default_layout(model) -> str:
     devices = model.embed[...].devices()
-    if next(iter(devices)).platform != "cpu":
-        return "own"
+    if next(iter(devices)).platform != "cpu" or len(devices) > 1:
+        return "own"     # on a mesh: the inference layout (engine/layout.py)
     from oresearcher.model import cpu_kernels
     fp32 = jnp.dtype(model.cfg.compute_dtype) == jnp.float32 and model.embed[...].dtype == jnp.float32
     # the kernel is one custom call per product: it runs on one device, so a sharded model keeps XLA's dots
@@ -404,15 +429,17 @@ class Sampler:
 
     def __init__(self, model, tokenizer=None, *, eos_ids: Sequence[int] | None = None, prefill_chunk: int = 512,
                  min_bucket: int = 16, share_prefix: bool = True, weight_layout: str | None = None,
-                 weight_blocks: int = 2):
+                 weight_blocks: int = 2, slots: int = 0, tensor: int = 0):
         """`tokenizer` supplies the token bytes for stop strings and the EOS ids (tokenizer.stop_ids); without
         one, only `eos_ids` (default: the model config's eos_token_id) stop a row. Pass eos_ids=() to never stop
         on EOS. share_prefix: prefill the prompts' common prefix once per session (see the module docstring).
         weight_layout: the layout of the per-layer weight copy (decoder.decode_layout): "panels" (packed for
         the cpu_kernels matmul; decode steps then attend with cpu_kernels.attention too), "blocks" (transposed,
         `weight_blocks` row blocks per matrix) or "own" (the decoder's training layout). Default: "panels" for
-        an fp32 model on one CPU device where the kernels are built, "blocks" for other CPU models, "own" on
-        accelerators."""
+        an fp32 model on one CPU device where the kernels are built, "own" on accelerators and on any mesh of
+        more than one device. "own" on such a mesh is the inference layout (engine/layout.py): the copy in the
+        compute dtype, tensor-parallel over `tensor` devices (0 = the largest that divides the heads), the
+        batch (`slots` rows, 0 = any) over the rest."""
         self.weight_layout = weight_layout or _default_layout(model)
         if self.weight_layout not in ("panels", "blocks", "own"):
             raise ValueError(f"Sampler: weight_layout must be 'panels', 'blocks' or 'own', got {weight_layout!r}")
@@ -444,9 +471,27 @@ class Sampler:
         self._grow = jax.jit(_grow, donate_argnums=1)
         self._copy_row = jax.jit(_copy_row, donate_argnums=0)
         self._weights: dict = {}    # {"of": weakrefs to the parameters, "weights": their per-layer copy}
+        self.plan = None
+        if self.weight_layout == "own":
+            from oresearcher.engine import layout
+            self.plan = layout.plan_for(model, slots=slots, tensor=tensor)
+            self._copier = layout.Copier(model.cfg, self.plan) if self.plan is not None else None
+            self.placed = layout.placed(model, self.plan)
+        else:
+            self.placed = model
+
+    def split(self):
+        """(graphdef, state) for the programs: the model's, with the inference layout's mesh and rules on a mesh."""
+        from oresearcher.engine import layout
+        return layout.view(self.model, self.plan)
+
+    def rows(self, n: int) -> int:
+        """A batch of n rows padded to what the layout splits evenly (a multiple of its data axis)."""
+        return n if self.plan is None else self.plan.rows(n)
 
     def weights(self) -> dict:
-        """{"layers": per-layer parameter dicts, "head": the unembedding as [D, V] or None}: made once per
+        """{"layers": per-layer parameter dicts, "head": the unembedding as [D, V] or None; in the inference
+        layout also "embed" and "final_norm"}: made once per
         parameter version. The copy lives as long as the parameters it was made from: when a training step
         replaces them and the old arrays are freed, it is dropped too, so a trainer holds no second copy of the
         weights between rollouts."""
@@ -455,11 +500,17 @@ class Sampler:
         head = model.embed[...] if tied else model.lm_head[...]
         stacked = model.layers.arrays()
         params = [*stacked.values(), head]
+        if self.plan is not None:       # the inference layout copies these too
+            params += [model.embed[...], model.final_norm[...]]
         of = self._weights.get("of")
         if of is None or len(of) != len(params) or any(r() is not a for r, a in zip(of, params)):
             self._weights.clear()
-            self._weights["weights"] = self._unstack(stacked, head, layout=self.weight_layout,
-                                                     blocks=self.weight_blocks, tied=tied)
+            if self.plan is not None:
+                self._weights["weights"] = self._copier(stacked, model.embed[...], model.final_norm[...],
+                                                        None if tied else head)
+            else:
+                self._weights["weights"] = self._unstack(stacked, head, layout=self.weight_layout,
+                                                         blocks=self.weight_blocks, tied=tied)
             self._weights["of"] = of = [weakref.ref(a) for a in params]
             for a in params:
                 weakref.finalize(a, _forget, self._weights, of)
@@ -481,8 +532,8 @@ class Sampler:
         if longest >= max_len:
             raise ValueError(f"Sampler.start: a prompt of {longest} tokens leaves no room under max_len={max_len}; "
                              f"raise max_len or shorten the prompt")
-        b = _bucket(len(prompts), 1)
-        cache = init_cache(self.model, b, _window(max_len, longest) + _spare(b))
+        b = self.rows(_bucket(len(prompts), 1))
+        cache = init_cache(self.placed, b, _window(max_len, longest) + _spare(b))
         session = Session([list(p) for p in prompts], cache, np.zeros((b,), np.int64), max_len)
         n = common_prefix(prompts) if self.share_prefix and len(prompts) > 1 else 0
         if n >= self.min_bucket:
@@ -495,8 +546,8 @@ class Sampler:
         to prefilling each row up to float rounding."""
         slots, window = session.cache["segment_ids"].shape[1], session.window
         prefix = session.tokens[0][:n]
-        one = init_cache(self.model, 1, slots)
-        graphdef, state = nnx.split(self.model)
+        one = init_cache(self.placed, 1, slots)
+        graphdef, state = self.split()
         weights = self.weights()
         for start, size in _chunks(n, self.prefill_chunk, self.min_bucket):
             piece = prefix[start:start + size]
@@ -530,7 +581,7 @@ class Sampler:
             if len(session.tokens[r]) >= session.max_len:
                 raise ValueError(f"Sampler.step: row {r} already holds {len(session.tokens[r])} tokens, the "
                                  f"session's max_len={session.max_len}; stop this row instead of continuing it")
-        graphdef, state = nnx.split(self.model)
+        graphdef, state = self.split()
         weights = self.weights()
         # budgets: every row stops by the session's max_len, and by its own max_new_tokens
         room = np.array([session.max_len - len(session.tokens[r]) if active[r] else 0 for r in range(b)])
@@ -541,7 +592,7 @@ class Sampler:
         reach = max(len(session.tokens[r]) + int(budget[r]) for r in rows)
         need = _window(session.max_len, reach)
         if need > session.window:
-            session.cache = self._grow(session.cache, init_cache(self.model, b, need + _spare(b)))
+            session.cache = self._grow(session.cache, init_cache(self.placed, b, need + _spare(b)))
         slots, window = session.cache["segment_ids"].shape[1], session.window
 
         # prefill, chunk by chunk, each row from its first unseen token

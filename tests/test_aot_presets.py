@@ -1,9 +1,12 @@
 """Every accelerator preset names its AOT target, and its (micro)batches split over that target's mesh without
 dropping a mesh axis; the RL update compiles for the preset's own target with no --target flag."""
+import re
+
 import numpy as np
 import pytest
 
-from configs import rl as rl_configs, sft as sft_configs
+from configs import rl as rl_configs
+from configs import sft as sft_configs
 from oresearcher import aot, sharding
 from oresearcher.rl import grpo
 
@@ -29,7 +32,10 @@ def test_accelerator_presets_name_a_target_their_microbatches_split_over(module,
     assert spec[0] is not None, f"{name}: microbatch rows {shape} replicated over the mesh {dict(mesh.shape)}"
 
 
-def test_rl_update_compiles_for_the_presets_own_target():
+def test_rl_update_and_engine_programs_compile_for_the_presets_own_target():
+    """The update and the engine's prefill and decode programs (32 slots of a 2048-token cache in the inference
+    layout: tensor 2 x data 4 for tiny's 4 heads and 2 KV heads on 8 chips), each with its line, and one verdict
+    over what is resident at once."""
     config = rl_configs.get_config("tiny")
     config.mesh = {"data": 8}
     config.aot_target = "tpu:v5e-8"
@@ -43,3 +49,11 @@ def test_rl_update_compiles_for_the_presets_own_target():
     assert "target: tpu:v5e-8" in text and "2 microbatch(es) of 16 x 2048 tokens" in text
     assert report.fits and lines[-1].startswith("fits: yes (peak ")
     assert report.aliased > 0                          # the state is donated: updated in place
+    assert "engine: 32 slots x 2048 cache slots (dense), inference layout tensor 2" in text
+    totals = {}
+    for name in ("update", "prefill", "decode"):
+        line = next(line for line in lines if line.startswith(name))
+        totals[name] = float(re.search(r"= (\d+\.\d\d) GiB$", line).group(1))
+    assert "prefill (32 rows x 512 tokens into the cache)" in text and "decode (32 slots x 16 tokens)" in text
+    assert f"(peak {max(totals.values()):.2f} GiB of 15.75 GiB)" in lines[-1]
+    assert sum(line.startswith("fits: ") for line in lines) == 1

@@ -23,7 +23,7 @@ def test_paged_forward_in_chunks_equals_the_dense_decoder():
     got = []
     for start, size in ((0, 16), (16, 16), (32, 8)):
         pos = jnp.broadcast_to(jnp.arange(start, start + size, dtype=jnp.int32), (2, size))
-        hidden, pool = paged.forward(model, layers, pool, table, ids[:, start:start + size], pos)
+        hidden, pool = paged.forward(model, {"layers": layers}, pool, table, ids[:, start:start + size], pos)
         got.append(np.asarray(model.unembed(hidden)))
     np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=1e-5, rtol=0)
 

@@ -13,6 +13,10 @@ hands each ended turn to the agent: the episode ends (its slot is free for the n
 When no slot can compute, the step waits for the first call to come back. Parked slots cost nothing but their
 cache rows; the others keep decoding.
 
+On a mesh of more than one device the weight copy and the cache take the inference layout (layout.py: bf16 on
+accelerators, tensor-parallel over heads / MLP / vocabulary, the slots over the remaining devices), made from the
+training parameters once per policy version.
+
 The maths are the Sampler's: the same per-layer weight copy (Sampler.weights), the same cached forward (the
 decoder's own layer function, `Decoder._layer_fn`), the same sampling and stop automaton, so a greedy episode
 here equals its lockstep run. Each sampled token is fed back in the step that sampled it (the turn's last one
@@ -38,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from oresearcher import sampler as sampler_lib, synth_client
+from oresearcher import sampler as sampler_lib, sharding, synth_client
 from oresearcher.engine import paged
 from oresearcher.engine.agent import Agent
 from oresearcher.sampler import FINISH_REASONS, Completion, Sampler, SamplingParams
@@ -90,10 +94,10 @@ def _prefill_rows(graphdef, state, weights, cache, logits, rows, tokens, positio
     (the row's pending tokens end in this chunk). Only the R rows are read and written."""
     model = nnx.merge(graphdef, state)
     sub = jax.tree.map(lambda a: a[rows], cache)
-    hidden, sub = sampler_lib._cached_forward(model, weights["layers"], sub, tokens, positions, window)
+    hidden, sub = sampler_lib._cached_forward(model, weights, sub, tokens, positions, window)
     cache = jax.tree.map(lambda a, s: a.at[rows].set(s, mode="drop"), cache, sub)
     last = jnp.take_along_axis(hidden, last_col[:, None, None], axis=1)
-    new = model.unembed(last, weights["head"])[:, 0]
+    new = sampler_lib.head_logits(model, weights, last)[:, 0]
     logits = logits.at[rows].set(jnp.where(has[:, None], new, logits[rows]), mode="drop")
     return logits, cache
 
@@ -110,11 +114,11 @@ def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, 
 
     def forward(cache, tok, pos, live):
         if "table" in cache:      # paged: a position of -1 writes nothing
-            hidden, pool = paged.forward(model, weights["layers"], {"k": cache["k"], "v": cache["v"]},
+            hidden, pool = paged.forward(model, weights, {"k": cache["k"], "v": cache["v"]},
                                          cache["table"], tok[:, None], jnp.where(live, pos, -1)[:, None])
             return hidden, {**pool, "table": cache["table"]}
         slots = cache["segment_ids"].shape[1]   # dense: a position == slots writes nothing
-        return sampler_lib._cached_forward(model, weights["layers"], cache, tok[:, None],
+        return sampler_lib._cached_forward(model, weights, cache, tok[:, None],
                                            jnp.where(live, pos, slots)[:, None], window)
 
     def cond(c):
@@ -128,7 +132,7 @@ def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, 
             logits, jax.random.fold_in(key, i), i, live, out_t, out_lp, count, stop_state, finish, budget, table,
             eos, temperature, top_p, top_k, use_filter)
         hidden, cache = forward(cache, tok, pos, live)
-        logits = jnp.where(live[:, None], model.unembed(hidden, weights["head"])[:, 0], logits)
+        logits = jnp.where(live[:, None], sampler_lib.head_logits(model, weights, hidden)[:, 0], logits)
         return (i + 1, cache, logits, done | ended, pos + live, stop_state, count, finish, out_t, out_lp,
                 jnp.any(ended))
 
@@ -142,9 +146,9 @@ def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, 
 def _prefill_paged(graphdef, state, weights, pool, logits, rows, table, tokens, positions, last_col, has):
     """_prefill_rows on the paged cache: the rows' blocks are table [R, W]; a position of -1 is padding."""
     model = nnx.merge(graphdef, state)
-    hidden, pool = paged.forward(model, weights["layers"], pool, table, tokens, positions)
+    hidden, pool = paged.forward(model, weights, pool, table, tokens, positions)
     last = jnp.take_along_axis(hidden, last_col[:, None, None], axis=1)
-    new = model.unembed(last, weights["head"])[:, 0]
+    new = sampler_lib.head_logits(model, weights, last)[:, 0]
     logits = logits.at[rows].set(jnp.where(has[:, None], new, logits[rows]), mode="drop")
     return logits, pool
 
@@ -193,13 +197,15 @@ class Engine:
 
     def __init__(self, model, tokenizer=None, *, slots: int = 8, chunk: int = 16, prefill_chunk: int = 512,
                  min_bucket: int = 16, eos_ids: Sequence[int] | None = None, weight_layout: str | None = None,
-                 share_prefix: bool = True, kv: str = "dense", block: int = 16):
+                 share_prefix: bool = True, kv: str = "dense", block: int = 16, tensor: int = 0):
         """slots: episodes decoded at once; chunk: tokens per decode call; prefill_chunk: the most tokens a
         prefill call gives one slot; share_prefix: prefill the prompts' common prefix (system prompt and chat
         template) once per run and copy its cache entries into each slot a prompt takes. eos_ids and
         weight_layout as for Sampler (whose weight copy, stop tables and sampling the engine uses).
         kv: "dense" (each slot's rows [K, S, hd], S the bucket of the furthest reach of any slot: attention in
-        place, with the CPU kernels where built) or "paged" (paged.py: blocks of `block` tokens held by use)."""
+        place, with the CPU kernels where built) or "paged" (paged.py: blocks of `block` tokens held by use).
+        On a mesh of more than one device the weights and the cache take the inference layout (layout.py):
+        tensor-parallel over `tensor` devices (0: the largest that divides the heads), the slots over the rest."""
         if slots < 1 or chunk < 1:
             raise ValueError(f"Engine: slots ({slots}) and chunk ({chunk}) must be >= 1")
         if kv not in ("dense", "paged"):
@@ -207,7 +213,9 @@ class Engine:
         if kv == "paged" and weight_layout is None:
             weight_layout = "own" if sampler_lib._default_layout(model) == "own" else "blocks"
         self.sampler = Sampler(model, tokenizer, eos_ids=eos_ids, prefill_chunk=prefill_chunk,
-                               min_bucket=min_bucket, share_prefix=False, weight_layout=weight_layout)
+                               min_bucket=min_bucket, share_prefix=False, weight_layout=weight_layout,
+                               slots=slots, tensor=tensor)
+        self.placed = self.sampler.placed   # where the cache goes: the layout's mesh and rules, or the model's
         self.model = model
         self.slots = slots
         self.chunk = chunk
@@ -235,13 +243,13 @@ class Engine:
         spare = sampler_lib._spare(self.slots)
         need = sampler_lib._window(max_len, max(reach, 1)) + spare
         if self.cache is None:
-            self.cache = sampler_lib.init_cache(self.model, self.slots, need)
+            self.cache = sampler_lib.init_cache(self.placed, self.slots, need)
             return
         have = self.cache["segment_ids"].shape[1]
         if need > have or (shrink and 2 * need <= have):
             self.cache = self._resize(self.cache, need)
-            if self.model.mesh is not None:   # a shrink or a pad keeps the layout; re-place to be sure
-                target = sampler_lib.init_cache(self.model, self.slots, 1)
+            if self.placed.mesh is not None:   # a shrink or a pad keeps the layout; re-place to be sure
+                target = sampler_lib.init_cache(self.placed, self.slots, 1)
                 self.cache = jax.tree.map(lambda a, t: jax.device_put(a, t.sharding), self.cache, target)
 
     def _reserve(self, max_len: int, wants) -> None:
@@ -284,7 +292,7 @@ class Engine:
                 raise ValueError(f"Engine.run: prompt {i} has {len(p)} tokens; it needs 1 to max_len - 1 "
                                  f"(max_len={max_len}): raise max_len or shorten the prompt")
         weights = self.sampler.weights()
-        graphdef, state = nnx.split(self.model)
+        graphdef, state = self.sampler.split()
         table, eos = self.sampler.stop_table(params.stop), self.sampler._eos
         use_filter = params.temperature > 0 and (params.top_p < 1.0 or params.top_k > 0)
         base_key = jax.random.key(params.seed)
@@ -294,9 +302,13 @@ class Engine:
             self._fit(max_len, max(len(p) for p in prompts[:self.slots]))
         elif self.alloc is None:
             self.alloc = paged.BlockAllocator(self.slots, self.block, 64)
-            self.cache = paged.init_pool(self.model, 64, self.block)
+            self.cache = paged.init_pool(self.placed, 64, self.block)
         if self.logits is None:
             self.logits = jnp.zeros((self.slots, self.model.cfg.vocab_size), jnp.float32)
+            plan = self.sampler.plan
+            if plan is not None:    # as the programs leave them: slots over data, the vocabulary over tensor
+                self.logits = jax.device_put(self.logits, sharding.logical_sharding(
+                    ("activation_batch", "activation_vocab"), plan.mesh, plan.rules, self.logits.shape))
         prefix, shared = self._shared_prefix(prompts, graphdef, state, weights, max_len)
         stats = {"engine_steps": 0, "prefill_calls": 0, "decode_calls": 0, "decode_rows": 0.0, "kv_blocks_peak": 0}
         spans = [[-1, -1] for _ in prompts]
@@ -419,7 +431,7 @@ class Engine:
         size = _quarters(max(len(p) for p in pieces.values()), self.prefill_chunk, self.min_bucket)
         self._reserve(max_len, [(b, slots[b].written + min(size, len(pieces[b]))) for b in pending])
         n_slots = self.cache["segment_ids"].shape[1] if self.kv == "dense" else -1
-        r = _quarters(len(pending), self.slots, 1)
+        r = self.sampler.rows(_quarters(len(pending), self.slots, 1))
         rows = np.full((r,), self.slots, np.int32)
         tok = np.zeros((r, size), np.int32)
         pos = np.full((r, size), n_slots, np.int32)

@@ -95,18 +95,18 @@ def grow_pool(pool: dict, num_blocks: int) -> dict:
     return jax.tree.map(pad, pool)
 
 
-def forward(model, layers, pool: dict, table, tokens, positions):
+def forward(model, weights, pool: dict, table, tokens, positions):
     """Hidden states [R, T, D] for tokens [R, T] at positions [R, T] of rows whose blocks are table [R, W]
     (a position < 0 or >= W * block: padding, written nowhere), and the updated pool. Token (r, t) attends to
     its row's slots s <= positions[r, t]."""
-    from oresearcher.model.decoder import rms_norm, rope_frequencies
+    from oresearcher.model.decoder import rope_frequencies
+    from oresearcher.sampler import embed, final_norm
 
     cfg = model.cfg
     r, w = table.shape
     block = pool["k"][0].shape[2]
     n_blocks = pool["k"][0].shape[0]
-    x = jnp.take(model.embed[...], tokens, axis=0).astype(jnp.dtype(cfg.compute_dtype))
-    x = model._constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+    x = embed(model, weights, tokens)
     valid = (positions >= 0) & (positions < w * block)
     safe = jnp.where(valid, positions, 0)
     dest = jnp.where(valid, jnp.take_along_axis(table, safe // block, axis=1), n_blocks)   # n_blocks: dropped
@@ -122,8 +122,8 @@ def forward(model, layers, pool: dict, table, tokens, positions):
 
     layer = model._layer_fn(positions, mask, rope_frequencies(cfg), kv_io=kv_io)
     ks, vs = [], []
-    for p, k, v in zip(layers, pool["k"], pool["v"]):
+    for p, k, v in zip(weights["layers"], pool["k"], pool["v"]):
         x, (k, v) = layer(x, p, (k, v))
         ks.append(k)
         vs.append(v)
-    return rms_norm(x, model.final_norm[...], cfg.rms_norm_eps), {"k": tuple(ks), "v": tuple(vs)}
+    return final_norm(model, weights, x), {"k": tuple(ks), "v": tuple(vs)}

@@ -43,7 +43,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from oresearcher import sharding
+from oresearcher import losses, sharding
 
 # ---------------------------------------------------------------------------------------------- registries
 ADVANTAGE_ESTIMATORS: dict[str, Callable] = {}
@@ -252,26 +252,34 @@ def target_logprobs(model, batch, temperature: float = 1.0, chunk: int = 512, in
     if index is not None:
         hidden = jnp.take_along_axis(hidden, index[..., None], axis=1)
         targets = jnp.take_along_axis(targets, index, axis=1)
-    t = hidden.shape[1]
+    b, t, d = hidden.shape
     chunk = min(chunk, t)
+    n = -(-t // chunk)
 
     @jax.checkpoint
-    def chunk_logprobs(h, tgt):
+    def chunk_logprobs(args):
+        h, tgt = args
         logits = model.unembed(h).astype(jnp.float32) / temperature
         lse = jax.nn.logsumexp(logits, axis=-1)
         picked = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
         if not with_entropy:
-            return picked - lse, None
+            return picked - lse, jnp.zeros_like(lse)
         z = jax.lax.stop_gradient(logits)
         # H = logsumexp(z) - sum_v p_v z_v: one more pass over the chunk's logits, none in the backward
         entropy = jax.lax.stop_gradient(lse) - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1)
         return picked - lse, entropy
 
-    pieces = [chunk_logprobs(hidden[:, s:s + chunk], targets[:, s:s + chunk]) for s in range(0, t, chunk)]
-    logp = jnp.concatenate([p[0] for p in pieces], axis=1)
-    if not with_entropy:
-        return logp
-    return logp, jnp.concatenate([p[1] for p in pieces], axis=1)
+    if n == 1:
+        logp, entropy = chunk_logprobs((hidden, targets))
+    else:
+        # one chunk after another (lax.map), as losses.logprobs_from_hidden does: chunks written as separate ops
+        # are free for XLA to schedule at once, each with its [B, chunk, V] fp32 logits alive (hundreds of GiB
+        # for a 64k-token episode of a 152k vocabulary)
+        h = losses._pad_to_multiple(hidden, chunk).reshape(b, n, chunk, d).swapaxes(0, 1)
+        y = losses._pad_to_multiple(targets, chunk).reshape(b, n, chunk).swapaxes(0, 1)
+        out = jax.lax.map(chunk_logprobs, (h, y))
+        logp, entropy = (o.swapaxes(0, 1).reshape(b, n * chunk)[:, :t] for o in out)
+    return (logp, entropy) if with_entropy else logp
 
 
 def policy_view(batch: dict) -> dict:

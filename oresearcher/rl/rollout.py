@@ -195,7 +195,7 @@ def make_generator(model, tokenizer, rollout_config, episodes_per_step: int):
     if backend == "engine":
         slots = int(rollout_config.get("slots", 0)) or episodes_per_step
         return Engine(model, tokenizer, slots=slots, chunk=int(rollout_config.get("chunk", 16)),
-                      prefill_chunk=chunk)
+                      prefill_chunk=chunk, tensor=int(rollout_config.get("tensor", 0)))
     raise ValueError(f"rollout.backend={backend!r}: use 'engine' or 'lockstep'")
 
 
