@@ -41,7 +41,8 @@ INSTALL_REQUIRES = [
     "pydantic>=2.14.3",
     "bm25s>=0.3.16",                  # the embedded corpus's search index
     "trafilatura>=2.3.1",             # crawl_page: the main content of an HTML page (menus, banners, footers dropped)
-    "lxml-html-clean>=0.4.7",         # trafilatura's HTML cleaner: lxml 6 no longer ships it, and trafilatura does not declare it
+    "lxml-html-clean>=0.4.7",         # trafilatura's HTML cleaner: lxml 6 no longer ships it, and trafilatura
+                                      # does not declare it
     "pypdf>=7.1.1",                   # crawl_page: the text of PDF pages
     "tqdm>=4.70.1",                   # progress bars
     "matplotlib>=3.11.2",             # plots written by evaluation, ablations and benchmarks
@@ -61,7 +62,8 @@ EXTRAS = {
     "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0", "scipy==1.17.1", "accelerate==1.15.0",
             # the Colab notebook, executed by tests/test_colab_notebook.py
             "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
-            "tensorboardX==2.6.5"],
+            "tensorboardX==2.6.5",
+            "ruff==0.17.6"],                  # the linter and formatter settings in pyproject.toml
 }
 
 setup(
@@ -69,7 +71,8 @@ setup(
     version="0.1.0",
     description="Multi-agent distillation and agentic RL for deep-research LLMs, in JAX",
     python_requires=">=3.11",
-    packages=find_packages(include=["oresearcher", "oresearcher.*", "synth", "synth.*", "experiments", "experiments.*"]),
+    packages=find_packages(include=["oresearcher", "oresearcher.*", "synth", "synth.*", "experiments",
+                                    "experiments.*"]),
     package_data={"synth": ["prompts/*.txt", "prompts/*.shots.json"], "experiments": ["data/*"],
                   "oresearcher": ["model/*.cc"]},  # the CPU kernels, compiled on first use
     install_requires=INSTALL_REQUIRES,

@@ -77,7 +77,7 @@ def model_overrides(**values) -> ConfigDict:
     import dataclasses
     import typing
 
-    from oresearcher.model.config import ModelConfig   # the fields themselves, so this list never goes stale
+    from oresearcher.model.config import ModelConfig  # the fields themselves, so this list never goes stale
 
     hints = typing.get_type_hints(ModelConfig)
     c = ConfigDict()

@@ -16,13 +16,13 @@ Presets (each says how to run it and what it should reach):
   qwen2.5-7b-gpu8     python -m oresearcher.train --config=configs/sft.py:qwen2.5-7b-gpu8 \
                           --config.model=/ckpt/Qwen2.5-7B-Instruct --config.data.train=/data/sft.jsonl
       One 8xH100 host, FSDP over 8 GPUs, bf16, full remat, 32k-token packed rows, 16 rows per step (2 x 8
-      microbatches: one row per GPU); PAPER §5 hyper-parameters (lr 1.4e-5, warmup 10%, 4 epochs). Targets (not yet measured on
-      GPUs): ~35-45% MFU, final train loss ~0.3-0.5 on synthesized trajectories.
+      microbatches: one row per GPU); PAPER §5 hyper-parameters (lr 1.4e-5, warmup 10%, 4 epochs). Targets (not
+      yet measured on GPUs): ~35-45% MFU, final train loss ~0.3-0.5 on synthesized trajectories.
   qwen2.5-72b-v5p     python -m oresearcher.train --config=configs/sft.py:qwen2.5-72b-v5p \
                           --config.model=gs://.../Qwen2.5-72B-Instruct --config.data.train=...
       The paper's run: a TPU v5p-256 slice (128 chips: fsdp 32 x sequence 4), 64k-token rows with ring
-      attention over the sequence axis, bf16 params and compute, 32 rows per step (one per data x fsdp group). To be proven to fit by ahead-of-time
-      compilation (oresearcher.aot).
+      attention over the sequence axis, bf16 params and compute, 32 rows per step (one per data x fsdp group).
+      To be proven to fit by ahead-of-time compilation (oresearcher.aot).
 """
 from ml_collections import ConfigDict
 

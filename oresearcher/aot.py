@@ -35,7 +35,8 @@ import math
 import os
 import re
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 GiB = 1024 ** 3
 
@@ -190,7 +191,7 @@ class MemoryReport:
         return self.peak <= self.capacity
 
     @classmethod
-    def of(cls, compiled, capacity: int, margin: float = 0.0) -> "MemoryReport":
+    def of(cls, compiled, capacity: int, margin: float = 0.0) -> MemoryReport:
         m = compiled.memory_analysis()
         args, outs, alias = m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes
         temps, code = m.temp_size_in_bytes, m.generated_code_size_in_bytes
@@ -199,7 +200,7 @@ class MemoryReport:
         return cls(args, outs, alias, temps, code, int(peak * (1 + margin)), capacity, margin)
 
     @classmethod
-    def out_of_memory(cls, error: Exception, capacity: int) -> "MemoryReport | None":
+    def out_of_memory(cls, error: Exception, capacity: int) -> MemoryReport | None:
         """XLA:TPU refuses to finish a compile that cannot fit ("RESOURCE_EXHAUSTED: ... required for HLO
         temporaries (64.01G) exceeds available HBM (15.75G)"); its figures become a report that does not fit."""
         text = str(error)
@@ -217,9 +218,11 @@ class MemoryReport:
         return [f"  arguments    {g(self.arguments)}", f"  outputs      {g(self.outputs)}",
                 f"  aliased      {g(self.aliased)}", f"  temporaries  {g(self.temporaries)}",
                 f"  code         {g(self.code)}",
-                f"  peak         {g(self.peak)}" + (f"  (XLA's figure + {self.margin:.0%} margin)" if self.margin else ""),
+                f"  peak         {g(self.peak)}"
+                + (f"  (XLA's figure + {self.margin:.0%} margin)" if self.margin else ""),
                 f"  capacity     {g(self.capacity)}",
-                f"fits: {'yes' if self.fits else 'no'} (peak {self.peak / GiB:.2f} GiB of {self.capacity / GiB:.2f} GiB)"]
+                f"fits: {'yes' if self.fits else 'no'} "
+                f"(peak {self.peak / GiB:.2f} GiB of {self.capacity / GiB:.2f} GiB)"]
 
 
 def compile_on(target: Target, fn: Callable, *abstract_args, donate_argnums=(), in_shardings=None,

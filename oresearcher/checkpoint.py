@@ -20,7 +20,7 @@ naming the checkpoint directory and both model sizes, before anything is read.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np

@@ -21,7 +21,8 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from oresearcher import checkpoint as checkpoint_lib, paths, sharding
+from oresearcher import checkpoint as checkpoint_lib
+from oresearcher import paths, sharding
 
 
 class ExportError(ValueError):

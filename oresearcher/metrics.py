@@ -167,7 +167,7 @@ def _tensorboard_writer(logdir: Path):
     if importlib.util.find_spec("tensorboardX") is not None:
         from tensorboardX import SummaryWriter
     elif importlib.util.find_spec("tensorboard") is not None and importlib.util.find_spec("torch") is not None:
-        from torch.utils.tensorboard import SummaryWriter   # needs the tensorboard package, tensorboardX does not
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package, tensorboardX does not
     else:
         return None
     return SummaryWriter(str(logdir))

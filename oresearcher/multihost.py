@@ -32,7 +32,7 @@ _calls = itertools.count()            # the same sequence on every process: name
 
 
 def _client():
-    from jax._src import distributed   # the coordination service client; no public accessor exists yet
+    from jax._src import distributed  # the coordination service client; no public accessor exists yet
     client = distributed.global_state.client
     if client is None:
         raise RuntimeError("several JAX processes but no distributed client: call jax.distributed.initialize() "

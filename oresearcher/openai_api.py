@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Iterable, Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError

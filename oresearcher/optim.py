@@ -8,7 +8,7 @@ config.optim keys: lr (peak), warmup_fraction (of total steps; or warmup_steps i
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

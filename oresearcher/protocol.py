@@ -290,7 +290,8 @@ def render_synthesis(report: str) -> str:
 
 def render_error(tool: str, message: str) -> str:
     """An observation body that says plainly that the call failed (so the model can retry or move on)."""
-    return f"# Tool Error\nError: the {tool} call failed: {_one_line(message)}\nNo results were returned for this call.\n"
+    return (f"# Tool Error\nError: the {tool} call failed: {_one_line(message)}\n"
+            "No results were returned for this call.\n")
 
 
 # Anything a reader could take for a protocol tag: any case, spaces inside the brackets, attributes;

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -624,7 +624,8 @@ class Sampler:
         use_filter = params.temperature > 0 and (params.top_p < 1.0 or params.top_k > 0)
         key = jax.random.key(params.seed)
         out_t, out_lp, count, finish, session.cache = self._decode(
-            graphdef, state, weights, session.cache, logits, jnp.asarray(session.written, jnp.int32), jnp.asarray(active),
+            graphdef, state, weights, session.cache, logits, jnp.asarray(session.written, jnp.int32),
+            jnp.asarray(active),
             jnp.asarray(budget, jnp.int32), key, jnp.float32(params.temperature), jnp.float32(params.top_p),
             jnp.int32(params.top_k), self.stop_table(params.stop), self._eos, out_len=out_len,
             use_filter=use_filter, window=window)

@@ -146,7 +146,7 @@ def build_app(engine: Engine, names: list[str] | None = None) -> FastAPI:
             futures = [engine.submit(p, max_new, dataclasses.replace(params, seed=(params.seed + i) % 2 ** 32))
                        for p in prompts for i in range(n)]
         except ValueError as e:
-            raise APIError(400, str(e), "messages")
+            raise APIError(400, str(e), "messages") from None
         return [f.result() for f in futures]
 
     @app.get("/healthz")
@@ -193,7 +193,7 @@ def load(checkpoint: str | None):
         return load_hf(checkpoint), Tokenizer.from_dir(checkpoint), checkpoint.rstrip("/").split("/")[-1]
     except FileNotFoundError as e:
         raise SystemExit(f"--checkpoint={checkpoint}: {e}; point it at an HF-layout directory (config.json, "
-                         f"*.safetensors, tokenizer.json), e.g. one written by save_hf")
+                         f"*.safetensors, tokenizer.json), e.g. one written by save_hf") from None
 
 
 def main(argv=None):

@@ -26,7 +26,8 @@ import optax
 from flax import nnx
 
 from oresearcher import checkpoint as checkpoint_lib
-from oresearcher import losses, metrics as metrics_lib, optim, paths, sharding
+from oresearcher import losses, optim, paths, sharding
+from oresearcher import metrics as metrics_lib
 from oresearcher.preemption import NonFiniteError, PreemptionGuard, check_finite
 
 BATCH_KEYS = ("input_ids", "targets", "loss_mask", "positions", "segment_ids")
@@ -115,8 +116,9 @@ class TrainStep:
         """This process's numpy rows [B / process_count, T] -> global [B, T] arrays sharded on the mesh."""
         if jax.process_count() > 1 and self.batch_sharding.is_fully_replicated:
             # A replicated batch would make every process's rows "the" global batch: silently inconsistent.
-            raise ValueError(f"data.batch_size cannot be split over the mesh's batch axes ({dict(self.batch_sharding.mesh.shape)}) "
-                             f"across {jax.process_count()} processes: use a multiple of data x fsdp")
+            raise ValueError(f"data.batch_size cannot be split over the mesh's batch axes "
+                             f"({dict(self.batch_sharding.mesh.shape)}) across {jax.process_count()} processes: "
+                             f"use a multiple of data x fsdp")
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(batch[k]))
                 for k in BATCH_KEYS}
 

@@ -11,14 +11,15 @@ A mesh axis that does not divide an array dimension is an error (IndivisibleAxis
 dimension and the mesh: dropping it would replicate that dimension over the axis, and every device would then
 hold (or compute) the whole of it, e.g. a microbatch of 4 rows on an fsdp axis of 8 computed 8 times over, or
 SmolLM2's 3 KV heads on a tensor axis of 2 copied to both devices. The one exception is a dimension of size 1 (a
-single row, the sampler's shared prompt prefix): there is nothing to split, and it is replicated. Constraints are applied whenever a mesh
-is known (the model's, or the one set with `jax.set_mesh`), CPU included; with no mesh there is nothing to
-constrain against and `constrain` returns its input.
+single row, the sampler's shared prompt prefix): there is nothing to split, and it is replicated. Constraints are
+applied whenever a mesh is known (the model's, or the one set with `jax.set_mesh`), CPU included; with no mesh
+there is nothing to constrain against and `constrain` returns its input.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec

@@ -16,7 +16,6 @@ sys.modules.setdefault("jax", None)
 
 from synth.config import DEFAULT, load_config
 
-
 EPILOG = """\
 presets (--config=configs/synth.py:PRESET; see that file):
   embedded  default; offline, no keys: extractive teacher, local Wikipedia corpus tools, heuristic judge
@@ -135,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "questions":
         return write_questions(cfg, args)
     if args.command == "serve":
-        from synth.service import bind_refusal, serve as serve_app
+        from synth.service import bind_refusal
+        from synth.service import serve as serve_app
         refusal = bind_refusal(cfg, args.host, args.insecure)
         if refusal:
             print(f"error: {refusal}", file=sys.stderr)

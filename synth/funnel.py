@@ -81,7 +81,7 @@ class Rules:
     band: tuple[int, int] | None   # (low, high) of N, or None (no band)
 
     @classmethod
-    def of(cls, w) -> "Rules":
+    def of(cls, w) -> Rules:
         """The hard rules a workflow config asks for (workflow.rules and its explicit minimums)."""
         name = w.get("rules", "band")
         if name not in RULES:
@@ -137,7 +137,7 @@ class Synthesizer:
         self.prompt_hashes = prompt_hashes()
 
     @classmethod
-    def from_config(cls, cfg, tools=None) -> "Synthesizer":
+    def from_config(cls, cfg, tools=None) -> Synthesizer:
         from synth.tools import Tools
         tools = tools or Tools.from_config(cfg)
         return cls(cfg, tools, make_teacher(cfg, tools), make_judge(cfg, tools))

@@ -42,10 +42,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.utils
+import importlib.util
 import json
 import logging
 import os
-import importlib.util
 import random
 import re
 import ssl
@@ -126,7 +126,7 @@ class Endpoint:
             raise ValueError(f"endpoint {self.base_url}: max_concurrency must be >= 1, got {self.max_concurrency}")
 
     @classmethod
-    def from_dict(cls, spec: dict) -> "Endpoint":
+    def from_dict(cls, spec: dict) -> Endpoint:
         """From a config entry {"base_url", "model", "api_key_env"?, "max_concurrency"?, "price_*"?}."""
         missing = [k for k in ("base_url", "model") if not spec.get(k)]
         if missing:
@@ -297,7 +297,7 @@ class LLMClient:
         self._loop = None   # the event loop self._clients belong to (_client)
 
     @classmethod
-    def from_config(cls, cfg) -> "LLMClient":
+    def from_config(cls, cfg) -> LLMClient:
         """From a config section {endpoints: [{base_url, model, api_key_env?, max_concurrency?, price_*?,
         token_param?, drop_params?}, ...],
         timeout?, max_retries?, backoff?, backoff_max?} (dict or ml_collections ConfigDict)."""

@@ -101,7 +101,7 @@ class ProcessPool:
         worker = _Worker(process)
         return worker
 
-    async def start(self) -> "ProcessPool":
+    async def start(self) -> ProcessPool:
         """Start the missing workers (a dead one is replaced) and wait until each is ready."""
         self._starting = self._starting or asyncio.Lock()
         async with self._starting:
@@ -138,7 +138,7 @@ class ProcessPool:
         for worker in self.workers:
             try:
                 await asyncio.wait_for(worker.process.wait(), timeout=60)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 worker.process.kill()
             await worker.reader
         self.workers = []

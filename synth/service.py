@@ -172,7 +172,7 @@ class Metrics:
 def create_app(cfg, *, eager: bool = False) -> FastAPI:
     """The FastAPI app for config `cfg` (ConfigDict from configs/synth.py). eager=True builds the teacher, tools
     and judge now, so that a bad config fails (ValueError naming the key) before the server listens."""
-    from synth.funnel import Synthesizer, run_job   # the workflow is only needed once a job runs
+    from synth.funnel import Synthesizer, run_job  # the workflow is only needed once a job runs
     from synth.pool import make_synthesizer
 
     body_limit = int(cfg.service.get("max_body_bytes", 32 << 20))
@@ -300,15 +300,15 @@ def create_app(cfg, *, eager: bool = False) -> FastAPI:
         try:
             check_overrides(body.overrides)   # cheap, before the first job builds the tools
         except ValueError as error:
-            raise HTTPException(422, detail=f"overrides: {error}")
+            raise HTTPException(422, detail=f"overrides: {error}") from None
         try:
             synthesizer()
         except BUILD_ERRORS as error:
-            raise HTTPException(503, detail=f"the service's config cannot build a synthesizer: {error}")
+            raise HTTPException(503, detail=f"the service's config cannot build a synthesizer: {error}") from None
         try:
             synth = build(body.overrides)   # before the job is stored: a job that cannot run is never accepted
         except BUILD_ERRORS as error:
-            raise HTTPException(422, detail=f"overrides: {error}")
+            raise HTTPException(422, detail=f"overrides: {error}") from None
         job_id = store().create_job(seeds, body.overrides)
         start_job(job_id, synth)
         return store().job(job_id)

@@ -7,10 +7,11 @@
     candidate.report   # the <suggested_answer> body: cited report with a "[n]. URL - Title" References list
 
 Each researcher is its own Plan -> Execute -> Observe loop over one sub-query, bounded by `step_budget` tool
-calls (with `tool_high`, the reward's band, K researchers share 2 * tool_high calls: `Workflow.budget`); in "parallel" mode the researchers run concurrently (asyncio), in "sequential" mode (the single-context
-ablation) one after another, each seeing everything its predecessors wrote. Sub-reports cite with their own
-numbers; the summarizer's report is renumbered globally, and only references whose URL was shown in an
-observation of this trajectory survive, so every cited URL can be checked against the evidence.
+calls (with `tool_high`, the reward's band, K researchers share 2 * tool_high calls: `Workflow.budget`); in
+"parallel" mode the researchers run concurrently (asyncio), in "sequential" mode (the single-context ablation) one
+after another, each seeing everything its predecessors wrote. Sub-reports cite with their own numbers; the
+summarizer's report is renumbered globally, and only references whose URL was shown in an observation of this
+trajectory survive, so every cited URL can be checked against the evidence.
 """
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 dropping a mesh axis; the RL update compiles for the preset's own target with no --target flag."""
 import re
 
-import numpy as np
 import pytest
 
 from configs import rl as rl_configs

@@ -6,8 +6,17 @@ import pathlib
 import numpy as np
 import pytest
 
-from oresearcher.data import (Example, PackedRows, collate, collate_row, eval_batches, load_examples, pack_rows,
-                              split_examples, train_batches)
+from oresearcher.data import (
+    Example,
+    PackedRows,
+    collate,
+    collate_row,
+    eval_batches,
+    load_examples,
+    pack_rows,
+    split_examples,
+    train_batches,
+)
 from oresearcher.model.tokenizer import Tokenizer
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"

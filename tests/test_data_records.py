@@ -73,7 +73,7 @@ def test_over_long_trajectory_is_skipped_or_stops(tmp_path):
     assert [e.id for e in examples] == [GOOD[0]["id"], GOOD[2]["id"]]
     assert stats.kept == 2 and dict(stats.skipped) == {"too_long": 1}
     assert stats.examples["too_long"].startswith(f"{path} line 2: too_long:")
-    with pytest.raises(BadRecord, match=rf"line 2: too_long: \d+ tokens > max_len 3000 \(1 kept, 1 skipped"):
+    with pytest.raises(BadRecord, match=r"line 2: too_long: \d+ tokens > max_len 3000 \(1 kept, 1 skipped"):
         load_examples(str(path), tok, max_len=3000, on_bad_record="stop")
 
 

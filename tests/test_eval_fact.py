@@ -68,9 +68,9 @@ def scripted_support(request):
 
 def test_fact_over_http_with_real_pages(tmp_path):
     from scripted_openai import Faults, ScriptedOpenAI
-    from synth.tools import Tools
 
     from experiments.eval.judge import Judge
+    from synth.tools import Tools
 
     tools = Tools.from_config({"cache_dir": str(tmp_path), "search": {"backend": "local"},
                                "crawl": {"backend": "local"}})

@@ -112,6 +112,7 @@ def test_masked_tokens_get_exactly_zero_gradient():
 def test_observation_tokens_zero_gradient_through_model():
     """With a real decoder: the loss does not depend on the targets/old logprobs at observation positions."""
     from flax import nnx
+
     from oresearcher.model import PRESETS, Decoder
 
     model = Decoder(PRESETS["tiny"], rngs=nnx.Rngs(0))

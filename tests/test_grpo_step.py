@@ -1,6 +1,5 @@
 """The jitted GRPO update on a 2x2x2 mesh equals the same update on one device, and several optimizer steps on one
 rollout batch move the ratio away from 1 (the old logprobs stay those of the rollout)."""
-import types
 
 import jax
 import numpy as np
@@ -11,7 +10,8 @@ from flax import nnx
 from oresearcher import sharding
 from oresearcher.model import PRESETS, Decoder
 from oresearcher.rl import grpo
-from oresearcher.rl.grpo import GRPOConfig, place_batch as _place, train_step
+from oresearcher.rl.grpo import GRPOConfig, train_step
+from oresearcher.rl.grpo import place_batch as _place
 
 
 def _batch(model, seed=0, b=8, t=32):

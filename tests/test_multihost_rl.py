@@ -17,7 +17,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_multihost import REPO, _env, _free_port
 
 ARGS = ["--config=configs/rl.py:tiny", "--config.total_steps=2", "--config.checkpoint_every=2",

@@ -6,7 +6,6 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax

@@ -16,6 +16,7 @@ def tiny_llama(tmp_path_factory):
     """A random Llama (GQA, untied head) built with transformers, saved, and loaded with our load_hf."""
     import torch
     import transformers
+
     from oresearcher.model import load_hf
 
     torch.manual_seed(0)
@@ -169,6 +170,7 @@ def test_sampling_filters_and_budget(tiny_llama):
 def test_smollm2_greedy_matches_transformers_64_tokens():
     import torch
     import transformers
+
     from oresearcher.model import load_gguf
     from oresearcher.model.gguf_io import embedded_gguf_path
 
@@ -193,6 +195,7 @@ def test_shared_prefix_on_a_mesh_equals_the_plain_sampler():
     """The same on a sharded model (data x fsdp x tensor = 2 x 2 x 2): the one-row prefix cache and the copy into
     the batch's sharded cache give the plain sampler's greedy tokens and logprobs."""
     from flax import nnx
+
     from oresearcher import sharding
     from oresearcher.model.config import PRESETS
     from oresearcher.model.decoder import Decoder

@@ -54,6 +54,7 @@ def test_loop_stops_at_a_stop_string_spanning_tokens():
     """A random decoder with SmolLM2's real tokenizer: pick a stop string that starts inside one generated token
     and ends inside a later one; generation must stop exactly at the token that completes it."""
     from flax import nnx
+
     from oresearcher.model import PRESETS, Decoder, load_gguf
 
     _, tokenizer = load_gguf()
@@ -80,6 +81,7 @@ def test_loop_stops_at_a_stop_string_spanning_tokens():
 def test_sampling_distribution_matches_softmax_and_filters():
     import jax
     import jax.numpy as jnp
+
     from oresearcher.sampler import _sample
 
     logits = jnp.log(jnp.array([[0.5, 0.25, 0.15, 0.07, 0.03]] * 20000))

@@ -6,8 +6,8 @@ import numpy as np
 from flax import nnx
 
 from oresearcher import losses
-from oresearcher.model import PRESETS, Decoder
 from oresearcher.data import Example, collate, collate_row, pack_rows
+from oresearcher.model import PRESETS, Decoder
 
 
 def _examples(seed=0, lengths=(17, 9, 30, 5)):

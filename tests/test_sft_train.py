@@ -112,9 +112,10 @@ def test_nan_stops_with_a_message_and_the_last_good_checkpoint_kept(tmp_path):
     bad_step = int(line.split("step ")[1].split(":")[0])
     kept = sorted(int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit())
     assert kept and kept[-1] == bad_step - 1
-    from oresearcher.checkpoint import Checkpointer
     import jax
     import numpy as np
+
+    from oresearcher.checkpoint import Checkpointer
     ckpt = Checkpointer(tmp_path / "checkpoints")
     restored, data_state = ckpt.restore(kept[-1])
     ckpt.close()

@@ -288,7 +288,7 @@ def test_a_body_over_the_limit_is_refused_with_413(small):
 def test_seeds_are_checked_as_the_cli_checks_them(service, tmp_path, seeds, named):
     r = http.post(f"{service}/v1/jobs", json={"seeds": seeds})
     assert r.status_code == 422 and named in r.text, r.text
-    from synth.cli import read_seeds   # the same seeds as a file: the same problems, named by line
+    from synth.cli import read_seeds  # the same seeds as a file: the same problems, named by line
     path = tmp_path / "seeds.jsonl"
     path.write_text("".join(json.dumps(s) + "\n" for s in seeds))
     _, errors = read_seeds(str(path), 20000)

@@ -4,9 +4,9 @@ import asyncio
 import json
 
 import pytest
+from scripted_openai import Faults, ScriptedOpenAI
 
 from oresearcher import protocol
-from scripted_openai import Faults, ScriptedOpenAI
 from synth import text as text_lib
 from synth.judge import DIMENSIONS, HeuristicJudge, LLMJudge, parse_rubric
 from synth.llm import Endpoint, LLMClient

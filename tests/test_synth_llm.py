@@ -5,8 +5,8 @@ import time
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-
 from scripted_openai import Faults, LocalServer, ScriptedOpenAI
+
 from synth.llm import Accounting, Endpoint, LLMClient, LLMError
 
 

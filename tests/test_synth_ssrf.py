@@ -5,8 +5,8 @@ import ipaddress
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-
 from scripted_openai import LocalServer
+
 from synth.tools import Tools
 from synth.tools.ssrf import BlockedURL, Guard, blocked_reason
 

@@ -10,9 +10,9 @@ import sys
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from scripted_openai import Faults, LocalServer, ScriptedOpenAI
 
 from oresearcher import protocol
-from scripted_openai import Faults, LocalServer, ScriptedOpenAI
 from synth.llm import Endpoint, LLMClient
 from synth.tools import Tools
 from synth.tools.cache import ToolCache
@@ -127,7 +127,7 @@ def test_serper_backend_rotates_keys_against_a_fake_api(monkeypatch, tmp_path):
             return JSONResponse({"message": "quota"}, status_code=429)
         body = await request.json()
         return {"organic": [{"title": f"{body['q']} result {i}", "link": f"https://site{i}.example/{i}",
-                             "snippet": f"snippet {i}", "date": "2025-01-0{}".format(i + 1)}
+                             "snippet": f"snippet {i}", "date": f"2025-01-0{i + 1}"}
                             for i in range(body["num"])]}
 
     monkeypatch.setenv("TEST_SERPER_A", "revoked-key")

@@ -82,7 +82,8 @@ def test_trimmed_backend_offsets_do_not_leave_gaps(tmp_path):
 
 def test_non_byte_level_offsets_close_gaps(tmp_path):
     """A Metaspace (sentencepiece-like) BPE built with `tokenizers`: the backend offsets, gaps closed."""
-    from tokenizers import Tokenizer as Backend, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     backend = Backend(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Metaspace()

@@ -41,10 +41,11 @@ def synth_output(tmp: Path) -> Path:
 def rl_workdir(tmp: Path, records: list[dict]) -> Path:
     """An RL workdir written by the trainer's own writers (episodes.jsonl, metrics.jsonl) for three steps whose
     episodes answer with the synth trajectories: the rewards are the real local parts and judge scores."""
+    import numpy as np
+
     from oresearcher import metrics as metrics_lib
     from oresearcher.rl import rewards, train
     from oresearcher.rl.rollout import Episode, ToolCall
-    import numpy as np
 
     workdir, cfg = tmp / "rl", rewards.RewardConfig()
     writer = metrics_lib.MetricsWriter(workdir, 3, progress=False)
@@ -169,6 +170,7 @@ def test_released_traces_render(tmp_path):
     """The released model's traces (missing openers, a report in another language): every citation resolved,
     quirks marked; unobserved citations marked as such."""
     from fastapi.testclient import TestClient
+
     from experiments.view.app import create_app
     from experiments.view.sources import Catalog
 
@@ -198,6 +200,7 @@ def test_run_agent_output_beside_the_released_traces(tmp_path):
     import asyncio
 
     from fastapi.testclient import TestClient
+
     from experiments import run_agent
     from experiments.view.app import create_app
     from experiments.view.sources import Catalog
@@ -236,6 +239,7 @@ def test_lazy_index_of_100k_records(tmp_path):
     """A 100k-line file: the first page comes from the first block of the scan and parses only its rows; a
     record near the end is found by its offset."""
     from fastapi.testclient import TestClient
+
     from experiments.view.app import create_app
     from experiments.view.sources import Catalog
 

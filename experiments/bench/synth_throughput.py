@@ -277,7 +277,8 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3, help="measurements per figure; the median is reported")
     ap.add_argument("--server-processes", type=int, default=1,
-                    help="processes of the scripted LLM server (its CPU is reported as server_cpu; 1 is not a bottleneck)")
+                    help="processes of the scripted LLM server (its CPU is reported as server_cpu; "
+                    "1 is not a bottleneck)")
     ap.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                     help="synth worker processes for the throughput runs (workflow.processes; default: one per CPU)")
     ap.add_argument("--section", default="", help="write the figures under this key of an existing --out file "

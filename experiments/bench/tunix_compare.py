@@ -34,7 +34,6 @@ Writes experiments/bench/results/tunix_compare.json and tunix_compare.png.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os

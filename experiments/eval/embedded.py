@@ -43,7 +43,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from experiments.eval.kpr import LexicalKeyPoints, kpr_report
 from oresearcher import paths, protocol, synth_client
 
@@ -70,6 +69,7 @@ class InProcessTools:
 
         import uvicorn
         from fastapi import FastAPI
+
         from synth.judge import HeuristicJudge
         from synth.tools import Tools
 

@@ -83,7 +83,7 @@ class Judge:
     @classmethod
     def from_endpoint(cls, base_url: str, model: str, *, api_key_env: str = "", max_attempts: int = 3,
                       temperature: float = 0.0, max_tokens: int = 4096, timeout: float = 300.0,
-                      max_retries: int = 6, backoff: float = 1.0) -> "Judge":
+                      max_retries: int = 6, backoff: float = 1.0) -> Judge:
         """A judge behind any OpenAI-compatible endpoint, through synth's LLM client (which retries timeouts,
         5xx and 429 with backoff); `api_key_env` names the environment variable holding the key, if any."""
         from synth.llm import Endpoint, LLMClient

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import uvicorn
+
     from experiments.view.app import create_app
 
     for source in catalog.sources:

@@ -20,8 +20,8 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from oresearcher import protocol
 from experiments.view.jsonl import JsonlFile, needles
+from oresearcher import protocol
 
 # The categories the index can filter on, in the order the menu shows them.
 CATEGORIES = ("accepted", "rejected", "kept", "dropped", "abstained", "report", "no report", "unreadable")
@@ -118,7 +118,7 @@ class Catalog:
             source.parts[p].file.wait_for(line + 1)
             source.parts[p].file.raw(line)
         except (ValueError, IndexError):
-            raise KeyError(f"no trace {key!r}: trace keys are <source>.<part>.<line> as the index links them")
+            raise KeyError(f"no trace {key!r}: trace keys are <source>.<part>.<line> as the index links them") from None
         return source, p, line
 
     def summary(self, source: Source, p: int, line: int, data: bytes | None = None) -> Summary | None:

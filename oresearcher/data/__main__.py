@@ -33,7 +33,7 @@ def marked(text: str, ids, offsets, mask, tokenizer, keep: int) -> str:
     """The rendered chat with runs of masked tokens wrapped in ⟦ ⟧; runs longer than 2*keep characters are
     shortened in the middle."""
     out, run_start, pos = [], None, 0
-    for (s, e), m in zip(list(offsets) + [(len(text), len(text))], list(mask) + [True]):
+    for (s, _), m in zip(list(offsets) + [(len(text), len(text))], list(mask) + [True]):
         if not m and run_start is None:
             out.append(text[pos:s])
             run_start = s

@@ -13,7 +13,7 @@ same, so summed losses and gradients agree.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -22,8 +22,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from oresearcher import protocol
@@ -35,7 +35,7 @@ ON_BAD_RECORD = ("skip", "stop")
 class BadRecord(ValueError):
     """A record that can not be trained on. where: "file line N" (or "url cursor C"); reason: "name: detail"."""
 
-    def __init__(self, where: str, reason: str, stats: "RecordStats | None" = None):
+    def __init__(self, where: str, reason: str, stats: RecordStats | None = None):
         self.where, self.reason = where, reason
         counts = f" ({stats.summary()})" if stats is not None else ""
         super().__init__(f"{where}: {reason}{counts}. Fix or remove the record, or set on_bad_record='skip'.")

@@ -7,7 +7,8 @@ the driver (one per turn in lockstep, one for the whole run in the engine); its 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import httpx
 

@@ -24,8 +24,8 @@ too), so a slot's cache rows always hold all of its tokens but the pending ones.
 
 Shapes come from a few buckets, so nothing compiles in steady state: decode runs on all slots at once (inactive
 slots write nothing); prefill on the pending slots' count rounded up to slots / 4**k and the longest pending
-piece rounded up to prefill_chunk / 4**k (>= min_bucket), see _quarters; the cache on the slots' furthest reach rounded up to
-a power of two (>= 128), grown or shrunk (one copy) as the episodes in the slots grow or finish.
+piece rounded up to prefill_chunk / 4**k (>= min_bucket), see _quarters; the cache on the slots' furthest reach
+rounded up to a power of two (>= 128), grown or shrunk (one copy) as the episodes in the slots grow or finish.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import concurrent.futures
 import dataclasses
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import httpx
 import jax
@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from oresearcher import sampler as sampler_lib, sharding, synth_client
+from oresearcher import sampler as sampler_lib
+from oresearcher import sharding, synth_client
 from oresearcher.engine import paged
 from oresearcher.engine.agent import Agent
 from oresearcher.sampler import FINISH_REASONS, Completion, Sampler, SamplingParams

@@ -9,7 +9,8 @@ FrozenDict. Dtypes are strings ("float32", "bfloat16") so the config round-trips
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from flax.core import FrozenDict
 

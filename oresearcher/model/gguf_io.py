@@ -59,6 +59,8 @@ class _GGUFTensors:
 
     def __init__(self, reader, cfg, path: Path):
         self.cfg, self.path = cfg, path
+        # a cache per reader (not on the class, which would keep every reader's arrays alive)
+        self._cached = functools.lru_cache(maxsize=32)(self._read)
         self.by_name = {}
         for t in reader.tensors:
             if t.name in _GLOBAL_NAMES:
@@ -75,8 +77,10 @@ class _GGUFTensors:
         if got != shape:
             raise ValueError(f"{self.path}: tensor for {name!r} has shape {got}, expected {shape}")
 
-    @functools.lru_cache(maxsize=32)
     def __getitem__(self, name: str) -> np.ndarray:
+        return self._cached(name)
+
+    def _read(self, name: str) -> np.ndarray:
         from gguf.quants import dequantize
 
         t = self.by_name[name]

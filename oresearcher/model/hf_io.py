@@ -23,8 +23,8 @@ Layout map (ours <- HF, per layer i; HF Linear weights are [out, in]):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp

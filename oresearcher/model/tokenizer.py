@@ -19,7 +19,6 @@ from pathlib import Path
 
 import jinja2  # noqa: F401 - transformers renders chat templates with it but does not require it: fail on import
 import numpy as np
-
 from tokenizers import Tokenizer as Backend
 
 # transformers serves us its tokenizer loading and template renderer only; its advice that PyTorch is missing
@@ -77,7 +76,7 @@ class Tokenizer:
 
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
-    def from_dir(cls, path: str | os.PathLike) -> "Tokenizer":
+    def from_dir(cls, path: str | os.PathLike) -> Tokenizer:
         """From an HF model directory: tokenizer.json (or a sentencepiece tokenizer.model), tokenizer_config.json
         for the special tokens and the chat template (or chat_template.jinja / chat_template.json)."""
         path = Path(path)

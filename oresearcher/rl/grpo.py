@@ -35,7 +35,7 @@ import dataclasses
 import functools
 import math
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -310,7 +310,7 @@ class GRPOConfig:
     microbatch_tokens: int = 0          # gradient accumulation: rows x padded length per microbatch (0 = no limit)
 
     @classmethod
-    def from_config(cls, config) -> "GRPOConfig":
+    def from_config(cls, config) -> GRPOConfig:
         g = config.grpo
         return cls(g.policy_loss, g.aggregation, float(g.clip_low), float(g.clip_high), float(g.kl_beta),
                    float(config.rollout.temperature), int(g.logprob_chunk),

@@ -38,7 +38,7 @@ class RewardConfig:
     judge_timeout_s: float = 120.0
 
     @classmethod
-    def from_config(cls, cfg) -> "RewardConfig":
+    def from_config(cls, cfg) -> RewardConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in dict(cfg).items() if k in fields})
 

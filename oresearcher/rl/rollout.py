@@ -41,7 +41,7 @@ class RolloutConfig:
     max_observation_tokens: int = 1024  # longer observations are cut (an error-free, readable truncation)
 
     @classmethod
-    def from_config(cls, cfg) -> "RolloutConfig":
+    def from_config(cls, cfg) -> RolloutConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in dict(cfg).items() if k in names})
 

@@ -33,9 +33,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from oresearcher import checkpoint as checkpoint_lib, metrics as metrics_lib, multihost, optim, paths, sharding
+from oresearcher import checkpoint as checkpoint_lib
+from oresearcher import metrics as metrics_lib
+from oresearcher import multihost, optim, paths, sharding
 from oresearcher.preemption import PreemptionGuard, check_finite
-from oresearcher.rl import grpo, rewards as rewards_lib
+from oresearcher.rl import grpo
+from oresearcher.rl import rewards as rewards_lib
 from oresearcher.rl.rollout import RolloutConfig, make_generator, rollout, to_batch
 from oresearcher.rl.synth_service import shared_synth_service
 
@@ -177,7 +180,7 @@ def run(config) -> dict:
                     # rollout of this host's share of the groups: G episodes per question, tools over HTTP;
                     # rewards: R_format, R_tool here, R_base from the judge; then every host's scored episodes
                     # on every host, and advantages per group
-                    base = int(config.seed) * 100003 + step + 1000003 * round_
+                    base = int(config.seed) * 100003 + step + 1000003 * round_  # noqa: B023 (called in this step)
                     mine = multihost.process_share(len(picks))
                     if per_group:   # seeded by the group's index in the step: the same on any number of hosts
                         runs = [([i], (base * 1009 + i) % 2 ** 31) for i in mine]
@@ -204,7 +207,7 @@ def run(config) -> dict:
                         for k, v in t.items():      # the slowest host's
                             slowest[k] = max(slowest.get(k, 0.0), v)
                     for k, v in slowest.items():
-                        timings[k] = timings.get(k, 0.0) + v
+                        timings[k] = timings.get(k, 0.0) + v  # noqa: B023 (called in this step)
                     n = len(picks)
                     totals = np.array([r.total if r.total is not None else 0.0 for r in scored]).reshape(n, -1)
                     valid = np.array([not r.abstained for r in scored]).reshape(n, -1)

@@ -322,7 +322,7 @@ class ExtractiveTeacher:
                     keep.extend((0, s, url, title) for s in text_lib.sentences(body)[:1])
         numbers: dict[str, int] = {}
         lines = []
-        for _, sentence, url, title in keep:
+        for _, sentence, url, _title in keep:
             n = numbers.setdefault(url, len(numbers) + 1)
             sentence = sentence.rstrip()
             end = sentence[-1] if sentence[-1] in ".!?" else "."

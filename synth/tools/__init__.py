@@ -135,7 +135,7 @@ class Tools:
         self.stats = {"web_search": 0, "crawl_page": 0, "errors": 0, "summary_fallbacks": 0}
 
     @classmethod
-    def from_config(cls, cfg: Any, *, llm=None) -> "Tools":
+    def from_config(cls, cfg: Any, *, llm=None) -> Tools:
         """Build from a config (the `tools` section, or a config holding one). Keys, all optional:
 
         cache_dir ("" -> $ORESEARCHER_CACHE or ~/.cache/oresearcher), cache (True),

@@ -24,7 +24,8 @@ import pathlib
 import sqlite3
 import threading
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 DEFAULT_DIR = "~/.cache/oresearcher"
 MEMORY_ENTRIES = 4096   # recently used values kept in memory per ToolCache
@@ -81,7 +82,7 @@ class ToolCache:
                 "backend TEXT NOT NULL, value TEXT NOT NULL, created REAL NOT NULL)")
 
     @classmethod
-    def in_dir(cls, directory: str | os.PathLike | None = None) -> "ToolCache":
+    def in_dir(cls, directory: str | os.PathLike | None = None) -> ToolCache:
         """The shared cache file `tools.sqlite` in `cache_dir(directory)`."""
         return cls(cache_dir(directory) / "tools.sqlite")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import pathlib
 import random
+import re
 import shutil
 import tempfile
 import urllib.parse

@@ -146,7 +146,7 @@ class Guard:
                 if ip not in addresses:
                     addresses.append(ip)
             if not addresses:
-                raise BlockedURL(f"host {host!r} has no address")
+                raise BlockedURL(f"host {host!r} has no address") from None
         # Every address must pass: the HTTP stack could otherwise pick the bad one.
         for ip in addresses:
             reason = blocked_reason(ip)
