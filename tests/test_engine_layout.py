@@ -64,10 +64,13 @@ def test_a_bf16_model_decodes_from_a_bf16_copy():
     assert model.layers.wq[...].dtype == jnp.float32   # the training parameters are left as they are
 
 
-def test_the_inference_layout_engine_equals_one_device(delay_url):  # noqa: F811
+@pytest.mark.parametrize("training_mesh", [{"fsdp": 8}, {"data": 2, "fsdp": 2, "tensor": 2}])
+def test_the_inference_layout_engine_equals_one_device(delay_url, training_mesh):  # noqa: F811
+    """From either training layout (fsdp 8, or 2 x 2 x 2) the engine's copy is data 4 x tensor 2, and its greedy
+    episodes are those of one device."""
     one = Decoder(PRESETS["tiny"], rngs=nnx.Rngs(0))
     sharded = Decoder(PRESETS["tiny"], rngs=nnx.Rngs(0))
-    sharding.shard_model(sharded, sharding.make_mesh({"fsdp": 8}))
+    sharding.shard_model(sharded, sharding.make_mesh(training_mesh))
     turns, budgets = [2, 1, 3, 2, 1], [11, 30, 6, 17, 9]
     args = (delay_url, turns, budgets, [0.0] * 5)
     a, b = TurnsAgent(*args), TurnsAgent(*args)
