@@ -113,10 +113,9 @@ def _base() -> ConfigDict:
     c.rollout.tensor = 0                # engine on a mesh: tensor-parallel devices of its weight copy (0 = the
                                         # most that divide the heads; oresearcher/engine/layout.py)
     c.rollout.seed_per_group = False    # True: each group sampled in its own rollout, seeded by its index in the
-                                        # step: with backend "lockstep" the episodes then do not depend on how
-                                        # many hosts share a step (multi-host runs equal one-host runs; the
-                                        # engine's draws also depend on tool-call timing); False: a host's groups
-                                        # batched together
+                                        # step: the episodes then do not depend on how many hosts share a step
+                                        # (multi-host runs equal one-host runs); False: a host's groups batched
+                                        # together
 
     c.reward = ConfigDict()
     c.reward.w_base = 0.6
@@ -238,9 +237,7 @@ def tiny() -> ConfigDict:
     c.grpo.minibatches = 1
     c.grpo.length_multiple = 640                  # episodes of ~1000 tokens train at T = 1280, not 2048
     c.grpo.dynamic_sampling_rounds = 0            # the measured curve above is without redraws
-    # the lockstep sampler: the same episodes on every run of one machine (the engine's draws at temperature 1
-    # also depend on when tool calls come back), so the test's curve measures the policy, not the timing
-    c.rollout.backend = "lockstep"
+    c.rollout.backend = "lockstep"                # the measured curve above was sampled by the lockstep sampler
     c.optim.lr = 2e-4
     return c
 

@@ -174,8 +174,16 @@ def _first_max(x, top):
     return jnp.minimum(jnp.min(jnp.where(x == top, jnp.arange(v), v), axis=-1), v - 1).astype(jnp.int32)
 
 
+def _uniforms(key, rows: int):
+    """[rows, 1] uniform draws: from one key (the Sampler's: a step's draws for all rows), or one key per row
+    (keys [rows], the engine's: a row's draw then depends on its own key only, not on the rows beside it)."""
+    if key.ndim == 0:
+        return jax.random.uniform(key, (rows, 1))
+    return jax.vmap(lambda k: jax.random.uniform(k, (1,)))(key)
+
+
 def _sample(logits, key, temperature, top_p, top_k, use_filter: bool):
-    """logits [B, V] float32 -> (token [B] int32, logprob [B] float32)."""
+    """logits [B, V] float32, key (one, or [B]: one per row) -> (token [B] int32, logprob [B] float32)."""
     greedy = temperature <= 0.0
     scaled = logits / jnp.where(greedy, 1.0, temperature)
     # log softmax of the chosen token only, computed as jax.nn.log_softmax does: (x - max) - log sum exp(x - max)
@@ -187,7 +195,7 @@ def _sample(logits, key, temperature, top_p, top_k, use_filter: bool):
         # model's whole forward on CPU). Exact up to float rounding of the cumulative sum.
         filtered = _filter_logits(scaled, top_p, top_k) if use_filter else scaled
         cdf = jnp.cumsum(jax.nn.softmax(filtered, axis=-1), axis=-1)
-        u = jax.random.uniform(key, (logits.shape[0], 1)) * cdf[:, -1:]
+        u = _uniforms(key, logits.shape[0]) * cdf[:, -1:]
         return jnp.minimum(jnp.sum(cdf <= u, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
 
     token = jax.lax.cond(greedy, lambda _: _first_max(scaled, top), sample, None)
@@ -306,11 +314,11 @@ def _prefill(graphdef, state, weights, cache, tokens, positions, last_col, *, wi
 
 def take_token(logits, key, i, live, out_t, out_lp, count, stop_state, finish, budget, table, eos, temperature,
                top_p, top_k, use_filter: bool):
-    """One sampled token per row, the bookkeeping both decoders share: sample from logits [B, V]; for the live
-    rows write it and its logprob at column i of out_t / out_lp [B, N], count it, advance the stop automaton
-    (table [M + 1, V], state M = a stop string ended) and set finish (an index into FINISH_REASONS) when the
-    row hits a stop string, EOS (eos [V] bool) or its budget. Returns (tokens [B], out_t, out_lp, count,
-    stop_state, finish, ended [B])."""
+    """One sampled token per row, the bookkeeping both decoders share: sample from logits [B, V] (key: one, or
+    one per row); for the live rows write it and its logprob at column i of out_t / out_lp [B, N], count it,
+    advance the stop automaton (table [M + 1, V], state M = a stop string ended) and set finish (an index into
+    FINISH_REASONS) when the row hits a stop string, EOS (eos [V] bool) or its budget. Returns (tokens [B],
+    out_t, out_lp, count, stop_state, finish, ended [B])."""
     tok, lp = _sample(logits, key, temperature, top_p, top_k, use_filter)
     out_t = jax.lax.dynamic_update_slice(out_t, jnp.where(live, tok, 0)[:, None], (0, i))
     out_lp = jax.lax.dynamic_update_slice(out_lp, jnp.where(live, lp, 0.0)[:, None], (0, i))

@@ -178,3 +178,21 @@ def test_the_engine_on_a_sharded_mesh_equals_one_device(delay_url):
     engine.run(_prompts(5, 2), b, params, max_len=200)
     assert not sharding.is_fully_replicated(engine.cache["k"][0])
     _assert_same_episodes(a, b)
+
+
+def test_sampled_episodes_depend_on_the_seed_not_on_slots_or_tool_timing(delay_url):
+    """At temperature 1 each episode draws with keys of (seed, episode, position): the same episodes from 2 slots
+    and no tool delay as from 4 slots whose calls come back in another order; another seed gives others."""
+    from oresearcher.model import PRESETS, Decoder
+
+    model = Decoder(PRESETS["tiny"], rngs=nnx.Rngs(0))
+    turns, budgets = [2, 3, 1, 2, 3], [12, 7, 20, 9, 6]
+    runs = []
+    for slots, chunk, delays, seed in [(2, 8, [0.0] * 5, 7), (4, 4, [0.4, 0.0, 0.2, 0.0, 0.3], 7),
+                                       (2, 8, [0.0] * 5, 8)]:
+        agent = TurnsAgent(delay_url, turns, budgets, delays)
+        Engine(model, eos_ids=(), slots=slots, chunk=chunk).run(
+            _prompts(5, 3), agent, SamplingParams(temperature=1.0, stop=(), seed=seed), max_len=200)
+        runs.append(agent)
+    _assert_same_episodes(runs[0], runs[1])
+    assert any(runs[0].log[i] != runs[2].log[i] for i in runs[0].log)

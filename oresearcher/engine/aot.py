@@ -89,11 +89,11 @@ def build(config, model_cfg, mesh) -> EnginePrograms:
                     s((rows, chunk), jnp.int32), s((rows,), jnp.int32), s((rows,), jnp.bool_))
     # decode: a chunk of tokens for every slot
     steps = int(rollout.get("chunk", 16))
-    key = jax.eval_shape(lambda: jax.random.key(0))
     use_filter = float(rollout.temperature) > 0 and (float(rollout.top_p) < 1.0 or int(rollout.top_k) > 0)
     table = s((_stop_states(sampler_lib.STOP_STRINGS), v), jnp.int32)
     decode_args = (graphdef, state, weights, cache, logits, s((slots,), jnp.int32), s((slots,), jnp.bool_),
-                   s((slots,), jnp.int32), s((slots,), jnp.int32), key, s((), jnp.float32), s((), jnp.float32),
+                   s((slots,), jnp.int32), s((slots,), jnp.int32), s((slots,), jnp.uint32), s((slots,), jnp.int32),
+                   s((), jnp.float32), s((), jnp.float32),
                    s((), jnp.int32), table, s((v,), jnp.bool_))
     w_bytes, c_bytes = _per_device(weights), _per_device(cache)
     return EnginePrograms(

@@ -20,7 +20,9 @@ training parameters once per policy version.
 The maths are the Sampler's: the same per-layer weight copy (Sampler.weights), the same cached forward (the
 decoder's own layer function, `Decoder._layer_fn`), the same sampling and stop automaton, so a greedy episode
 here equals its lockstep run. Each sampled token is fed back in the step that sampled it (the turn's last one
-too), so a slot's cache rows always hold all of its tokens but the pending ones.
+too), so a slot's cache rows always hold all of its tokens but the pending ones. At temperature > 0 the token at
+position p of episode e is drawn with the key of (seed, e, p): a run's episodes do not depend on the number of
+slots, the engine steps or the order in which calls come back (up to float rounding of differently shaped calls).
 
 Shapes come from a few buckets, so nothing compiles in steady state: decode runs on all slots at once (inactive
 slots write nothing); prefill on the pending slots' count rounded up to slots / 4**k and the longest pending
@@ -103,13 +105,14 @@ def _prefill_rows(graphdef, state, weights, cache, logits, rows, tokens, positio
     return logits, cache
 
 
-def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, stop_state, key, temperature, top_p,
-                  top_k, table, eos, *, steps: int, use_filter: bool, window: int):
-    """Up to `steps` tokens for every active row: sample from `logits` [B, V], feed the token back at pos [B],
-    repeat; a row stops at a stop string (stop_state [B]: the automaton's state so far this turn), EOS or after
-    budget[b] tokens. The loop ends early once any row has stopped. Returns tokens [B, steps], logprobs
-    [B, steps], count [B], finish [B] (-1: still going, else an index into FINISH_REASONS), the stop states, the
-    logits for each row's next token, and the cache."""
+def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, stop_state, seeds, episodes,
+                  temperature, top_p, top_k, table, eos, *, steps: int, use_filter: bool, window: int):
+    """Up to `steps` tokens for every active row: sample from `logits` [B, V] (row b's token at position p with
+    the key of (seeds[b], episodes[b], p)), feed the token back at pos [B], repeat; a row stops at a stop string
+    (stop_state [B]: the automaton's state so far this turn), EOS or after budget[b] tokens. The loop ends early
+    once any row has stopped. Returns tokens [B, steps], logprobs [B, steps], count [B], finish [B] (-1: still
+    going, else an index into FINISH_REASONS), the stop states, the logits for each row's next token, and the
+    cache."""
     model = nnx.merge(graphdef, state)
     b = logits.shape[0]
 
@@ -130,7 +133,7 @@ def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, 
         i, cache, logits, done, pos, stop_state, count, finish, out_t, out_lp, _ = c
         live = ~done
         tok, out_t, out_lp, count, stop_state, finish, ended = sampler_lib.take_token(
-            logits, jax.random.fold_in(key, i), i, live, out_t, out_lp, count, stop_state, finish, budget, table,
+            logits, _row_keys(seeds, episodes, pos), i, live, out_t, out_lp, count, stop_state, finish, budget, table,
             eos, temperature, top_p, top_k, use_filter)
         hidden, cache = forward(cache, tok, pos, live)
         logits = jnp.where(live[:, None], sampler_lib.head_logits(model, weights, hidden)[:, 0], logits)
@@ -142,6 +145,13 @@ def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, 
             jnp.bool_(False))
     _, cache, logits, _, _, stop_state, count, finish, out_t, out_lp, _ = jax.lax.while_loop(cond, body, init)
     return out_t, out_lp, count, finish, stop_state, logits, cache
+
+
+def _row_keys(seeds, episodes, pos):
+    """One key per row from (seed, episode, position): an episode's draws then depend on nothing but its own
+    tokens, not on the slot it took, the engine step, or when its tool calls came back."""
+    key = lambda s, e, p: jax.random.fold_in(jax.random.fold_in(jax.random.key(s), e), p)
+    return jax.vmap(key)(seeds, episodes, pos)
 
 
 def _prefill_paged(graphdef, state, weights, pool, logits, rows, table, tokens, positions, last_col, has):
@@ -296,7 +306,6 @@ class Engine:
         graphdef, state = self.sampler.split()
         table, eos = self.sampler.stop_table(params.stop), self.sampler._eos
         use_filter = params.temperature > 0 and (params.top_p < 1.0 or params.top_k > 0)
-        base_key = jax.random.key(params.seed)
         slots = [_Slot() for _ in range(self.slots)]
         queue = list(range(len(prompts)))[::-1]
         if self.kv == "dense":
@@ -366,8 +375,7 @@ class Engine:
                 if decoding:
                     stats["decode_calls"] += 1
                     stats["decode_rows"] += len(decoding) / self.slots
-                    key = jax.random.fold_in(base_key, stats["decode_calls"])
-                    ended = self._decode_step(slots, decoding, graphdef, state, weights, key, params, table, eos,
+                    ended = self._decode_step(slots, decoding, graphdef, state, weights, params, table, eos,
                                               use_filter, max_len)
                     # (4) ended turns: the episode ends or its call goes out
                     for b in ended:
@@ -460,7 +468,7 @@ class Engine:
                 s.state = DECODING
                 s.stop_state = 0
 
-    def _decode_step(self, slots, decoding, graphdef, state, weights, key, params, table, eos, use_filter, max_len):
+    def _decode_step(self, slots, decoding, graphdef, state, weights, params, table, eos, use_filter, max_len):
         """Decode a chunk; returns the slots whose turn ended (their finish_reason set)."""
         self._reserve(max_len, [(b, min(slots[b].written + self.chunk, max_len)) for b in decoding])
         active = np.zeros((self.slots,), bool)
@@ -468,12 +476,15 @@ class Engine:
         pos = np.array([s.written for s in slots], np.int32)
         budget = np.array([s.budget - len(s.turn_tokens) if s.state == DECODING else 0 for s in slots], np.int32)
         stop_state = np.array([s.stop_state for s in slots], np.int32)
+        seeds = np.full((self.slots,), params.seed % 2**32, np.uint32)
+        episodes = np.array([max(s.episode, 0) for s in slots], np.int32)
         cache = self.cache
         if self.kv == "paged":
             cache = {**cache, "table": jnp.asarray(self._table(range(self.slots)))}
         out_t, out_lp, count, finish, stop_state, self.logits, cache = self._decode(
             graphdef, state, weights, cache, self.logits, jnp.asarray(pos), jnp.asarray(active),
-            jnp.asarray(budget), jnp.asarray(stop_state), key, jnp.float32(params.temperature),
+            jnp.asarray(budget), jnp.asarray(stop_state), jnp.asarray(seeds), jnp.asarray(episodes),
+            jnp.float32(params.temperature),
             jnp.float32(params.top_p), jnp.int32(params.top_k), table, eos, steps=self.chunk, use_filter=use_filter,
             window=self.window if self.kv == "dense" else 0)
         self.cache = cache if self.kv == "dense" else {"k": cache["k"], "v": cache["v"]}
