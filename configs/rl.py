@@ -78,6 +78,10 @@ def _base() -> ConfigDict:
     c.questions = "configs/rl_questions.jsonl"   # JSONL {"question": ...} or one question per line
     c.num_questions = 0                 # > 0: train on the first this many questions only
     c.questions_per_step = 2
+    c.max_staleness = 1                 # policy versions a trained token may lag: 1 = step s + 1's rollout runs
+                                        # while step s trains (tool, judge and generation time overlap the
+                                        # update; the rollout holds its own copy of the parameters); 0 = the
+                                        # synchronous loop (rollout, then update). Higher values act as 1.
 
     c.warm_start = ConfigDict()         # short SFT when no init_checkpoint is given
     c.warm_start.enabled = True
@@ -136,6 +140,10 @@ def _base() -> ConfigDict:
     c.grpo.kl_beta = 0.0                # > 0 adds beta * k3 KL to the initial policy
     c.grpo.epochs = 1
     c.grpo.minibatches = 2              # optimizer steps per epoch over one rollout batch
+    c.grpo.behaviour_cap = 0.0          # > 0: the decoupled objective (grpo.py): the ratio against the trainer's
+                                        # own logprobs before the update (one more forward per minibatch), each
+                                        # token weighted by min(pi_trainer / pi_engine, cap), for stale episodes
+                                        # and the engine's numerics; 0: the ratio against the engine's logprobs
     c.grpo.microbatch_tokens = 0        # > 0: each optimizer step accumulates gradients over microbatches of at
                                         # most this many tokens (rows x padded length; whole rows per device), so
                                         # memory is set by this, not by minibatches (0 = the whole minibatch)
@@ -238,6 +246,7 @@ def tiny() -> ConfigDict:
     c.grpo.length_multiple = 640                  # episodes of ~1000 tokens train at T = 1280, not 2048
     c.grpo.dynamic_sampling_rounds = 0            # the measured curve above is without redraws
     c.rollout.backend = "lockstep"                # the measured curve above was sampled by the lockstep sampler
+    c.max_staleness = 0                           # and trained synchronously
     c.optim.lr = 2e-4
     return c
 
@@ -268,6 +277,8 @@ def qwen_gpu8() -> ConfigDict:
     # the update, whose own peak is most of an H100; 16 slots is what fits beside it (AOT: BUILD.md section 5).
     # The 128 episodes of a step go through the 16 slots, each freed slot refilled at once.
     c.rollout.slots = 16
+    # synchronous: the asynchronous loop's parameter copy (3.55 GiB per GPU) does not fit beside the above
+    c.max_staleness = 0
     return c
 
 

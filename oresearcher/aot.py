@@ -468,7 +468,8 @@ def _with_engine(config, model_cfg, mesh, target: Target, train_state, update: M
 
     What is resident at once (the assumption): the training state (parameters and Adam moments) always; the
     engine's weight copy, KV cache and logits always too: the engine keeps its cache between rollouts, and with
-    asynchronous GRPO (rl.max_staleness > 0) it generates while the trainer updates. So
+    asynchronous GRPO (max_staleness > 0) it generates while the trainer updates, from a copy of the parameters
+    of its own (rl/train.py), resident too. So
         update   its own peak (training state, batch, activations, gradients) + the engine's resident arrays
         prefill  its own peak (the engine's resident arrays + its temporaries) + the training state
         decode   the same for the decode program
@@ -482,15 +483,23 @@ def _with_engine(config, model_cfg, mesh, target: Target, train_state, update: M
     programs = engine_aot.build(config, model_cfg, mesh)
     out(f"engine: {programs.slots} slots x {programs.cache_len} cache slots (dense), inference layout "
         f"{programs.plan.describe()}: weights {g(programs.weights)} + cache {g(programs.cache)} per device")
-    state = sum(int(np.prod(a.sharding.shard_shape(a.shape))) * np.dtype(a.dtype).itemsize
-                for a in jax.tree.leaves(train_state))
-    rows = [] if update is None else [("update", update, programs.resident, "engine resident")]
+    per_device = lambda tree: sum(int(np.prod(a.sharding.shard_shape(a.shape))) * np.dtype(a.dtype).itemsize
+                                  for a in jax.tree.leaves(tree))
+    state = per_device(train_state)
+    resident, what = programs.resident, "engine resident"
+    if int(config.get("max_staleness", 0)) > 0:     # the rollout's own copy of the parameters
+        copy = per_device(train_state[0])           # train_state: the state of (model, optimizer)
+        out(f"asynchronous (max_staleness={int(config.max_staleness)}): the rollout's parameter copy {g(copy)} "
+            f"per device")
+        resident, state, what = resident + copy, state + copy, "engine resident + parameter copy"
+    rows = [] if update is None else [("update", update, resident, what)]
     for name in ("prefill", "decode"):
         if name not in which:
             continue
         program = getattr(programs, name)
         report = _compile_report(target, lambda p=program: engine_aot.compile_program(p), out)
-        rows.append((f"{name} ({program[3]})", report, state, "training state"))
+        rows.append((f"{name} ({program[3]})", report, state,
+                     "training state" + (" + parameter copy" if resident > programs.resident else "")))
     peak = 0
     for name, report, extra, what in rows:
         total = report.peak + extra

@@ -8,6 +8,7 @@
     host_mesh(mesh)            the block of `mesh` on this process's own devices (same axis names)
     to_host(tree, mesh, host)  global arrays on `mesh` -> copies on the host mesh
     host_model(model, mesh)    a copy of a model on this process's devices (what its share of the rollouts runs on)
+    refresh_host_model(...)    that copy brought up to date after an update
 
 With one process every function is the identity (nothing is exchanged). Between processes, objects travel as
 pickled bytes through the key-value store of JAX's coordination service (the one `jax.distributed.initialize`
@@ -18,6 +19,7 @@ process must make the same calls in the same order.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import pickle
 from typing import Any
@@ -28,7 +30,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 _WAIT_MS = 24 * 3600 * 1000          # how long a host waits for the others; a dead host ends the wait sooner
 _CHUNK = 1 << 20                      # the coordination service's messages stay under gRPC's 4 MiB default
-_calls = itertools.count()            # the same sequence on every process: names each exchange
+# the same sequence on every process names each exchange; one sequence per channel, so that a thread that
+# exchanges on its own channel (asynchronous RL's rollouts) never interleaves with the main thread's calls
+_calls: dict[str, itertools.count] = collections.defaultdict(itertools.count)
 
 
 def _client():
@@ -57,10 +61,10 @@ def _get(client, key: str) -> bytes:
     return b"".join(client.blocking_key_value_get_bytes(f"{key}/{i}", _WAIT_MS) for i in range(n))
 
 
-def _exchange(obj: Any, senders) -> list:
+def _exchange(obj: Any, senders, channel: str = "main") -> list:
     """The objects of the processes in `senders` (each sends its `obj`), on every process."""
-    client, me, call = _client(), jax.process_index(), next(_calls)
-    prefix = f"oresearcher/exchange/{call}"
+    client, me, call = _client(), jax.process_index(), next(_calls[channel])
+    prefix = f"oresearcher/exchange/{channel}/{call}"
     if me in senders:
         _put(client, f"{prefix}/{me}", pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
     out = [pickle.loads(_get(client, f"{prefix}/{p}")) for p in senders]
@@ -70,11 +74,12 @@ def _exchange(obj: Any, senders) -> list:
     return out
 
 
-def gather_objects(obj: Any) -> list:
-    """Every process's `obj` (picklable), in process order, on every process."""
+def gather_objects(obj: Any, channel: str = "main") -> list:
+    """Every process's `obj` (picklable), in process order, on every process. Calls on one channel must come
+    from one thread at a time, in the same order on every process."""
     if jax.process_count() == 1:
         return [obj]
-    return _exchange(obj, range(jax.process_count()))
+    return _exchange(obj, range(jax.process_count()), channel)
 
 
 def broadcast_object(obj: Any) -> Any:
@@ -92,7 +97,7 @@ def any_process(flag: bool) -> bool:
 def barrier(name: str) -> None:
     """Every process waits here until all have arrived."""
     if jax.process_count() > 1:
-        _client().wait_at_barrier(f"oresearcher/barrier/{next(_calls)}/{name}", _WAIT_MS)
+        _client().wait_at_barrier(f"oresearcher/barrier/{next(_calls['main'])}/{name}", _WAIT_MS)
 
 
 # ------------------------------------------------------------------------------------ host-local copies
@@ -153,22 +158,32 @@ def process_share(n: int) -> range:
     return range(start, start + base + (p < extra))
 
 
-def host_model(model, mesh: Mesh):
+def host_model(model, mesh: Mesh, *, own: bool = False):
     """A copy of the NNX `model` (sharded on the global `mesh`) that lives on this process's devices alone, for
-    work each host does by itself (its share of the rollouts); the model itself when there is one process.
-    `refresh_host_model` brings its parameters up to date after an update."""
+    work each host does by itself (its share of the rollouts); the model itself when there is one process,
+    unless `own`: then always arrays of its own, which the trainer's updates (donating the parameters) never
+    touch, so rollouts can run on it while the trainer updates (asynchronous RL). `refresh_host_model` brings
+    its parameters up to date."""
     host = host_mesh(mesh)
-    if host is mesh:
+    if host is mesh and not own:
         return model
     from flax import nnx
     graphdef, state = nnx.split(model)
-    copy = nnx.merge(graphdef, to_host(state, mesh, host))
+    state = to_host(state, mesh, host)
+    copy = nnx.merge(graphdef, _owned(state) if own else state)
     copy.set_sharding(host, model.rules)   # its activation constraints name the host mesh
     return copy
 
 
-def refresh_host_model(copy, model, mesh: Mesh) -> None:
+def refresh_host_model(copy, model, mesh: Mesh, *, own: bool = False) -> None:
     if copy is model:
         return
     from flax import nnx
-    nnx.update(copy, to_host(nnx.state(model, nnx.Param), mesh, copy.mesh))
+    params = to_host(nnx.state(model, nnx.Param), mesh, copy.mesh)
+    nnx.update(copy, _owned(params) if own else params)
+
+
+def _owned(tree):
+    """Arrays of their own: to_host may hand back the very buffers of its input (one host, or shards that are
+    already where they go), which an update that donates the parameters would delete."""
+    return jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, tree)

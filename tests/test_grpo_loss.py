@@ -40,8 +40,10 @@ def _np_logprobs(logits, targets, temperature):
     return np.take_along_axis(logp_all, targets[..., None], -1)[..., 0]
 
 
-def _np_reference(logits, targets, old, ref, mask, adv, temperature, clip_low, clip_high, beta, aggregation):
-    """Loss and its gradient w.r.t. logits, derived by hand (float64)."""
+def _np_reference(logits, targets, old, ref, mask, adv, temperature, clip_low, clip_high, beta, aggregation,
+                  weight=None):
+    """Loss and its gradient w.r.t. logits, derived by hand (float64); `weight` [B, T]: a constant per-token
+    factor of the clipped term (the decoupled objective's importance weight)."""
     logits = logits.astype(np.float64)
     z = logits / temperature
     z = z - z.max(-1, keepdims=True)
@@ -55,6 +57,8 @@ def _np_reference(logits, targets, old, ref, mask, adv, temperature, clip_low, c
     # d(per_tok)/d lp: -r a where the unclipped term is the min (or r inside the range), else 0
     inside = (r >= 1 - clip_low) & (r <= 1 + clip_high)
     dper = np.where((unclipped <= clipped) | inside, -r * a, 0.0)
+    if weight is not None:
+        per_tok, dper = per_tok * weight, dper * weight
     if beta:
         q = ref - lp
         per_tok = per_tok + beta * (np.exp(q) - q - 1)
@@ -156,3 +160,34 @@ def test_advantages_and_zero_variance_groups():
     np.testing.assert_allclose(adv[0, 0], 1.0 - (0.0 + 0.5 + 0.5) / 3, rtol=1e-6)
     with pytest.raises(KeyError, match="registered"):
         grpo.get_policy_loss("nope")
+
+
+def test_the_decoupled_objective_clips_against_the_proximal_policy_with_truncated_weights():
+    """With prox_logp the ratio is pi_theta / pi_prox and each token is weighted by min(pi_prox / pi_old, cap):
+    loss and gradient as derived by hand; and with pi_prox = pi_old it is the plain objective."""
+    logits, targets, old, ref, mask, adv, temperature = _fixed_batch(seed=3)
+    rng = np.random.default_rng(4)
+    prox = (old + rng.normal(scale=0.5, size=old.shape)).astype(np.float32)
+    cap = 1.5
+    cfg = _cfg(behaviour_cap=cap)
+
+    def f(lg, prox):
+        z = lg / temperature
+        lp = jnp.take_along_axis(z, targets[..., None], -1)[..., 0] - jax.nn.logsumexp(z, -1)
+        batch = {"old_logp": old, "prox_logp": prox, "loss_mask": mask, "advantages": adv}
+        return grpo.grpo_objective(lp, batch, cfg)
+
+    (loss, metrics), grad = jax.value_and_grad(f, has_aux=True)(jnp.asarray(logits), prox)
+    weight = np.minimum(np.exp(prox.astype(np.float64) - old), cap)
+    assert (weight[mask] == cap).any() and (weight[mask] < 1).any()        # both truncated and small weights
+    want, want_grad = _np_reference(logits, targets, prox, ref, mask, adv, temperature, 0.2, 0.28, 0.0,
+                                    "token-mean", weight=weight)
+    np.testing.assert_allclose(float(loss), want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(grad), want_grad, atol=1e-5, rtol=0)
+    truncated = (np.exp(prox.astype(np.float64) - old) > cap)[mask].mean()
+    np.testing.assert_allclose(float(metrics["behaviour_truncated"]), truncated, atol=1e-6)
+    # fresh episodes (pi_prox == pi_old): every weight is 1, the plain objective
+    (same, _), same_grad = jax.value_and_grad(f, has_aux=True)(jnp.asarray(logits), old)
+    plain, plain_grad = _jax_loss(logits, targets, old, ref, mask, adv, temperature, _cfg())
+    np.testing.assert_allclose(float(same), float(plain), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(np.asarray(same_grad), np.asarray(plain_grad), atol=1e-6, rtol=0)

@@ -21,6 +21,16 @@ Gradient, per token (what the NumPy reference in tests/test_grpo_loss.py checks)
                                         the direction the advantage pushes: no further push).
 A raised eps_high lets low-probability tokens with A > 0 grow further before clipping, which keeps entropy up.
 
+Asynchronous RL trains on episodes sampled by an older policy (rl/train.py: max_staleness), in another numeric
+layout (the engine's bf16 copy). With `behaviour_cap` > 0 the update uses the decoupled objective: the ratio is
+taken against the trainer's own logprobs before the update (prox_logp, the proximal policy), and each token is
+weighted by the truncated importance weight w_t = min(pi_prox / pi_behaviour, cap) of the engine's logprobs:
+
+    l_t = -w_t min(r'_t A_i, clip(r'_t, 1 - eps_low, 1 + eps_high) A_i),   r'_t = pi_theta / pi_prox
+
+so the clip bounds how far one update moves the policy, and the weight alone accounts for the episodes' age and
+the sampler's numerics (w_t = 1 up to numerics when the episodes are fresh).
+
 KL to a reference policy uses the k3 estimator (Schulman 2020), unbiased and always >= 0, with a non-zero gradient:
     KL_t = exp(q_t) - q_t - 1,  q_t = log pi_ref - log pi_theta,   d KL_t / d log pi_theta = 1 - exp(q_t).
 
@@ -211,7 +221,9 @@ def grpo_objective(logp, batch, cfg):
     """Scalar loss and metrics from the policy's token logprobs.
 
     logp [B,T] float32: log pi_theta of each target token; batch: "old_logp" [B,T] (sampler's), "loss_mask" [B,T]
-    (1 = policy-authored token, 0 = prompt / observation / pad), "advantages" [B], optional "ref_logp" [B,T], and
+    (1 = policy-authored token, 0 = prompt / observation / pad), "advantages" [B], optional "ref_logp" [B,T],
+    optional "prox_logp" [B,T] (the trainer's before the update: the decoupled objective, with cfg.behaviour_cap),
+    and
     optionally the token weights "loss_weights" / "metric_weights" [B,T] of the whole minibatch when `batch` is
     one microbatch of it (grpo_update); without them they are computed from this batch's mask.
     cfg: policy_loss, aggregation, clip_low, clip_high, kl_beta (and loss_normalizer for sequence-mean-token-sum).
@@ -224,8 +236,16 @@ def grpo_objective(logp, batch, cfg):
     metric_weights = batch.get("metric_weights")
     if metric_weights is None:
         metric_weights = token_weights(mask)
-    per_token, token_metrics = loss_fn(logp, batch["old_logp"], batch["advantages"], mask, cfg)
     metrics = {}
+    if "prox_logp" in batch:
+        log_w = jnp.where(mask, batch["prox_logp"] - batch["old_logp"], 0.0)
+        weight = jnp.minimum(jnp.exp(log_w), cfg.behaviour_cap)
+        per_token, token_metrics = loss_fn(logp, batch["prox_logp"], batch["advantages"], mask, cfg)
+        per_token = per_token * weight
+        token_metrics = dict(token_metrics, behaviour_weight=weight,
+                             behaviour_truncated=(log_w > math.log(cfg.behaviour_cap)).astype(jnp.float32))
+    else:
+        per_token, token_metrics = loss_fn(logp, batch["old_logp"], batch["advantages"], mask, cfg)
     if cfg.kl_beta:
         kl = k3_kl(logp, batch["ref_logp"], mask)
         per_token = per_token + cfg.kl_beta * kl
@@ -284,12 +304,12 @@ def target_logprobs(model, batch, temperature: float = 1.0, chunk: int = 512, in
 
 def policy_view(batch: dict) -> dict:
     """The loss inputs gathered at the policy positions batch["policy_index"] [B, P] (see rollout.to_batch):
-    old_logp, loss_mask (and ref_logp, loss_weights, metric_weights if present) as [B, P]; advantages as they
+    old_logp, loss_mask (and ref_logp, prox_logp, loss_weights, metric_weights if present) as [B, P]; advantages as they
     are."""
     index = batch["policy_index"]
     view = {"advantages": batch["advantages"], "loss_mask": batch["policy_mask"],
             "old_logp": jnp.take_along_axis(batch["old_logp"], index, axis=1)}
-    for key in ("ref_logp", "loss_weights", "metric_weights"):
+    for key in ("ref_logp", "prox_logp", "loss_weights", "metric_weights"):
         if key in batch:
             view[key] = batch[key]
     return view
@@ -308,6 +328,7 @@ class GRPOConfig:
     logprob_chunk: int = 512
     loss_normalizer: int = 8192         # sequence-mean-token-sum's fixed L (tokens); rollout.max_tokens by default
     microbatch_tokens: int = 0          # gradient accumulation: rows x padded length per microbatch (0 = no limit)
+    behaviour_cap: float = 0.0          # > 0: the decoupled objective with importance weights truncated here
 
     @classmethod
     def from_config(cls, config) -> GRPOConfig:
@@ -315,7 +336,7 @@ class GRPOConfig:
         return cls(g.policy_loss, g.aggregation, float(g.clip_low), float(g.clip_high), float(g.kl_beta),
                    float(config.rollout.temperature), int(g.logprob_chunk),
                    int(g.get("loss_normalizer", 0) or config.rollout.max_tokens),
-                   int(g.get("microbatch_tokens", 0)))
+                   int(g.get("microbatch_tokens", 0)), float(g.get("behaviour_cap", 0.0)))
 
 
 def num_microbatches(rows: int, length: int, cfg: GRPOConfig, batch_shards: int = 1) -> int:
@@ -464,7 +485,8 @@ def train_step(model, optimizer, batch, cfg: GRPOConfig):
 
 @functools.partial(nnx.jit, static_argnames=("temperature", "chunk"))
 def reference_logprobs(model, batch, temperature: float, chunk: int):
-    """The reference policy's logprobs at the policy positions, [B, P] (for the k3 KL term)."""
+    """A frozen policy's logprobs at the policy positions, [B, P]: the reference's (the k3 KL term) or the
+    trainer's own before an update (prox_logp, the decoupled objective)."""
     return target_logprobs(model, batch, temperature, chunk, batch["policy_index"])
 
 

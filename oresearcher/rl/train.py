@@ -19,12 +19,19 @@ oresearcher.multihost.host_model), makes their tool and judge calls to the one s
 `synth_url`), and the hosts then exchange their scored episodes, so every host holds the whole step: the same
 advantages, the same batch (each places its own shards of it) and the same update. Only process 0 writes
 metrics.jsonl, episodes.jsonl and TensorBoard events. `rollout.seed_per_group` seeds every group's sampling by
-its index in the step (one rollout per group), so that with the lockstep backend a step's episodes do not depend
-on how many hosts share it (the engine's sampling also depends on when tool calls come back).
+its index in the step (one rollout per group), so that a step's episodes do not depend on how many hosts share it.
+
+Asynchronous (`max_staleness` >= 1): while step s trains, a rollout thread already samples step s + 1 on a copy of
+the policy as it was before update s (multihost.host_model(own=True): arrays the update never touches), so tool,
+judge and generation time overlap the update and every trained token is at most one policy version old
+(`staleness` in the metrics; `time/wait_rollout` is what the trainer still waited for). The copy costs one more
+set of parameters on the rollout devices. With `grpo.behaviour_cap` the update corrects for the age (grpo.py's
+decoupled objective). max_staleness = 0 is the synchronous loop: rollout, then update.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import time
 from pathlib import Path
@@ -132,9 +139,11 @@ def run(config) -> dict:
             print(metrics_lib.parameter_overview(model), flush=True)
         ref_model = load_policy(config, mesh, workdir)[0] if gcfg.kl_beta else None   # the frozen start
         optimizer = make_optimizer(model, config)
-        # this host's share of the rollouts runs on its own devices (the policy itself when there is one host)
+        # this host's share of the rollouts runs on its own devices (the policy itself when there is one host and
+        # the loop is synchronous; asynchronous, a copy the update never touches, refreshed between rollouts)
+        staleness = int(config.get("max_staleness", 0))
         rollout_mesh = multihost.host_mesh(mesh)
-        rollout_model = multihost.host_model(model, mesh)
+        rollout_model = multihost.host_model(model, mesh, own=staleness > 0)
         per_group = bool(config.rollout.get("seed_per_group", False))
         hosts = jax.process_count()
         groups_per_run = 1 if per_group else -(-int(config.questions_per_step) // hosts)
@@ -163,59 +172,89 @@ def run(config) -> dict:
             return picks
 
         updater = grpo.Updater(model, optimizer, gcfg, mesh)
+
+        def sample_step(step: int) -> dict:
+            """The step's rollouts, scored, with advantages (dynamic sampling may redraw groups): on the main
+            thread (synchronous), or on the rollout thread while the previous step trains (asynchronous)."""
+            timings = {"time/generate": 0.0, "time/tools": 0.0, "time/judge": 0.0}
+
+            def sample(picks: list[str], round_: int):
+                # rollout of this host's share of the groups: G episodes per question, tools over HTTP;
+                # rewards: R_format, R_tool here, R_base from the judge; then every host's scored episodes on
+                # every host, and advantages per group
+                base = int(config.seed) * 100003 + step + 1000003 * round_
+                mine = multihost.process_share(len(picks))
+                if per_group:   # seeded by the group's index in the step: the same on any number of hosts
+                    runs = [([i], (base * 1009 + i) % 2 ** 31) for i in mine]
+                else:
+                    runs = [(list(mine), (base + 15485863 * jax.process_index()) % 2 ** 31)] if mine else []
+                local, local_timings = [], {}
+                for groups, seed in runs:
+                    with jax.set_mesh(rollout_mesh):   # this host's devices
+                        eps, t = rollout(sampler, tokenizer, [picks[i] for i in groups], synth_url, rcfg,
+                                         seed=seed)
+                    for e in eps:
+                        e.group = groups[e.group]        # the group's index among the step's picks
+                    local += eps
+                    for k, v in t.items():      # a share: the mean over this host's runs
+                        local_timings[k] = local_timings.get(k, 0.0) + (v / len(runs) if "occupancy" in k else v)
+                t0 = time.perf_counter()
+                local_scored = (asyncio.run(rewards_lib.score_all(synth_url, [e.question for e in local],
+                                                                  [e.response for e in local], wcfg))
+                                if local else [])
+                local_timings["time/judge"] = time.perf_counter() - t0
+                episodes, scored, slowest = [], [], {}
+                for eps, sc, t in multihost.gather_objects((local, local_scored, local_timings), channel="rollout"):
+                    episodes, scored = episodes + eps, scored + sc
+                    for k, v in t.items():      # the slowest host's
+                        slowest[k] = max(slowest.get(k, 0.0), v)
+                for k, v in slowest.items():
+                    timings[k] = timings.get(k, 0.0) + v
+                n = len(picks)
+                totals = np.array([r.total if r.total is not None else 0.0 for r in scored]).reshape(n, -1)
+                valid = np.array([not r.abstained for r in scored]).reshape(n, -1)
+                adv, keep = advantage(totals, valid)
+                return episodes, scored, adv, keep
+
+            t0 = time.perf_counter()
+            rounds = int(config.grpo.get("dynamic_sampling_rounds", 0))
+            drawn = sample_informative_groups(sample, next_questions, q, rounds)
+            timings["time/rollout"] = time.perf_counter() - t0
+            return {"drawn": drawn, "timings": timings, "cursor": cursor[0]}
+
+        # asynchronous (max_staleness >= 1): step s + 1's rollout runs on this thread while step s trains, on the
+        # policy as it was before update s, so its episodes are one policy version old when they are trained on
+        ahead = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="oresearcher-rollout")
+                 if staleness else None)
+        pending: dict[int, concurrent.futures.Future] = {}
+        consumed = cursor[0]        # the question cursor as of the last step trained (what a checkpoint saves)
         try:
             for step in range(start + 1, total_steps + 1):
                 if guard.should_stop():
-                    ckpt.save(step - 1, _train_state(model, optimizer), {"step": step - 1, "cursor": cursor[0]},
+                    ckpt.save(step - 1, _train_state(model, optimizer), {"step": step - 1, "cursor": consumed},
                               wait=True)
                     print(f"rl: {guard.signal_name} at step {step - 1}: checkpoint saved, exiting", flush=True)
                     return last
                 t_step = time.perf_counter()
                 profiler.before(step)       # the trace covers the whole step: rollout, judge and update
-                timings = {"time/generate": 0.0, "time/tools": 0.0, "time/judge": 0.0}
-
-                multihost.refresh_host_model(rollout_model, model, mesh)
-
-                def sample(picks: list[str], round_: int):
-                    # rollout of this host's share of the groups: G episodes per question, tools over HTTP;
-                    # rewards: R_format, R_tool here, R_base from the judge; then every host's scored episodes
-                    # on every host, and advantages per group
-                    base = int(config.seed) * 100003 + step + 1000003 * round_  # noqa: B023 (called in this step)
-                    mine = multihost.process_share(len(picks))
-                    if per_group:   # seeded by the group's index in the step: the same on any number of hosts
-                        runs = [([i], (base * 1009 + i) % 2 ** 31) for i in mine]
-                    else:
-                        runs = [(list(mine), (base + 15485863 * jax.process_index()) % 2 ** 31)] if mine else []
-                    local, local_timings = [], {}
-                    for groups, seed in runs:
-                        with jax.set_mesh(rollout_mesh):   # this host's devices
-                            eps, t = rollout(sampler, tokenizer, [picks[i] for i in groups], synth_url, rcfg,
-                                             seed=seed)
-                        for e in eps:
-                            e.group = groups[e.group]        # the group's index among the step's picks
-                        local += eps
-                        for k, v in t.items():      # a share: the mean over this host's runs
-                            local_timings[k] = local_timings.get(k, 0.0) + (v / len(runs) if "occupancy" in k else v)
-                    t0 = time.perf_counter()
-                    local_scored = (asyncio.run(rewards_lib.score_all(synth_url, [e.question for e in local],
-                                                                      [e.response for e in local], wcfg))
-                                    if local else [])
-                    local_timings["time/judge"] = time.perf_counter() - t0
-                    episodes, scored, slowest = [], [], {}
-                    for eps, sc, t in multihost.gather_objects((local, local_scored, local_timings)):
-                        episodes, scored = episodes + eps, scored + sc
-                        for k, v in t.items():      # the slowest host's
-                            slowest[k] = max(slowest.get(k, 0.0), v)
-                    for k, v in slowest.items():
-                        timings[k] = timings.get(k, 0.0) + v  # noqa: B023 (called in this step)
-                    n = len(picks)
-                    totals = np.array([r.total if r.total is not None else 0.0 for r in scored]).reshape(n, -1)
-                    valid = np.array([not r.abstained for r in scored]).reshape(n, -1)
-                    adv, keep = advantage(totals, valid)
-                    return episodes, scored, adv, keep
-
-                episodes, scored, adv, keep, train_groups, rounds = sample_informative_groups(
-                    sample, next_questions, q, int(config.grpo.get("dynamic_sampling_rounds", 0)))
+                t0 = time.perf_counter()
+                if step in pending:
+                    sampled = pending.pop(step).result()
+                    stale = 1
+                else:
+                    multihost.refresh_host_model(rollout_model, model, mesh, own=staleness > 0)
+                    sampled = sample_step(step)
+                    stale = 0
+                waited = time.perf_counter() - t0
+                consumed = sampled["cursor"]
+                if ahead is not None and step < total_steps:
+                    # the rollout thread is idle: bring its copy to this policy version (a step sampled here
+                    # already ran on it), then start the next step's rollout
+                    if stale:
+                        multihost.refresh_host_model(rollout_model, model, mesh, own=True)
+                    pending[step + 1] = ahead.submit(sample_step, step + 1)
+                episodes, scored, adv, keep, train_groups, rounds = sampled["drawn"]
+                timings = dict(sampled["timings"], **{"time/wait_rollout": waited})
                 # update: several optimizer steps against the rollout logprobs, on `q` informative groups
                 t0 = time.perf_counter()
                 g = rcfg.group_size
@@ -231,14 +270,16 @@ def run(config) -> dict:
                 check_finite(step, {k.removeprefix("train/"): v for k, v in train_metrics.items()})
                 last = _step_metrics(step, episodes, scored, keep, timings, train_metrics)
                 last.update({"groups/sampled": int(keep.shape[0]), "groups/informative": len(train_groups),
-                             "groups/rounds": rounds})
+                             "groups/rounds": rounds, "staleness": stale})
                 last["time/step"] = time.perf_counter() - t_step
                 if step % int(config.log_every) == 0 or step == total_steps:
                     writer.write(step, last)
                     print(_console(last), flush=True)
                 if step % int(config.checkpoint_every) == 0 or step == total_steps:
-                    ckpt.save(step, _train_state(model, optimizer), {"step": step, "cursor": cursor[0]})
+                    ckpt.save(step, _train_state(model, optimizer), {"step": step, "cursor": consumed})
         finally:
+            if ahead is not None:       # a rollout still running ends first (its episodes are not kept)
+                ahead.shutdown(wait=True, cancel_futures=True)
             profiler.stop()
             writer.close()
             ckpt.close()
@@ -294,13 +335,15 @@ def _update(updater, model, optimizer, ref_model, episodes, adv, keep, gcfg, con
     """`grpo.epochs` passes over the kept episodes in `grpo.minibatches` optimizer steps each, every step against
     the rollout's logprobs. Minibatches have a fixed row count (questions_per_step x group / minibatches, padded
     with empty rows) so the update compiles once per length bucket; each is one optimizer step, its gradient
-    accumulated over microbatches of at most grpo.microbatch_tokens tokens. {} when every group was dropped."""
+    accumulated over microbatches of at most grpo.microbatch_tokens tokens. With grpo.behaviour_cap, every
+    minibatch first gets the policy's own logprobs before the first of these steps (the decoupled objective's
+    proximal policy, grpo.py). {} when every group was dropped."""
     kept = [i for i in range(len(episodes)) if keep[i]]
     if not kept:
         return {}
     minibatches = max(1, int(config.grpo.minibatches))
     rows = -(-int(config.questions_per_step) * int(config.rollout.group_size) // minibatches)
-    out: dict[str, list] = {}
+    batches = []
     for _ in range(int(config.grpo.epochs)):
         order = rng.permutation(kept)
         for start in range(0, len(order), rows):
@@ -309,9 +352,14 @@ def _update(updater, model, optimizer, ref_model, episodes, adv, keep, gcfg, con
             batch = grpo.place_batch(batch, mesh)
             if ref_model is not None:
                 batch["ref_logp"] = grpo.reference_logprobs(ref_model, batch, gcfg.temperature, gcfg.logprob_chunk)
-            metrics = updater(model, optimizer, batch)
-            for k, v in jax.device_get(metrics).items():
-                out.setdefault(k, []).append(float(v))
+            if gcfg.behaviour_cap > 0:
+                batch["prox_logp"] = grpo.reference_logprobs(model, batch, gcfg.temperature, gcfg.logprob_chunk)
+            batches.append(batch)
+    out: dict[str, list] = {}
+    for batch in batches:
+        metrics = updater(model, optimizer, batch)
+        for k, v in jax.device_get(metrics).items():
+            out.setdefault(k, []).append(float(v))
     result = {f"train/{k}": float(np.mean(v)) for k, v in out.items() if k != "policy_tokens"}
     result["train/optimizer_steps"] = len(out.get("loss", []))
     return result
