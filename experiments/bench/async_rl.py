@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from fastapi import Request  # at module level: FastAPI reads the route's annotations from this module
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).parent / "results"
@@ -41,7 +42,7 @@ class LatencyProxy:
     def __init__(self, upstream: str, tool_median_s: float, tool_p95_s: float, judge_s: float, seed: int = 0):
         import httpx
         import uvicorn
-        from fastapi import FastAPI, Request, Response
+        from fastapi import FastAPI, Response
 
         from oresearcher.rl.synth_service import free_port
 
