@@ -79,58 +79,16 @@ import dataclasses
 import inspect
 import json
 import random
-import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-
-class LocalServer:
-    """Serve an ASGI app with uvicorn on 127.0.0.1:<free port> in a daemon thread (context manager)."""
-
-    def __init__(self, app, host: str = "127.0.0.1"):
-        self.app = app
-        self.host = host
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, 0))
-        self.port = self._socket.getsockname()[1]
-        self.url = f"http://{host}:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1,
-                                timeout_keep_alive=5)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"local-server-{self.port}")
-
-    def _run(self) -> None:
-        asyncio.run(self._server.serve(sockets=[self._socket]))
-
-    def start(self) -> LocalServer:
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"local test server on port {self.port} did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._socket.close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+from experiments.loopback import LocalServer  # noqa: F401  (re-exported: the tests import it from here)
 
 
-@dataclasses.dataclass
 class Faults:
     """Fractions of requests answered with each fault (see the module docstring); they must sum to <= 1."""
 

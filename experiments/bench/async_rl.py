@@ -24,7 +24,6 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -41,10 +40,9 @@ class LatencyProxy:
 
     def __init__(self, upstream: str, tool_median_s: float, tool_p95_s: float, judge_s: float, seed: int = 0):
         import httpx
-        import uvicorn
         from fastapi import FastAPI, Response
 
-        from oresearcher.rl.synth_service import free_port
+        from experiments.loopback import LocalServer
 
         sigma = float(np.log(tool_p95_s / tool_median_s) / 1.6449)   # p95 of a lognormal: median * e^(1.645 s)
         rng = np.random.default_rng(seed)
@@ -65,21 +63,11 @@ class LatencyProxy:
             r = await client.request(request.method, "/" + path, content=await request.body(), headers=headers)
             return Response(r.content, r.status_code, media_type=r.headers.get("content-type"))
 
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                                     log_config=None))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the latency proxy did not start")
-            time.sleep(0.05)
+        self._server = LocalServer(app).start()
+        self.url = self._server.url
 
     def close(self):
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._server.stop()
 
 
 def _train(workdir: Path, preset: str, *flags: str) -> list[dict]:

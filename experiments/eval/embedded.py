@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -53,23 +52,15 @@ DIMENSIONS = ("comprehensiveness", "insight", "instruction_following", "readabil
 
 
 # ------------------------------------------------------------------------------------------ synth service
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class InProcessTools:
     """The synth tool and judge endpoints (DESIGN contract 7: /v1/tools/*, /v1/judge, /healthz) served from this
     process over synth's own `Tools` and `HeuristicJudge` (the code behind `python -m synth serve`), so the
     rollouts' HTTP tool calls and the judging need no second process; --synth-url uses a running service."""
 
     def __init__(self, cache_dir: Path):
-        import threading
-
-        import uvicorn
         from fastapi import FastAPI
 
+        from experiments.loopback import LocalServer
         from synth.judge import HeuristicJudge
         from synth.tools import Tools
 
@@ -102,24 +93,14 @@ class InProcessTools:
                                                  trajectory=body.get("trajectory"))
             return result.to_json()
 
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        # log_config=None: a server inside this process must not reconfigure (and close) the process's log handlers
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                                     log_config=None))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the in-process tool service did not start")
-            time.sleep(0.05)
+        self._server = LocalServer(app).start()
+        self.url = self._server.url
 
     def terminate(self):
-        self._server.should_exit = True
+        self._server.stop()
 
     def wait(self, timeout=None):
-        self._thread.join(timeout)
+        pass        # terminate() waited
 
 
 # ------------------------------------------------------------------------------------------------ systems
