@@ -134,22 +134,29 @@ def main():
 
     sync, lagged = summary(runs["sync"]["rows"]), summary(runs["async"]["rows"])
     result = {
+        "title": "Asynchronous GRPO against the synchronous loop (tool and judge latency injected)",
         "description": "Asynchronous GRPO (max_staleness=1) against the synchronous loop on the same preset and "
                        "starting policy, tools delayed lognormally (median/p95 below) and the judge by a fixed "
                        "delay, through a loopback proxy in front of the real synth service; wall = sum of "
-                       "time/step over steps 2..N",
-        "preset": args.preset, "steps": args.steps, "tool_median_s": args.tool_median_s,
-        "tool_p95_s": args.tool_p95_s, "judge_s": args.judge_s, "flags": args.flag,
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus", "load_after": os.getloadavg()[0],
-        "sync": sync, "async": lagged,
-        "async_over_sync": lagged["wall_steps_2_on_s"] / sync["wall_steps_2_on_s"],
+                       "time/step over steps 2..N. Per step: rollout = sampling + tools + judge of a step "
+                       "(on the rollout thread when asynchronous), train = the update, waited = what the trainer "
+                       "still waited for the rollout.",
+        "command": "python -m experiments.bench.async_rl " + " ".join(sys.argv[1:]),
+        "rows": [{"loop": name, **{k: v for k, v in s.items() if k != "staleness"},
+                  "staleness": " ".join(map(str, s["staleness"]))} for name, s in (("sync", sync), ("async", lagged))],
+        "summary": {"preset": args.preset, "steps": args.steps, "tool_median_s": args.tool_median_s,
+                    "tool_p95_s": args.tool_p95_s, "judge_s": args.judge_s, "flags": " ".join(args.flag),
+                    "machine": f"{platform.machine()} {os.cpu_count()} cpus", "load_after": os.getloadavg()[0],
+                    "async_over_sync": lagged["wall_steps_2_on_s"] / sync["wall_steps_2_on_s"],
+                    "target": "async_over_sync <= 0.6",
+                    "reward_last_sync": sync["reward_last"], "reward_last_async": lagged["reward_last"]},
     }
     for name, s in (("sync", sync), ("async", lagged)):
         print(f"{name:>5}: steps 2..{args.steps} {s['wall_steps_2_on_s']:.1f}s; per step: rollout "
               f"{s['mean_time/rollout']:.1f}s (generate {s['mean_time/generate']:.1f}s tools "
               f"{s['mean_time/tools']:.1f}s judge {s['mean_time/judge']:.1f}s) train {s['mean_time/train']:.1f}s "
               f"waited for the rollout {s['mean_time/wait_rollout']:.1f}s; staleness {s['staleness']}")
-    print(f"async_over_sync={result['async_over_sync']:.3f}")
+    print(f"async_over_sync={result['summary']['async_over_sync']:.3f}")
     print(f"reward_last_sync={sync['reward_last']:.3f}")
     print(f"reward_last_async={lagged['reward_last']:.3f}")
     RESULTS.mkdir(exist_ok=True)
