@@ -82,6 +82,10 @@ def _base() -> ConfigDict:
                                         # while step s trains (tool, judge and generation time overlap the
                                         # update; the rollout holds its own copy of the parameters); 0 = the
                                         # synchronous loop (rollout, then update). Higher values act as 1.
+    c.placement = "colocated"           # "colocated": rollouts and updates share config.mesh's devices;
+                                        # "split": the last rollout_devices devices run the rollouts, the mesh
+                                        # is laid over the others (one host; oresearcher/rl/placement.py)
+    c.rollout_devices = 0
 
     c.warm_start = ConfigDict()         # short SFT when no init_checkpoint is given
     c.warm_start.enabled = True

@@ -22,11 +22,12 @@ metrics.jsonl, episodes.jsonl and TensorBoard events. `rollout.seed_per_group` s
 its index in the step (one rollout per group), so that a step's episodes do not depend on how many hosts share it.
 
 Asynchronous (`max_staleness` >= 1): while step s trains, a rollout thread already samples step s + 1 on a copy of
-the policy as it was before update s (multihost.host_model(own=True): arrays the update never touches), so tool,
-judge and generation time overlap the update and every trained token is at most one policy version old
-(`staleness` in the metrics; `time/wait_rollout` is what the trainer still waited for). The copy costs one more
-set of parameters on the rollout devices. With `grpo.behaviour_cap` the update corrects for the age (grpo.py's
-decoupled objective). max_staleness = 0 is the synchronous loop: rollout, then update.
+the policy as it was before update s (placement.py: arrays the update never touches), so tool, judge and
+generation time overlap the update and every trained token is at most one policy version old (`staleness` in the
+metrics; `time/wait_rollout` is what the trainer still waited for). The copy costs one more set of parameters on
+the rollout devices. With `grpo.behaviour_cap` the update corrects for the age (grpo.py's decoupled objective).
+max_staleness = 0 is the synchronous loop: rollout, then update. `placement` = "split" runs the rollouts on
+devices of their own (`rollout_devices`), the trainer on the rest (placement.py).
 """
 from __future__ import annotations
 
@@ -42,9 +43,9 @@ from flax import nnx
 
 from oresearcher import checkpoint as checkpoint_lib
 from oresearcher import metrics as metrics_lib
-from oresearcher import multihost, optim, paths, sharding
+from oresearcher import multihost, optim, paths
 from oresearcher.preemption import PreemptionGuard, check_finite
-from oresearcher.rl import grpo
+from oresearcher.rl import grpo, placement
 from oresearcher.rl import rewards as rewards_lib
 from oresearcher.rl.rollout import RolloutConfig, make_generator, rollout, to_batch
 from oresearcher.rl.synth_service import shared_synth_service
@@ -119,7 +120,8 @@ def run(config) -> dict:
     guard = PreemptionGuard()
 
     # ---------------------------------------------------------------- Set up mesh and the pieces
-    mesh = sharding.make_mesh(dict(config.mesh))
+    place = placement.make(config)     # the trainer's mesh, and where the rollouts run
+    mesh = place.mesh
     rcfg = RolloutConfig.from_config(config.rollout)
     wcfg = rewards_lib.RewardConfig.from_config(config.reward)
     gcfg = grpo.GRPOConfig.from_config(config)
@@ -128,7 +130,8 @@ def run(config) -> dict:
     if int(config.get("num_questions", 0)) > 0:
         questions = questions[:int(config.num_questions)]
     total_steps = int(config.total_steps)
-    print(f"rl: mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s); "
+    rollouts = f"; rollouts on {place.rollout_mesh.size} more (split)" if place.kind == "split" else ""
+    print(f"rl: mesh {dict(mesh.shape)} on {mesh.size} {jax.devices()[0].platform} device(s){rollouts}; "
           f"{len(questions)} questions, {config.questions_per_step} per step x group {rcfg.group_size}", flush=True)
 
     last = {}
@@ -139,11 +142,11 @@ def run(config) -> dict:
             print(metrics_lib.parameter_overview(model), flush=True)
         ref_model = load_policy(config, mesh, workdir)[0] if gcfg.kl_beta else None   # the frozen start
         optimizer = make_optimizer(model, config)
-        # this host's share of the rollouts runs on its own devices (the policy itself when there is one host and
-        # the loop is synchronous; asynchronous, a copy the update never touches, refreshed between rollouts)
+        # this host's share of the rollouts runs where the placement says, on the policy itself or on a copy the
+        # update never touches (asynchronous, split), refreshed between rollouts
         staleness = int(config.get("max_staleness", 0))
-        rollout_mesh = multihost.host_mesh(mesh)
-        rollout_model = multihost.host_model(model, mesh, own=staleness > 0)
+        rollout_mesh = place.rollout_mesh
+        rollout_model = place.rollout_model(model)
         per_group = bool(config.rollout.get("seed_per_group", False))
         hosts = jax.process_count()
         groups_per_run = 1 if per_group else -(-int(config.questions_per_step) // hosts)
@@ -242,7 +245,7 @@ def run(config) -> dict:
                     sampled = pending.pop(step).result()
                     stale = 1
                 else:
-                    multihost.refresh_host_model(rollout_model, model, mesh, own=staleness > 0)
+                    place.refresh(rollout_model, model)
                     sampled = sample_step(step)
                     stale = 0
                 waited = time.perf_counter() - t0
@@ -251,7 +254,7 @@ def run(config) -> dict:
                     # the rollout thread is idle: bring its copy to this policy version (a step sampled here
                     # already ran on it), then start the next step's rollout
                     if stale:
-                        multihost.refresh_host_model(rollout_model, model, mesh, own=True)
+                        place.refresh(rollout_model, model)
                     pending[step + 1] = ahead.submit(sample_step, step + 1)
                 episodes, scored, adv, keep, train_groups, rounds = sampled["drawn"]
                 timings = dict(sampled["timings"], **{"time/wait_rollout": waited})
