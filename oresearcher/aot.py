@@ -414,7 +414,13 @@ def run(config, target_spec: str = "", mem_fraction: float = 0.95, out=print, at
     if stage not in STEP_BUILDERS:
         raise ValueError(f"config.stage={stage!r}: no train step to compile; stages: {sorted(STEP_BUILDERS)}")
     rules = tuple(tuple(r) for r in config.rules) if config.get("rules") else sharding.RULES
-    mesh = sharding.make_mesh(dict(config.mesh), devices=target.devices)
+    split = str(config.get("placement", "colocated")) == "split" and stage == "rl"
+    n_rollout = int(config.get("rollout_devices", 0)) if split else 0
+    if split and not 0 < n_rollout < len(target.devices):
+        raise ValueError(f"placement='split': rollout_devices={n_rollout} must leave devices to both sides of "
+                         f"the {len(target.devices)} of {target.spec}")
+    # split placement: the trainer on the first devices, the engine on the last rollout_devices (rl/placement.py)
+    mesh = sharding.make_mesh(dict(config.mesh), devices=target.devices[:len(target.devices) - n_rollout])
     model_cfg = model_config_for(config, out, attention)
     step, (state, batch) = STEP_BUILDERS[stage](config, model_cfg, mesh, rules)
     out(f"target: {target.spec}: {target.description}")
@@ -445,7 +451,8 @@ def run(config, target_spec: str = "", mem_fraction: float = 0.95, out=print, at
         out("per-device memory of the update:")
         for line in report.lines()[:-1]:
             out(line)
-    return _with_engine(config, model_cfg, mesh, target, state, report, out, programs)
+    rollout_mesh = sharding.make_mesh({"fsdp": n_rollout}, devices=target.devices[-n_rollout:]) if split else None
+    return _with_engine(config, model_cfg, mesh, target, state, report, out, programs, rollout_mesh)
 
 
 def _compile_report(target: Target, compile_fn, out) -> MemoryReport:
@@ -461,10 +468,29 @@ def _compile_report(target: Target, compile_fn, out) -> MemoryReport:
     return MemoryReport.of(compiled, target.capacity, GPU_AOT_MARGIN if target.platform == "gpu" else 0.0)
 
 
+def _rollout_copy_bytes(config, model_cfg, rollout_mesh) -> int:
+    """Bytes per device of split placement's parameter copy: the parameters placed on the rollout mesh by their
+    logical axes, as rl/placement.py places them."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from oresearcher import sharding
+    from oresearcher.model import Decoder
+
+    rules = tuple(tuple(r) for r in config.rules) if config.get("rules") else sharding.RULES
+    params = nnx.state(nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    shardings = jax.tree.leaves(sharding.param_shardings(params, rollout_mesh, rules))
+    return sum(int(np.prod(s.shard_shape(v.shape))) * np.dtype(v.dtype).itemsize
+               for v, s in zip(jax.tree.leaves(params), shardings))
+
+
 def _with_engine(config, model_cfg, mesh, target: Target, train_state, update: MemoryReport | None, out,
-                 which=PROGRAMS) -> MemoryReport:
+                 which=PROGRAMS, rollout_mesh=None) -> MemoryReport:
     """Compile the rollout engine's prefill and decode programs (engine/aot.py) beside the update and report what
-    one device holds at the peak of each, the engine and the trainer colocated on the same devices.
+    one device holds at the peak of each, the engine and the trainer colocated on the same devices; or, with
+    `rollout_mesh` (split placement), the engine on those devices and the trainer on `mesh`, each holding only
+    its own arrays (the engine's devices also the rollout's fp32 parameter copy, sharded over them).
 
     What is resident at once (the assumption): the training state (parameters and Adam moments) always; the
     engine's weight copy, KV cache and logits always too: the engine keeps its cache between rollouts, and with
@@ -480,14 +506,19 @@ def _with_engine(config, model_cfg, mesh, target: Target, train_state, update: M
     from oresearcher.engine import aot as engine_aot
 
     g = lambda b: f"{b / GiB:.2f} GiB"
-    programs = engine_aot.build(config, model_cfg, mesh)
+    programs = engine_aot.build(config, model_cfg, rollout_mesh or mesh)
     out(f"engine: {programs.slots} slots x {programs.cache_len} cache slots (dense), inference layout "
         f"{programs.plan.describe()}: weights {g(programs.weights)} + cache {g(programs.cache)} per device")
     per_device = lambda tree: sum(int(np.prod(a.sharding.shard_shape(a.shape))) * np.dtype(a.dtype).itemsize
                                   for a in jax.tree.leaves(tree))
     state = per_device(train_state)
     resident, what = programs.resident, "engine resident"
-    if int(config.get("max_staleness", 0)) > 0:     # the rollout's own copy of the parameters
+    if rollout_mesh is not None:                    # split: nothing of the other side is resident
+        copy = _rollout_copy_bytes(config, model_cfg, rollout_mesh)
+        out(f"split placement: trainer on {mesh.size} devices, engine on {rollout_mesh.size} (+ the rollout's "
+            f"parameter copy {g(copy)} per device)")
+        resident, state, what = 0, copy, "nothing: the engine is on its own devices,"
+    elif int(config.get("max_staleness", 0)) > 0:     # the rollout's own copy of the parameters
         copy = per_device(train_state[0])           # train_state: the state of (model, optimizer)
         out(f"asynchronous (max_staleness={int(config.max_staleness)}): the rollout's parameter copy {g(copy)} "
             f"per device")
@@ -499,6 +530,7 @@ def _with_engine(config, model_cfg, mesh, target: Target, train_state, update: M
         program = getattr(programs, name)
         report = _compile_report(target, lambda p=program: engine_aot.compile_program(p), out)
         rows.append((f"{name} ({program[3]})", report, state,
+                     "parameter copy" if rollout_mesh is not None else
                      "training state" + (" + parameter copy" if resident > programs.resident else "")))
     peak = 0
     for name, report, extra, what in rows:

@@ -202,9 +202,10 @@ def _moment_shardings(opt_state, params, param_sh, mesh):
 
 
 # ========================================================================================== The run
-def run(config) -> dict:
-    """Train per `config` (configs/sft.py); returns the last logged metrics. Exits early (returning) on SIGTERM
-    after saving a checkpoint; raises NonFiniteError on a NaN/Inf loss with the last good checkpoint kept."""
+def run(config, devices=None) -> dict:
+    """Train per `config` (configs/sft.py) on `devices` (default: all); returns the last logged metrics. Exits
+    early (returning) on SIGTERM after saving a checkpoint; raises NonFiniteError on a NaN/Inf loss with the last
+    good checkpoint kept."""
     workdir = paths.path(config.workdir)   # a local directory or a cloud URL (gs://bucket/run)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
@@ -212,9 +213,9 @@ def run(config) -> dict:
 
     # ---------------------------------------------------------------- Set up mesh
     # Every array is placed by logical axis names through the rules table (config.rules, data not code).
-    mesh = sharding.make_mesh(dict(config.mesh))
+    mesh = sharding.make_mesh(dict(config.mesh), devices=devices)
     rules = None if config.rules is None else tuple(tuple(r) for r in config.rules)
-    print(f"sft: mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s)", flush=True)
+    print(f"sft: mesh {dict(mesh.shape)} on {mesh.size} {jax.devices()[0].platform} device(s)", flush=True)
 
     # ---------------------------------------------------------------- Model, tokenizer, data
     model, tokenizer = build_model(config, mesh, rules)
@@ -246,7 +247,7 @@ def run(config) -> dict:
 
     # ---------------------------------------------------------------- Train loop
     flops_per_token = metrics_lib.train_flops_per_token(model_cfg, int(d.seq_len))
-    peak = metrics_lib.peak_flops_per_device(float(config.peak_flops_per_device)) * jax.device_count()
+    peak = metrics_lib.peak_flops_per_device(float(config.peak_flops_per_device)) * mesh.size
     writer = metrics_lib.MetricsWriter(workdir, total_steps, start_step=start, progress=bool(config.progress))
     profiler = metrics_lib.StepProfiler(workdir, config.get("profile"))
     last, window_tokens, window_start = {}, 0, time.perf_counter()

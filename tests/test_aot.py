@@ -192,3 +192,14 @@ def test_cli_compiles_the_real_rl_step_for_a_gpu_host():
     rc, lines = _aot_cli("--config=configs/rl.py:tiny", "--target=gpu:h100x8")
     assert rc == 0, lines
     assert "(XLA's figure + 5% margin)" in " ".join(lines) and FITS.match(lines[-1]).group(1) == "yes"
+
+
+@needs_tpu
+@pytest.mark.slow
+def test_cli_reports_split_placement_each_side_on_its_own_devices():
+    rc, lines = _aot_cli("--config=configs/rl.py:tiny", "--target=tpu:v5e-8", "--config.placement=split",
+                         "--config.rollout_devices=4", "--config.mesh={'data': 4}")
+    assert rc == 0, lines
+    text = "\n".join(lines)
+    assert "split placement: trainer on 4 devices, engine on 4" in text
+    assert "nothing: the engine is on its own devices" in text and FITS.match(lines[-1]).group(1) == "yes"

@@ -152,6 +152,8 @@ def run(config) -> dict:
         groups_per_run = 1 if per_group else -(-int(config.questions_per_step) // hosts)
         with jax.set_mesh(rollout_mesh):      # its arrays live where the rollouts run
             sampler = make_generator(rollout_model, tokenizer, config.rollout, groups_per_run * rcfg.group_size)
+        # the mesh its programs run on: the inference layout's own (engine/layout.py) on several devices
+        generator_mesh = getattr(sampler.placed, "mesh", None) or rollout_mesh
 
         # ---------------------------------------------------------------- Checkpointing
         ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=int(config.keep_checkpoints))
@@ -193,7 +195,7 @@ def run(config) -> dict:
                     runs = [(list(mine), (base + 15485863 * jax.process_index()) % 2 ** 31)] if mine else []
                 local, local_timings = [], {}
                 for groups, seed in runs:
-                    with jax.set_mesh(rollout_mesh):   # this host's devices
+                    with jax.set_mesh(generator_mesh):   # this host's devices
                         eps, t = rollout(sampler, tokenizer, [picks[i] for i in groups], synth_url, rcfg,
                                          seed=seed)
                     for e in eps:

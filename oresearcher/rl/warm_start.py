@@ -68,7 +68,7 @@ def policy_from_config(config, mesh, workdir: Path):
                 for rec in records:
                     f.write(json.dumps(abridge_record(rec, config.warm_start, cut)) + "\n")
         multihost.barrier("warm start: records written")
-        sft_lib.run(_sft_config(config, data, workdir / "warm_start", out))
+        sft_lib.run(_sft_config(config, data, workdir / "warm_start", out), devices=list(mesh.devices.flat))
         multihost.barrier("warm start: policy exported")
     else:
         print(f"warm start: reusing {out}", flush=True)
