@@ -270,15 +270,16 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ cache size
     def _fit(self, max_len: int, reach: int, *, shrink: bool = False) -> None:
-        """Size the cache for slot positions < reach: grow when reach is past it, shrink (with shrink) when the
-        bucket of reach is smaller."""
+        """Size the cache for slot positions < reach: grow when reach is past it, or with shrink only shrink, to
+        the bucket of reach when that is at most half the cache (growing is _reserve's, when a slot needs it:
+        growing here, to the reach plus a prefill chunk, took every idle server to a 1024-slot cache)."""
         spare = sampler_lib._spare(self.slots)
         need = sampler_lib._window(max_len, max(reach, 1)) + spare
         if self.cache is None:
             self.cache = sampler_lib.init_cache(self.placed, self.slots, need)
             return
         have = self.cache["segment_ids"].shape[1]
-        if need > have or (shrink and 2 * need <= have):
+        if (need > have and not shrink) or (shrink and 2 * need <= have):
             self.cache = self._resize(self.cache, need)
             if self.placed.mesh is not None:   # a shrink or a pad keeps the layout; re-place to be sure
                 target = sampler_lib.init_cache(self.placed, self.slots, 1)
