@@ -32,7 +32,8 @@ p), so a request with a given seed gets the same tokens whatever else the slots 
 Shapes come from a few buckets, so nothing compiles in steady state: decode runs on all slots at once (inactive
 slots write nothing); prefill on the pending slots' count rounded up to slots / 4**k and the longest pending
 piece rounded up to prefill_chunk / 4**k (>= min_bucket), see _quarters; the cache on the slots' furthest reach
-rounded up to a power of two (>= 128), grown or shrunk (one copy) as the episodes in the slots grow or finish.
+rounded up to a power of two (>= 128), grown or shrunk (one copy) as the episodes in the slots grow or finish;
+the joint stop table's rows to a power of two (>= 8).
 """
 from __future__ import annotations
 
