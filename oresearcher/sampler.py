@@ -154,17 +154,20 @@ def stop_table(stop: Sequence[str], vocab: list[bytes]) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ sampling
 def _filter_logits(logits, top_p, top_k):
-    """Mask (to -inf) tokens outside the top-k, then outside the smallest set with probability mass >= top_p."""
+    """Mask (to -inf) tokens outside the top-k, then outside the smallest set with probability mass >= top_p.
+    top_p, top_k [B]: one per row; a row with top_p 1 and top_k 0 is left exactly as it is (not merely up to the
+    rounding of its cumulative sum), so that rows without a filter draw the same beside rows with one."""
     v = logits.shape[-1]
     desc = -jnp.sort(-logits, axis=-1)
     k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
-    kth = desc[:, k - 1][:, None]
-    desc = jnp.where(jnp.arange(v)[None] < k, desc, -jnp.inf)
+    kth = jnp.take_along_axis(desc, (k - 1)[:, None], -1)
+    desc = jnp.where(jnp.arange(v)[None] < k[:, None], desc, -jnp.inf)
     probs = jax.nn.softmax(desc, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs          # mass strictly above each sorted token
-    kept = jnp.maximum(jnp.sum(before < top_p, axis=-1), 1)
+    kept = jnp.maximum(jnp.sum(before < top_p[:, None], axis=-1), 1)
     pth = jnp.take_along_axis(desc, (kept - 1)[:, None], -1)
-    return jnp.where(logits >= jnp.maximum(kth, pth), logits, -jnp.inf)
+    off = ((top_p >= 1.0) & (top_k <= 0))[:, None]
+    return jnp.where(off | (logits >= jnp.maximum(kth, pth)), logits, -jnp.inf)
 
 
 def _first_max(x, top):
@@ -183,9 +186,12 @@ def _uniforms(key, rows: int):
 
 
 def _sample(logits, key, temperature, top_p, top_k, use_filter: bool):
-    """logits [B, V] float32, key (one, or [B]: one per row) -> (token [B] int32, logprob [B] float32)."""
+    """logits [B, V] float32, key (one, or [B]: one per row), temperature / top_p / top_k (scalars, or [B]: the
+    engine's rows each serve their own request) -> (token [B] int32, logprob [B] float32)."""
+    b = logits.shape[0]
+    temperature, top_p, top_k = (jnp.broadcast_to(x, (b,)) for x in (temperature, top_p, top_k))
     greedy = temperature <= 0.0
-    scaled = logits / jnp.where(greedy, 1.0, temperature)
+    scaled = logits / jnp.where(greedy, 1.0, temperature)[:, None]
     # log softmax of the chosen token only, computed as jax.nn.log_softmax does: (x - max) - log sum exp(x - max)
     top = jnp.max(scaled, axis=-1, keepdims=True)
     log_sum = jnp.log(jnp.sum(jnp.exp(scaled - top), axis=-1))
@@ -195,10 +201,12 @@ def _sample(logits, key, temperature, top_p, top_k, use_filter: bool):
         # model's whole forward on CPU). Exact up to float rounding of the cumulative sum.
         filtered = _filter_logits(scaled, top_p, top_k) if use_filter else scaled
         cdf = jnp.cumsum(jax.nn.softmax(filtered, axis=-1), axis=-1)
-        u = _uniforms(key, logits.shape[0]) * cdf[:, -1:]
-        return jnp.minimum(jnp.sum(cdf <= u, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
+        u = _uniforms(key, b) * cdf[:, -1:]
+        drawn = jnp.minimum(jnp.sum(cdf <= u, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
+        return jnp.where(greedy, _first_max(scaled, top), drawn)
 
-    token = jax.lax.cond(greedy, lambda _: _first_max(scaled, top), sample, None)
+    # an all-greedy batch (every Sampler call at temperature 0) skips the softmax, cumulative sum and draw
+    token = jax.lax.cond(jnp.all(greedy), lambda _: _first_max(scaled, top), sample, None)
     return token, (jnp.take_along_axis(scaled, token[:, None], -1) - top)[:, 0] - log_sum
 
 

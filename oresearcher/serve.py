@@ -11,9 +11,12 @@ at max_tokens. Request validation, error bodies, content parts and the event str
 this module turns a valid request into token ids, generates, and hands back the texts.
 
 The synthesizer uses this as its `local` teacher (its OpenAI client pointed at http://HOST:PORT/v1), and runs many
-researchers at once: concurrent requests are batched. A single worker thread owns the model; it drains the
-queue, groups requests that share temperature / top-p / top-k / stop strings, and runs each group as one batch on
-the sampler (each row with its own max_tokens), so N concurrent researchers cost about one decode loop.
+researchers at once. Requests share the rollout engine's slots (oresearcher.engine: continuous batching, `--slots`,
+default 32): a worker thread keeps one engine run going and feeds it each request (each of its `n` choices) as an
+episode of one turn. A request takes a free slot at the next engine step, decodes beside the others with its own
+temperature / top-p / top-k / stop strings / seed, and leaves its slot the moment it ends: a short request never
+waits for a long one, and one with a given seed gets the same tokens whatever else is being served (up to float
+rounding). Requests beyond the slots queue until one frees.
 """
 from __future__ import annotations
 
@@ -22,14 +25,14 @@ import concurrent.futures
 import dataclasses
 import queue
 import threading
-import time
 import uuid
 
 from fastapi import FastAPI
 
 from oresearcher import openai_api
+from oresearcher.engine import Engine
 from oresearcher.openai_api import APIError, ChatRequest, CompletionRequest
-from oresearcher.sampler import Sampler, SamplingParams
+from oresearcher.sampler import SamplingParams
 
 
 @dataclasses.dataclass
@@ -40,56 +43,90 @@ class _Job:
     future: concurrent.futures.Future
 
 
-class Engine:
-    """The model, its tokenizer and a batching worker thread. `submit` is thread-safe."""
+class _Requests:
+    """The engine run's feed and agent: submitted jobs become episodes of one turn of max_new tokens whose
+    completion resolves the job's future. Only `submit` and `close` are called from other threads."""
 
-    def __init__(self, model, tokenizer, *, name: str, max_batch: int = 32, max_context: int | None = None):
-        self.sampler = Sampler(model, tokenizer)
+    def __init__(self):
+        self._incoming: queue.Queue[_Job | None] = queue.Queue()     # None: close
+        self._live: dict[int, _Job] = {}     # episode of the current run -> its job
+        self._fed = 0
+        self._closed = False
+
+    def submit(self, job: _Job) -> None:
+        self._incoming.put(job)
+
+    def close(self) -> None:
+        self._incoming.put(None)
+
+    def feed(self, idle: bool) -> list | None:
+        if self._closed:
+            return None
+        jobs = []
+        try:
+            jobs.append(self._incoming.get(block=idle))     # idle: nothing to decode, so wait for a request
+            while True:
+                jobs.append(self._incoming.get_nowait())
+        except queue.Empty:
+            pass
+        if None in jobs:
+            self._closed = True
+            jobs.remove(None)
+        for job in jobs:                                 # the run numbers fed episodes in order, from 0
+            self._live[self._fed] = job
+            self._fed += 1
+        return [(job.prompt, job.params) for job in jobs]
+
+    def fail(self, error: Exception) -> None:
+        """The run died: its requests get the error, and the next run numbers its episodes from 0 again."""
+        for job in self._live.values():
+            job.future.set_exception(error)
+        self._live.clear()
+        self._fed = 0
+
+    def budget(self, episode: int) -> int:
+        return self._live[episode].max_new
+
+    def on_turn(self, episode: int, completion):
+        self._live.pop(episode).future.set_result(completion)
+        return None                                      # one turn: the episode ends, its slot is free
+
+    def on_result(self, episode: int, result):
+        raise AssertionError("a served request makes no calls")
+
+
+class Server:
+    """The model on the rollout engine, its tokenizer, and the worker thread that keeps one engine run going.
+    `submit` is thread-safe."""
+
+    def __init__(self, model, tokenizer, *, name: str, slots: int = 32, max_context: int | None = None):
+        self.engine = Engine(model, tokenizer, slots=slots)
         self.tokenizer = tokenizer
         self.name = name
-        self.max_batch = max_batch
         self.max_context = max_context or model.cfg.max_position_embeddings
-        self._queue: queue.Queue[_Job] = queue.Queue()
-        self._worker = threading.Thread(target=self._run, daemon=True, name="oresearcher-serve")
+        self._requests = _Requests()
+        self._worker = threading.Thread(target=self._serve, daemon=True, name="oresearcher-serve")
         self._worker.start()
 
     def submit(self, prompt: list[int], max_new: int, params: SamplingParams) -> concurrent.futures.Future:
         if len(prompt) + 1 > self.max_context:
             raise ValueError(f"prompt of {len(prompt)} tokens exceeds the model context of {self.max_context}")
-        max_new = max(1, min(max_new, self.max_context - len(prompt)))
-        job = _Job(prompt, max_new, params, concurrent.futures.Future())
-        self._queue.put(job)
+        job = _Job(prompt, max(1, min(max_new, self.max_context - len(prompt))), params, concurrent.futures.Future())
+        self._requests.submit(job)
         return job.future
 
-    def _run(self):
-        while True:
-            jobs = [self._queue.get()]
-            time.sleep(0.005)                      # let concurrent requests arrive and share the batch
-            while len(jobs) < 4 * self.max_batch:
-                try:
-                    jobs.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            groups: dict[tuple, list[_Job]] = {}
-            for job in jobs:
-                p = job.params
-                groups.setdefault((p.temperature, p.top_p, p.top_k, p.stop), []).append(job)
-            for group in groups.values():
-                for start in range(0, len(group), self.max_batch):
-                    self._generate(group[start:start + self.max_batch])
+    def close(self) -> None:
+        """End the run once the requests already submitted are answered, and the worker with it."""
+        self._requests.close()
+        self._worker.join()
 
-    def _generate(self, jobs: list[_Job]):
-        try:
-            longest = max(len(j.prompt) + j.max_new for j in jobs)
-            max_len = min(self.max_context, max(256, 1 << (longest - 1).bit_length()))
-            session = self.sampler.start([j.prompt for j in jobs], max_len=max_len)
-            outs = self.sampler.step(session, range(len(jobs)), jobs[0].params, [j.max_new for j in jobs])
-        except Exception as e:  # the request fails, the server stays up
-            for j in jobs:
-                j.future.set_exception(e)
-            return
-        for j, out in zip(jobs, outs):
-            j.future.set_result(out)
+    def _serve(self):
+        while True:
+            try:
+                self.engine.run([], self._requests, SamplingParams(), self.max_context, feed=self._requests.feed)
+                return
+            except Exception as e:  # the requests in the run fail, the server stays up
+                self._requests.fail(e)
 
     def finish(self, completion, stop: tuple[str, ...]) -> tuple[str, str, int]:
         """(text with any stop string cut, OpenAI finish reason, completion tokens)."""
@@ -135,15 +172,15 @@ def chat_prompt(tokenizer, req: ChatRequest) -> str:
     return text[:cut + len(prefix)]
 
 
-def build_app(engine: Engine, names: list[str] | None = None) -> FastAPI:
-    """The OpenAI routes over `engine`; `names`: the model names requests may ask for (default: engine.name)."""
+def build_app(server: Server, names: list[str] | None = None) -> FastAPI:
+    """The OpenAI routes over `server`; `names`: the model names requests may ask for (default: server.name)."""
     app = FastAPI(title="oresearcher policy server")
     openai_api.install_error_handlers(app)
-    served = list(names or [engine.name])
+    served = list(names or [server.name])
 
     def run(prompts: list[list[int]], max_new: int, params: SamplingParams, n: int) -> list:
         try:
-            futures = [engine.submit(p, max_new, dataclasses.replace(params, seed=(params.seed + i) % 2 ** 32))
+            futures = [server.submit(p, max_new, dataclasses.replace(params, seed=(params.seed + i) % 2 ** 32))
                        for p in prompts for i in range(n)]
         except ValueError as e:
             raise APIError(400, str(e), "messages") from None
@@ -151,7 +188,7 @@ def build_app(engine: Engine, names: list[str] | None = None) -> FastAPI:
 
     @app.get("/healthz")
     def healthz():
-        return {"ok": True, "model": engine.name}
+        return {"ok": True, "model": server.name}
 
     @app.get("/v1/models")
     def models():
@@ -162,22 +199,22 @@ def build_app(engine: Engine, names: list[str] | None = None) -> FastAPI:
     def chat(req: ChatRequest):
         openai_api.check_model(req.model, served)
         stop = req.stops()
-        prompt = engine.tokenizer.encode(chat_prompt(engine.tokenizer, req))
+        prompt = server.tokenizer.encode(chat_prompt(server.tokenizer, req))
         max_new = req.max_completion_tokens or req.max_tokens or 1024
         outs = run([prompt], max_new, _params(req, stop), req.n)
-        return openai_api.chat_response(req, engine.name, len(prompt), [engine.finish(o, stop) for o in outs])
+        return openai_api.chat_response(req, server.name, len(prompt), [server.finish(o, stop) for o in outs])
 
     @app.post("/v1/completions")
     def complete(req: CompletionRequest):
         openai_api.check_model(req.model, served)
         stop = req.stops()
         texts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
-        prompts = [engine.tokenizer.encode(t) for t in texts]
+        prompts = [server.tokenizer.encode(t) for t in texts]
         if any(not p for p in prompts):
             raise APIError(400, "an empty prompt: give at least one token of text", "prompt")
         outs = run(prompts, req.max_tokens, _params(req, stop), req.n)
-        return openai_api.completion_response(req, engine.name, sum(len(p) for p in prompts),
-                                              [engine.finish(o, stop) for o in outs])
+        return openai_api.completion_response(req, server.name, sum(len(p) for p in prompts),
+                                              [server.finish(o, stop) for o in outs])
 
     return app
 
@@ -201,7 +238,8 @@ def main(argv=None):
     parser.add_argument("--checkpoint", default=None, help="HF-layout directory; default: embedded SmolLM2")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--slots", "--max-batch", dest="slots", type=int, default=32,
+                        help="requests decoded at once (the engine's slots); more wait for a free one")
     parser.add_argument("--name", action="append", default=None,
                         help="model name reported to clients and accepted in requests (repeat for aliases; "
                              "others are answered 404 like OpenAI's unknown models)")
@@ -211,9 +249,9 @@ def main(argv=None):
 
     model, tokenizer, name = load(args.checkpoint)
     names = args.name or [name]
-    engine = Engine(model, tokenizer, name=names[0], max_batch=args.max_batch)
-    print(f"serving {', '.join(names)} on http://{args.host}:{args.port}/v1", flush=True)
-    uvicorn.run(build_app(engine, names), host=args.host, port=args.port, log_level="warning")
+    server = Server(model, tokenizer, name=names[0], slots=args.slots)
+    print(f"serving {', '.join(names)} on http://{args.host}:{args.port}/v1 ({args.slots} slots)", flush=True)
+    uvicorn.run(build_app(server, names), host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """`python -m oresearcher.serve` as a real server on loopback: the OpenAI chat and completion APIs (stop, n,
-max_tokens, temperature, top_p), server-sent-event streams, content parts, concurrent requests batched, bad
-requests answered 400 with OpenAI's error body naming the parameter, and an unknown model 404."""
+max_tokens, temperature, top_p), server-sent-event streams, content parts, bad requests answered 400 with OpenAI's
+error body naming the parameter, and an unknown model 404. Requests share the engine's SLOTS slots: a short one
+overtakes a long one, more requests than slots all complete, greedy answers are the Sampler's, and a seeded one is
+the same alone as among others."""
 import concurrent.futures
 import json
 import os
@@ -15,6 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ("policy", "policy-alias")
+SLOTS = 4       # few, so that a handful of concurrent requests already queue for a slot
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -29,7 +32,8 @@ def server():
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     proc = subprocess.Popen([sys.executable, "-m", "oresearcher.serve", "--port", str(port), "--name", NAMES[0],
-                             "--name", NAMES[1]], cwd=REPO, env=env,
+                             "--name", NAMES[1], "--max-batch", str(SLOTS)],   # the old flag: an alias of --slots
+                            cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
@@ -217,3 +221,69 @@ def test_completion_validation_unknown_model_and_models_list(server):
     a, b = (httpx.post(f"{server}/v1/completions", timeout=300, json=body) for _ in range(2))
     assert a.status_code == b.status_code == 200 and a.json()["choices"] == b.json()["choices"]
     assert httpx.get(f"{server}/healthz").status_code == 200
+
+
+def _complete(server, **body):
+    r = httpx.post(f"{server}/v1/completions", timeout=300, json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.slow
+def test_a_short_request_sent_during_a_long_one_finishes_first(server):
+    long = {"prompt": "Count to a thousand: 1, 2, 3, 4, 5,", "temperature": 0, "max_tokens": 200}
+    short = {"prompt": "The capital of France is", "temperature": 0, "max_tokens": 4}
+    _complete(server, **{**long, "max_tokens": 8})          # compile what the two take
+    _complete(server, **short)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        pending = pool.submit(_complete, server, **long)
+        time.sleep(0.5)                                     # the long one is decoding
+        assert not pending.done()
+        answer = _complete(server, **short)
+        short_done = time.monotonic()
+        assert not pending.done(), "the short request waited for the long one"
+        body = pending.result()
+    print(f"short answered {short_done - started:.1f} s after the long one started, which took "
+          f"{time.monotonic() - started:.1f} s")
+    assert answer["choices"][0]["text"] and answer["usage"]["completion_tokens"] <= 4
+    assert body["usage"]["completion_tokens"] == 200 and body["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.slow
+def test_greedy_answers_are_the_samplers_and_a_seeded_one_ignores_its_company(server):
+    from oresearcher import serve
+    from oresearcher.sampler import Sampler, SamplingParams
+
+    model, tokenizer, _ = serve.load(None)
+    prompt = "The three primary colours are"
+    [want] = Sampler(model, tokenizer).generate([tokenizer.encode(prompt)],
+                                                SamplingParams(temperature=0.0, max_new_tokens=24, stop=()))
+    got = _complete(server, prompt=prompt, temperature=0, max_tokens=24)
+    tokens = want.tokens[:-1] if want.finish_reason == "eos" else want.tokens
+    assert got["choices"][0]["text"] == tokenizer.decode(tokens)
+    assert got["usage"]["completion_tokens"] == len(want.tokens)
+
+    # a seeded request at temperature 1, alone and then among others with other parameters, stops and lengths
+    seeded = {"prompt": "Once upon a time", "temperature": 1.0, "max_tokens": 24, "seed": 1234}
+    alone = _complete(server, **seeded)["choices"][0]["text"]
+    company = [seeded, {"prompt": "Once upon a time", "temperature": 1.0, "max_tokens": 24, "seed": 99},
+               {"prompt": "List three fruits:", "temperature": 0.8, "top_p": 0.8, "max_tokens": 12, "n": 2},
+               {"prompt": "The weather today", "temperature": 1.0, "top_k": 20, "max_tokens": 30, "stop": [" the"]},
+               {"prompt": prompt, "temperature": 0, "max_tokens": 5}, seeded,
+               {"prompt": "Dear Sir,", "temperature": 1.0, "max_tokens": 40, "stop": ["\n", "."], "seed": 7}]
+    with concurrent.futures.ThreadPoolExecutor(len(company)) as pool:
+        answers = list(pool.map(lambda body: _complete(server, **body), company))
+    print("alone:", repr(alone), "among others:", [[c["text"] for c in a["choices"]] for a in answers])
+    assert answers[0]["choices"][0]["text"] == alone and answers[5]["choices"][0]["text"] == alone
+    assert answers[1]["choices"][0]["text"] != alone
+
+
+@pytest.mark.slow
+def test_more_requests_than_slots_all_complete_as_they_would_alone(server):
+    bodies = [{"prompt": f"Count: {i}, {i + 1},", "temperature": 0, "max_tokens": 3 + i} for i in range(3 * SLOTS)]
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda body: _complete(server, **body), bodies))
+    for body, answer in zip(bodies, together):
+        assert answer["choices"][0] == _complete(server, **body)["choices"][0]
+        assert answer["usage"]["completion_tokens"] <= body["max_tokens"]

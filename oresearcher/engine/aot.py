@@ -90,11 +90,11 @@ def build(config, model_cfg, mesh) -> EnginePrograms:
     # decode: a chunk of tokens for every slot
     steps = int(rollout.get("chunk", 16))
     use_filter = float(rollout.temperature) > 0 and (float(rollout.top_p) < 1.0 or int(rollout.top_k) > 0)
-    table = s((_stop_states(sampler_lib.STOP_STRINGS), v), jnp.int32)
+    table = s((sampler_lib._bucket(_stop_states(sampler_lib.STOP_STRINGS), 8), v), jnp.int32)   # stops.py's rows
     decode_args = (graphdef, state, weights, cache, logits, s((slots,), jnp.int32), s((slots,), jnp.bool_),
                    s((slots,), jnp.int32), s((slots,), jnp.int32), s((slots,), jnp.uint32), s((slots,), jnp.int32),
-                   s((), jnp.float32), s((), jnp.float32),
-                   s((), jnp.int32), table, s((v,), jnp.bool_))
+                   s((slots,), jnp.float32), s((slots,), jnp.float32), s((slots,), jnp.int32), table,
+                   s((v,), jnp.bool_))
     w_bytes, c_bytes = _per_device(weights), _per_device(cache)
     return EnginePrograms(
         plan, slots, cache_len, w_bytes + c_bytes + _per_device(logits), w_bytes, c_bytes,

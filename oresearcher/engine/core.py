@@ -24,19 +24,26 @@ too), so a slot's cache rows always hold all of its tokens but the pending ones.
 position p of episode e is drawn with the key of (seed, e, p): a run's episodes do not depend on the number of
 slots, the engine steps or the order in which calls come back (up to float rounding of differently shaped calls).
 
+A run may also be fed while it goes (`run(..., feed=)`: a server keeps one run going and feeds it its requests).
+Each fed episode brings its own sampling parameters, so temperature, top-p and top-k are per-row arrays of the
+decode program and the rows' stop sets share one joint automaton (stops.py); its draws use the key of (its seed, 0,
+p), so a request with a given seed gets the same tokens whatever else the slots hold.
+
 Shapes come from a few buckets, so nothing compiles in steady state: decode runs on all slots at once (inactive
 slots write nothing); prefill on the pending slots' count rounded up to slots / 4**k and the longest pending
 piece rounded up to prefill_chunk / 4**k (>= min_bucket), see _quarters; the cache on the slots' furthest reach
-rounded up to a power of two (>= 128), grown or shrunk (one copy) as the episodes in the slots grow or finish.
+rounded up to a power of two (>= 128), grown or shrunk (one copy) as the episodes in the slots grow or finish;
+the joint stop table's rows to a power of two (>= 8).
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import httpx
 import jax
@@ -48,21 +55,27 @@ from oresearcher import sampler as sampler_lib
 from oresearcher import sharding, synth_client
 from oresearcher.engine import paged
 from oresearcher.engine.agent import Agent
+from oresearcher.engine.stops import StopTables
 from oresearcher.sampler import FINISH_REASONS, Completion, Sampler, SamplingParams
 
 FREE, PENDING, DECODING, PARKED = range(4)
+
+# feed(idle) -> prompts to queue, each with its sampling parameters, or None once closed (see Engine.run)
+Feed = Callable[[bool], Sequence[tuple[Sequence[int], SamplingParams]] | None]
 
 
 @dataclasses.dataclass
 class _Slot:
     state: int = FREE
     episode: int = -1
+    params: SamplingParams | None = None   # the episode's sampling parameters
+    stream: int = 0                   # its draws use the keys of (params.seed, stream, position)
     tokens: list[int] = dataclasses.field(default_factory=list)   # the episode so far
     written: int = 0                  # tokens in the cache rows
     budget: int = 0                   # tokens this turn may still sample (counted from the turn's start)
     turn_tokens: list[int] = dataclasses.field(default_factory=list)
     turn_logprobs: list[float] = dataclasses.field(default_factory=list)
-    stop_state: int = 0               # the stop automaton's state, carried from chunk to chunk within a turn
+    stop_state: int = 0               # its stop set's automaton state (from 0), carried from chunk to chunk in a turn
     finish_reason: str = ""
     call: concurrent.futures.Future | None = None
 
@@ -105,11 +118,12 @@ def _prefill_rows(graphdef, state, weights, cache, logits, rows, tokens, positio
     return logits, cache
 
 
-def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, stop_state, seeds, episodes,
+def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, stop_state, seeds, streams,
                   temperature, top_p, top_k, table, eos, *, steps: int, use_filter: bool, window: int):
-    """Up to `steps` tokens for every active row: sample from `logits` [B, V] (row b's token at position p with
-    the key of (seeds[b], episodes[b], p)), feed the token back at pos [B], repeat; a row stops at a stop string
-    (stop_state [B]: the automaton's state so far this turn), EOS or after budget[b] tokens. The loop ends early
+    """Up to `steps` tokens for every active row: sample from `logits` [B, V] with the row's temperature, top_p,
+    top_k [B] (row b's token at position p with the key of (seeds[b], streams[b], p)), feed the token back at
+    pos [B], repeat; a row stops at a stop string (stop_state [B]: the state so far this turn in the joint
+    automaton `table`, stops.py), EOS or after budget[b] tokens. The loop ends early
     once any row has stopped. Returns tokens [B, steps], logprobs [B, steps], count [B], finish [B] (-1: still
     going, else an index into FINISH_REASONS), the stop states, the logits for each row's next token, and the
     cache."""
@@ -133,7 +147,7 @@ def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, 
         i, cache, logits, done, pos, stop_state, count, finish, out_t, out_lp, _ = c
         live = ~done
         tok, out_t, out_lp, count, stop_state, finish, ended = sampler_lib.take_token(
-            logits, _row_keys(seeds, episodes, pos), i, live, out_t, out_lp, count, stop_state, finish, budget, table,
+            logits, _row_keys(seeds, streams, pos), i, live, out_t, out_lp, count, stop_state, finish, budget, table,
             eos, temperature, top_p, top_k, use_filter)
         hidden, cache = forward(cache, tok, pos, live)
         logits = jnp.where(live[:, None], sampler_lib.head_logits(model, weights, hidden)[:, 0], logits)
@@ -147,11 +161,12 @@ def _decode_chunk(graphdef, state, weights, cache, logits, pos, active, budget, 
     return out_t, out_lp, count, finish, stop_state, logits, cache
 
 
-def _row_keys(seeds, episodes, pos):
-    """One key per row from (seed, episode, position): an episode's draws then depend on nothing but its own
-    tokens, not on the slot it took, the engine step, or when its tool calls came back."""
+def _row_keys(seeds, streams, pos):
+    """One key per row from (seed, stream, position), the stream an RL run's episode number: an episode's draws
+    then depend on nothing but its own tokens, not on the slot it took, the engine step, or when its tool calls
+    came back."""
     key = lambda s, e, p: jax.random.fold_in(jax.random.fold_in(jax.random.key(s), e), p)
-    return jax.vmap(key)(seeds, episodes, pos)
+    return jax.vmap(key)(seeds, streams, pos)
 
 
 def _prefill_paged(graphdef, state, weights, pool, logits, rows, table, tokens, positions, last_col, has):
@@ -201,6 +216,12 @@ def _quarters(n: int, top: int, least: int) -> int:
     return least if n <= least else size
 
 
+def _check_prompt(i: int, prompt: Sequence[int], max_len: int) -> None:
+    if not prompt or len(prompt) >= max_len:
+        raise ValueError(f"Engine.run: prompt {i} has {len(prompt)} tokens; it needs 1 to max_len - 1 "
+                         f"(max_len={max_len}): raise max_len or shorten the prompt")
+
+
 # ------------------------------------------------------------------------------------------------- engine
 class Engine:
     """Continuous batching on one model. `model` may be sharded (sharding.shard_model): the cache then follows
@@ -240,6 +261,7 @@ class Engine:
         self._put_prefix = jax.jit(_put_prefix, donate_argnums=0)
         self._prefill_paged = jax.jit(_prefill_paged, static_argnums=0, donate_argnums=(3, 4))
         self._grow_pool = jax.jit(paged.grow_pool, static_argnums=1)
+        self._stops = StopTables(self.sampler)
         self.share_prefix = share_prefix
         self.kv = kv
         self.block = block
@@ -249,15 +271,16 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ cache size
     def _fit(self, max_len: int, reach: int, *, shrink: bool = False) -> None:
-        """Size the cache for slot positions < reach: grow when reach is past it, shrink (with shrink) when the
-        bucket of reach is smaller."""
+        """Size the cache for slot positions < reach: grow when reach is past it, or with shrink only shrink, to
+        the bucket of reach when that is at most half the cache (growing is _reserve's, when a slot needs it:
+        growing here, to the reach plus a prefill chunk, took every idle server to a 1024-slot cache)."""
         spare = sampler_lib._spare(self.slots)
         need = sampler_lib._window(max_len, max(reach, 1)) + spare
         if self.cache is None:
             self.cache = sampler_lib.init_cache(self.placed, self.slots, need)
             return
         have = self.cache["segment_ids"].shape[1]
-        if need > have or (shrink and 2 * need <= have):
+        if (need > have and not shrink) or (shrink and 2 * need <= have):
             self.cache = self._resize(self.cache, need)
             if self.placed.mesh is not None:   # a shrink or a pad keeps the layout; re-place to be sure
                 target = sampler_lib.init_cache(self.placed, self.slots, 1)
@@ -293,23 +316,26 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self, prompts: Sequence[Sequence[int]], agent: Agent, params: SamplingParams,
-            max_len: int) -> dict[str, float]:
+            max_len: int, *, feed: Feed | None = None) -> dict[str, float]:
         """Run every prompt's episode to its end (each holds at most max_len tokens); returns statistics:
         time/generate (wall seconds), slot_occupancy (time-weighted share of slots holding an episode),
         decode_rows (mean share of slots decoding in a decode call), engine_steps, prefill_calls, decode_calls,
-        and spans: per episode, the engine steps at which it took a slot and left it."""
+        and spans: per episode of `prompts`, the engine steps at which it took a slot and left it.
+
+        feed: more episodes while the run goes (a server's requests). It is called at the start of every engine
+        step as feed(idle), idle True when no episode is queued or in a slot (it may then block until it has
+        work), and returns a list of (prompt, SamplingParams) to queue, or None once it is closed; the run ends
+        when every episode has ended and the feed is closed. The k-th fed prompt is episode len(prompts) + k;
+        it samples with its own parameters (its turns' budgets are still the agent's) and its draws use the keys
+        of (its seed, 0, position), so they depend on its seed alone."""
         for i, p in enumerate(prompts):
-            if not p or len(p) >= max_len:
-                raise ValueError(f"Engine.run: prompt {i} has {len(p)} tokens; it needs 1 to max_len - 1 "
-                                 f"(max_len={max_len}): raise max_len or shorten the prompt")
+            _check_prompt(i, p, max_len)
         weights = self.sampler.weights()
         graphdef, state = self.sampler.split()
-        table, eos = self.sampler.stop_table(params.stop), self.sampler._eos
-        use_filter = params.temperature > 0 and (params.top_p < 1.0 or params.top_k > 0)
         slots = [_Slot() for _ in range(self.slots)]
-        queue = list(range(len(prompts)))[::-1]
+        queue = collections.deque((i, list(p), params, i) for i, p in enumerate(prompts))
         if self.kv == "dense":
-            self._fit(max_len, max(len(p) for p in prompts[:self.slots]))
+            self._fit(max_len, max((len(p) for p in prompts[:self.slots]), default=1))
         elif self.alloc is None:
             self.alloc = paged.BlockAllocator(self.slots, self.block, 64)
             self.cache = paged.init_pool(self.placed, 64, self.block)
@@ -321,30 +347,45 @@ class Engine:
                     ("activation_batch", "activation_vocab"), plan.mesh, plan.rules, self.logits.shape))
         prefix, shared = self._shared_prefix(prompts, graphdef, state, weights, max_len)
         stats = {"engine_steps": 0, "prefill_calls": 0, "decode_calls": 0, "decode_rows": 0.0, "kv_blocks_peak": 0}
-        spans = [[-1, -1] for _ in prompts]
+        spans = [[-1, -1] for _ in prompts]     # fed episodes have none: a server's run would hold one per request
         occupied_time, t0, last = 0.0, time.perf_counter(), time.perf_counter()
+        fed, feeding = len(prompts), feed is not None
         loop = _Loop()
 
         def start_turn(s: _Slot, episode: int):
             s.budget = min(agent.budget(episode), max_len - len(s.tokens))
             s.turn_tokens, s.turn_logprobs = [], []
 
+        def leave(b: int):
+            s = slots[b]
+            s.state = FREE
+            self._release(b)
+            if s.episode < len(spans):
+                spans[s.episode][1] = stats["engine_steps"]
+
+        ok = False
         try:
-            while queue or any(s.state != FREE for s in slots):
+            while feeding or queue or any(s.state != FREE for s in slots):
                 now = time.perf_counter()
                 occupied_time += (now - last) * sum(s.state != FREE for s in slots) / self.slots
                 last = now
                 stats["engine_steps"] += 1
                 freed = False
+                if feeding:
+                    more = feed(not queue and all(s.state == FREE for s in slots))
+                    feeding = more is not None
+                    for p, fed_params in more or ():
+                        _check_prompt(fed, p, max_len)
+                        queue.append((fed, list(p), fed_params, 0))
+                        fed += 1
                 # (1) calls that came back, then new episodes into free slots
-                for s in slots:
+                for b, s in enumerate(slots):
                     if s.state == PARKED and s.call.done():
                         more = agent.on_result(s.episode, s.call.result())
                         s.call = None
                         if more is None:
-                            s.state, freed = FREE, True
-                            self._release(slots.index(s))
-                            spans[s.episode][1] = stats["engine_steps"]
+                            leave(b)
+                            freed = True
                         else:
                             s.tokens.extend(more)
                             if len(s.tokens) >= max_len:
@@ -353,17 +394,18 @@ class Engine:
                                                  f"an episode that has no room left")
                             s.state = PENDING
                             start_turn(s, s.episode)
-                for s in slots:
+                for b, s in enumerate(slots):
                     if s.state == FREE and queue:
-                        i = queue.pop()
-                        s.state, s.episode, s.tokens, s.written = PENDING, i, list(prompts[i]), 0
+                        i, prompt, s.params, s.stream = queue.popleft()
+                        s.state, s.episode, s.tokens, s.written = PENDING, i, prompt, 0
                         if prefix is not None and self.kv == "paged":
-                            self.alloc.share(slots.index(s), prefix)
+                            self.alloc.share(b, prefix)
                             s.written = shared
                         elif prefix is not None:
-                            self.cache = self._put_prefix(self.cache, prefix, jnp.int32(slots.index(s)))
+                            self.cache = self._put_prefix(self.cache, prefix, jnp.int32(b))
                             s.written = shared
-                        spans[i][0] = stats["engine_steps"]
+                        if i < len(spans):
+                            spans[i][0] = stats["engine_steps"]
                         start_turn(s, i)
                 # (2) one prefill chunk for the pending slots
                 pending = [b for b, s in enumerate(slots) if s.state == PENDING]
@@ -375,33 +417,34 @@ class Engine:
                 if decoding:
                     stats["decode_calls"] += 1
                     stats["decode_rows"] += len(decoding) / self.slots
-                    ended = self._decode_step(slots, decoding, graphdef, state, weights, params, table, eos,
-                                              use_filter, max_len)
+                    ended = self._decode_step(slots, decoding, graphdef, state, weights, max_len)
                     # (4) ended turns: the episode ends or its call goes out
                     for b in ended:
                         s = slots[b]
                         call = agent.on_turn(s.episode, Completion(s.turn_tokens, s.turn_logprobs,
                                                                    s.finish_reason))
                         if call is None:
-                            s.state = FREE
+                            leave(b)
                             freed = True
-                            self._release(b)
-                            spans[s.episode][1] = stats["engine_steps"]
                         else:
                             s.state, s.call = PARKED, loop.submit(call)
                 elif not pending:
                     parked = [s.call for s in slots if s.state == PARKED]
-                    if parked:
-                        concurrent.futures.wait(parked, return_when=concurrent.futures.FIRST_COMPLETED)
+                    if parked:   # while feeding, wake now and then to admit what the feed brings
+                        concurrent.futures.wait(parked, timeout=0.05 if feeding else None,
+                                                return_when=concurrent.futures.FIRST_COMPLETED)
                 if self.kv == "paged":
                     stats["kv_blocks_peak"] = max(stats["kv_blocks_peak"], self.alloc.in_use())
                 if freed and self.kv == "dense":
                     # a long episode may have ended: give back what the others cannot reach within a chunk
                     reach = max([len(s.tokens) for s in slots if s.state != FREE] + [shared, 1])
                     self._fit(max_len, reach + max(self.chunk, self.prefill_chunk), shrink=True)
+            ok = True
         finally:
             loop.close()
-            if self.kv == "paged":      # the run's hold on the shared prefix blocks, and any slot left over
+            if not ok:      # a program may have failed after its cache was donated: the next run starts afresh
+                self.cache = self.logits = self.alloc = None
+            elif self.kv == "paged":      # the run's hold on the shared prefix blocks, and any slot left over
                 for blk in prefix or []:
                     self.alloc.refs[blk] -= 1
                     if self.alloc.refs[blk] == 0:
@@ -468,24 +511,33 @@ class Engine:
                 s.state = DECODING
                 s.stop_state = 0
 
-    def _decode_step(self, slots, decoding, graphdef, state, weights, params, table, eos, use_filter, max_len):
-        """Decode a chunk; returns the slots whose turn ended (their finish_reason set)."""
+    def _decode_step(self, slots, decoding, graphdef, state, weights, max_len):
+        """Decode a chunk, each decoding slot with its episode's sampling parameters; returns the slots whose turn
+        ended (their finish_reason set)."""
         self._reserve(max_len, [(b, min(slots[b].written + self.chunk, max_len)) for b in decoding])
+        live = [slots[b].params for b in decoding]
+        table, starts = self._stops([p.stop for p in live])
+        use_filter = any(p.temperature > 0 and (p.top_p < 1.0 or p.top_k > 0) for p in live)
         active = np.zeros((self.slots,), bool)
         active[decoding] = True
+        # the others are inactive: greedy, no filter, from state 0 (they sample nothing that is kept)
+        row = lambda f, off, dtype: np.array([f(s) if s.state == DECODING else off for s in slots], dtype)
         pos = np.array([s.written for s in slots], np.int32)
-        budget = np.array([s.budget - len(s.turn_tokens) if s.state == DECODING else 0 for s in slots], np.int32)
-        stop_state = np.array([s.stop_state for s in slots], np.int32)
-        seeds = np.full((self.slots,), params.seed % 2**32, np.uint32)
-        episodes = np.array([max(s.episode, 0) for s in slots], np.int32)
+        budget = row(lambda s: s.budget - len(s.turn_tokens), 0, np.int32)
+        start = row(lambda s: starts[s.params.stop], 0, np.int32)
+        stop_state = start + row(lambda s: s.stop_state, 0, np.int32)
+        seeds = row(lambda s: s.params.seed % 2**32, 0, np.uint32)
+        streams = row(lambda s: s.stream, 0, np.int32)
+        temperature = row(lambda s: s.params.temperature, 0.0, np.float32)
+        top_p = row(lambda s: s.params.top_p, 1.0, np.float32)
+        top_k = row(lambda s: s.params.top_k, 0, np.int32)
         cache = self.cache
         if self.kv == "paged":
             cache = {**cache, "table": jnp.asarray(self._table(range(self.slots)))}
         out_t, out_lp, count, finish, stop_state, self.logits, cache = self._decode(
-            graphdef, state, weights, cache, self.logits, jnp.asarray(pos), jnp.asarray(active),
-            jnp.asarray(budget), jnp.asarray(stop_state), jnp.asarray(seeds), jnp.asarray(episodes),
-            jnp.float32(params.temperature),
-            jnp.float32(params.top_p), jnp.int32(params.top_k), table, eos, steps=self.chunk, use_filter=use_filter,
+            graphdef, state, weights, cache, self.logits, *map(jnp.asarray, (
+                pos, active, budget, stop_state, seeds, streams, temperature, top_p, top_k)),
+            table, self.sampler._eos, steps=self.chunk, use_filter=use_filter,
             window=self.window if self.kv == "dense" else 0)
         self.cache = cache if self.kv == "dense" else {"k": cache["k"], "v": cache["v"]}
         out_t, out_lp, count, finish, stop_state = map(np.asarray, jax.device_get((out_t, out_lp, count, finish,
@@ -498,7 +550,7 @@ class Engine:
             s.turn_tokens.extend(ids)
             s.turn_logprobs.extend(out_lp[b, :n].tolist())
             s.written += n
-            s.stop_state = int(stop_state[b])
+            s.stop_state = int(stop_state[b]) - int(start[b])
             if finish[b] >= 0:
                 s.finish_reason = FINISH_REASONS[int(finish[b])]
                 ended.append(b)
