@@ -299,11 +299,12 @@ def run(config) -> dict:
 
 
 def _next_commands(config, export: str) -> str:
-    """What to run next: serve the exported policy, then evaluate it on questions it never trained on."""
+    """What to run next: serve the exported policy, then evaluate it on questions it never trained on. The server
+    gets 4 slots, run_agent's 4 questions at a time: the engine decodes every slot at each step, in use or not."""
     out, r = paths.under(config.workdir, "eval_heldout"), config.rollout
     return (f"rl: the policy is in {export}. Serve it, then run it on the held-out questions "
             f"(experiments/data/embedded_eval.jsonl, none of which it trained on):\n"
-            f"  python -m oresearcher.serve --checkpoint={export} --name policy --port 8000\n"
+            f"  python -m oresearcher.serve --checkpoint={export} --name policy --port 8000 --slots 4\n"
             f"  python -m experiments.run_agent --endpoint http://127.0.0.1:8000/v1 --model policy "
             f"--api completions --tokenizer {export} --tools local "
             f"--questions experiments/data/embedded_eval.jsonl --out {out} --max-turns {r.max_turns + 1} "
