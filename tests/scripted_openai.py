@@ -89,6 +89,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from experiments.loopback import LocalServer  # noqa: F401  (re-exported: the tests import it from here)
 
 
+@dataclasses.dataclass
 class Faults:
     """Fractions of requests answered with each fault (see the module docstring); they must sum to <= 1."""
 
