@@ -227,8 +227,8 @@ def run(config) -> dict:
             timings["time/rollout"] = time.perf_counter() - t0
             return {"drawn": drawn, "timings": timings, "cursor": cursor[0]}
 
-        # asynchronous (max_staleness >= 1): step s + 1's rollout runs on this thread while step s trains, on the
-        # policy as it was before update s, so its episodes are one policy version old when they are trained on
+        # asynchronous (max_staleness >= 1): step s + 1's rollout runs on a thread of its own while step s
+        # trains, on the policy as it was before update s, so its episodes are one policy version old when trained
         ahead = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="oresearcher-rollout")
                  if staleness else None)
         pending: dict[int, concurrent.futures.Future] = {}
